@@ -1,0 +1,38 @@
+# Tether: every target installs what it needs through `make setup` (idempotent).
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+ENVOY := .venv/bin/envoy
+WASM := dist/tether.wasm
+export TETHER_ENVOY := $(CURDIR)/$(ENVOY)
+export TETHER_WASM := $(CURDIR)/$(WASM)
+
+.PHONY: setup build fmt lint unit e2e test demo clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	@scripts/build-wasm.sh
+
+fmt: setup
+	cargo fmt --all -- --check
+
+lint: setup
+	cargo clippy --all-targets --locked -- -D warnings
+
+# Unit tests of the pure core on the host (no Envoy).
+unit: setup
+	cargo test --locked --lib
+
+# End-to-end tests: the real Envoy 1.40 with dist/tether.wasm, real mTLS, real HTTPS requests.
+e2e: build
+	cargo test --locked --test '*'
+
+test: fmt lint unit e2e
+
+demo: build
+	cargo run --quiet --locked --example demo
+
+clean:
+	rm -rf target dist build

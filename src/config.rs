@@ -1,0 +1,388 @@
+//! Configuration: a strict parse of the filter's JSON, then validation into an immutable
+//! [`Policy`]. Unknown fields are errors everywhere (except inside JWKs, which carry many
+//! registered members): a misspelt field must never silently weaken a policy.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::jwk::parse_jwks;
+use crate::policy::{Require, Rule, Rules};
+use crate::token::{Issuer, TimeLimits};
+
+/// Default for `clock_skew_seconds`.
+pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 30;
+/// Default for `max_token_lifetime_seconds`.
+pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u64 = 900;
+/// The largest clock skew accepted: more would make `exp` meaningless for short tokens.
+pub const MAX_CLOCK_SKEW_SECONDS: u64 = 300;
+/// The largest `max_token_lifetime_seconds` accepted (one day).
+pub const MAX_TOKEN_LIFETIME_LIMIT_SECONDS: u64 = 86_400;
+/// The largest configuration read.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// Request headers that `claims_to_headers` may not set: pseudo-headers, hop-by-hop and
+/// framing headers, credentials, and Envoy's own.
+const RESERVED_HEADERS: [&str; 12] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "dpop",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default = "default_clock_skew")]
+    clock_skew_seconds: u64,
+    #[serde(default = "default_max_lifetime")]
+    max_token_lifetime_seconds: u64,
+    #[serde(default)]
+    claims_to_headers: Vec<RawClaimHeader>,
+    #[serde(default)]
+    strip_authorization: bool,
+}
+
+fn default_clock_skew() -> u64 {
+    DEFAULT_CLOCK_SKEW_SECONDS
+}
+
+fn default_max_lifetime() -> u64 {
+    DEFAULT_MAX_TOKEN_LIFETIME_SECONDS
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    audiences: Vec<String>,
+    jwks: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    prefix: String,
+    require: Require,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimHeader {
+    claim: String,
+    header: String,
+}
+
+/// A claim copied into a request header for the upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub claim: String,
+    pub header: String,
+}
+
+/// The validated, immutable configuration the filter enforces.
+#[derive(Debug)]
+pub struct Policy {
+    pub issuers: Vec<Issuer>,
+    pub rules: Rules,
+    pub limits: TimeLimits,
+    pub claims_to_headers: Vec<ClaimHeader>,
+    pub strip_authorization: bool,
+    /// Things worth logging at start-up that are not errors (skipped JWKS keys).
+    pub notes: Vec<String>,
+}
+
+/// A configuration that cannot be enforced. The message names the field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Policy {
+    /// Parses and validates the filter configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError(format!(
+                "configuration is larger than {MAX_CONFIG_BYTES} bytes"
+            )));
+        }
+        let raw: RawConfig = serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+        Policy::compile(raw).map_err(ConfigError)
+    }
+
+    fn compile(raw: RawConfig) -> Result<Policy, String> {
+        if raw.clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
+            return Err(format!(
+                "clock_skew_seconds must be at most {MAX_CLOCK_SKEW_SECONDS}"
+            ));
+        }
+        if raw.max_token_lifetime_seconds == 0
+            || raw.max_token_lifetime_seconds > MAX_TOKEN_LIFETIME_LIMIT_SECONDS
+        {
+            return Err(format!("max_token_lifetime_seconds must be between 1 and {MAX_TOKEN_LIFETIME_LIMIT_SECONDS}"));
+        }
+        let mut notes = Vec::new();
+        let issuers = compile_issuers(raw.issuers, &mut notes)?;
+        let rules = Rules::new(
+            raw.rules
+                .into_iter()
+                .map(|r| Rule {
+                    prefix: r.prefix,
+                    require: r.require,
+                })
+                .collect(),
+        )?;
+        let claims_to_headers = compile_claim_headers(raw.claims_to_headers)?;
+        Ok(Policy {
+            issuers,
+            rules,
+            limits: TimeLimits {
+                clock_skew_seconds: raw.clock_skew_seconds,
+                max_token_lifetime_seconds: raw.max_token_lifetime_seconds,
+            },
+            claims_to_headers,
+            strip_authorization: raw.strip_authorization,
+            notes,
+        })
+    }
+}
+
+fn compile_issuers(raw: Vec<RawIssuer>, notes: &mut Vec<String>) -> Result<Vec<Issuer>, String> {
+    if raw.is_empty() {
+        return Err("issuers must name at least one issuer".into());
+    }
+    let mut issuers: Vec<Issuer> = Vec::with_capacity(raw.len());
+    for (i, issuer) in raw.into_iter().enumerate() {
+        if issuer.issuer.is_empty() {
+            return Err(format!("issuers[{i}].issuer must not be empty"));
+        }
+        if issuers.iter().any(|known| known.issuer == issuer.issuer) {
+            return Err(format!(
+                "issuers[{i}].issuer {:?} is configured twice",
+                issuer.issuer
+            ));
+        }
+        // A token is accepted only by the audiences it was issued for (RFC 9068 §4).
+        if issuer.audiences.is_empty() || issuer.audiences.iter().any(String::is_empty) {
+            return Err(format!(
+                "issuers[{i}].audiences must list at least one non-empty audience"
+            ));
+        }
+        let set = parse_jwks(&issuer.jwks).map_err(|e| format!("issuers[{i}].jwks: {e}"))?;
+        notes.extend(
+            set.skipped
+                .iter()
+                .map(|note| format!("issuers[{i}].jwks {note}")),
+        );
+        if set.keys.is_empty() {
+            return Err(format!(
+                "issuers[{i}].jwks has no usable signature verification key"
+            ));
+        }
+        issuers.push(Issuer {
+            issuer: issuer.issuer,
+            audiences: issuer.audiences.into_iter().collect(),
+            keys: set.keys,
+        });
+    }
+    Ok(issuers)
+}
+
+fn compile_claim_headers(raw: Vec<RawClaimHeader>) -> Result<Vec<ClaimHeader>, String> {
+    let mut seen = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let header = entry.header.to_ascii_lowercase();
+            let is_token = !header.is_empty()
+                && header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !is_token {
+                return Err(format!(
+                    "claims_to_headers[{i}].header {:?} is not a valid header name",
+                    entry.header
+                ));
+            }
+            if RESERVED_HEADERS.contains(&header.as_str()) || header.starts_with("x-envoy-") {
+                return Err(format!(
+                    "claims_to_headers[{i}].header {header:?} is reserved"
+                ));
+            }
+            if entry.claim.is_empty() {
+                return Err(format!("claims_to_headers[{i}].claim must not be empty"));
+            }
+            if !seen.insert(header.clone()) {
+                return Err(format!(
+                    "claims_to_headers[{i}].header {header:?} is set twice"
+                ));
+            }
+            Ok(ClaimHeader {
+                claim: entry.claim,
+                header,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn jwks() -> Value {
+        // RFC 7515 Appendix A.3 public key.
+        json!({"keys": [{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]})
+    }
+
+    fn contract() -> Value {
+        json!({
+            "issuers": [{"issuer": "https://idp.example.com", "audiences": ["https://orders.mesh.internal"], "jwks": jwks()}],
+            "rules": [
+                {"prefix": "/healthz", "require": "none"},
+                {"prefix": "/legacy", "require": "bearer"},
+                {"prefix": "/orders", "require": "mtls"},
+                {"prefix": "/", "require": "bound"}
+            ],
+            "clock_skew_seconds": 30,
+            "max_token_lifetime_seconds": 900,
+            "claims_to_headers": [{"claim": "sub", "header": "x-tether-sub"}],
+            "strip_authorization": false
+        })
+    }
+
+    fn parse(v: &Value) -> Result<Policy, ConfigError> {
+        Policy::from_json(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let policy = parse(&contract()).unwrap();
+        assert_eq!(policy.issuers.len(), 1);
+        assert_eq!(policy.rules.requirement("/orders/1"), Require::Mtls);
+        assert_eq!(policy.claims_to_headers[0].header, "x-tether-sub");
+    }
+
+    #[test]
+    fn defaults_apply_when_fields_are_absent() {
+        let policy = parse(&json!({"issuers": contract()["issuers"]})).unwrap();
+        assert_eq!(policy.limits.clock_skew_seconds, 30);
+        assert_eq!(policy.limits.max_token_lifetime_seconds, 900);
+        assert!(!policy.strip_authorization);
+        assert!(policy.claims_to_headers.is_empty());
+        assert_eq!(policy.rules.requirement("/anything"), Require::Bound);
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_naming_the_field() {
+        let mut top = contract();
+        top["strip_authorisation"] = json!(true);
+        assert!(parse(&top).unwrap_err().0.contains("strip_authorisation"));
+        let mut rule = contract();
+        rule["rules"][0]["requires"] = json!("none");
+        assert!(parse(&rule).unwrap_err().0.contains("requires"));
+        let mut issuer = contract();
+        issuer["issuers"][0]["audience"] = json!("x");
+        assert!(parse(&issuer).unwrap_err().0.contains("audience"));
+        let mut mapping = contract();
+        mapping["claims_to_headers"][0]["name"] = json!("x");
+        assert!(parse(&mapping).unwrap_err().0.contains("name"));
+    }
+
+    #[test]
+    fn unknown_require_value_is_an_error() {
+        let mut c = contract();
+        c["rules"][0]["require"] = json!("optional");
+        assert!(parse(&c).unwrap_err().0.contains("optional"));
+    }
+
+    #[test]
+    fn issuer_needs_audiences_and_usable_keys() {
+        let mut c = contract();
+        c["issuers"][0]["audiences"] = json!([]);
+        assert!(parse(&c).unwrap_err().0.contains("audiences"));
+        let mut c = contract();
+        c["issuers"][0]["jwks"] = json!({"keys": []});
+        assert!(parse(&c).unwrap_err().0.contains("no usable"));
+        let mut c = contract();
+        c["issuers"] = json!([]);
+        assert!(parse(&c).is_err());
+        let mut c = contract();
+        c["issuers"][0]["jwks"]["keys"][0]["d"] =
+            json!("jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI");
+        assert!(parse(&c).unwrap_err().0.contains("private"));
+    }
+
+    #[test]
+    fn duplicate_issuers_are_errors() {
+        let mut c = contract();
+        let first = c["issuers"][0].clone();
+        c["issuers"] = json!([first.clone(), first]);
+        assert!(parse(&c).unwrap_err().0.contains("twice"));
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        let mut c = contract();
+        c["clock_skew_seconds"] = json!(3600);
+        assert!(parse(&c).unwrap_err().0.contains("clock_skew_seconds"));
+        let mut c = contract();
+        c["max_token_lifetime_seconds"] = json!(0);
+        assert!(parse(&c)
+            .unwrap_err()
+            .0
+            .contains("max_token_lifetime_seconds"));
+        let mut c = contract();
+        c["clock_skew_seconds"] = json!(-1);
+        assert!(parse(&c).is_err());
+    }
+
+    #[test]
+    fn reserved_or_invalid_claim_headers_are_errors() {
+        for header in [
+            "authorization",
+            ":path",
+            "x-envoy-original-path",
+            "bad header",
+            "",
+            "Host",
+        ] {
+            let mut c = contract();
+            c["claims_to_headers"][0]["header"] = json!(header);
+            assert!(parse(&c).is_err(), "{header}");
+        }
+    }
+
+    #[test]
+    fn claim_header_names_are_lowercased() {
+        let mut c = contract();
+        c["claims_to_headers"][0]["header"] = json!("X-Tether-Sub");
+        assert_eq!(
+            parse(&c).unwrap().claims_to_headers[0].header,
+            "x-tether-sub"
+        );
+    }
+
+    #[test]
+    fn not_json_is_an_error() {
+        assert!(Policy::from_json(b"not json").is_err());
+        assert!(Policy::from_json(b"").is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! Envoy counters: `tether.allowed` and one `tether.refused.<reason>` per reason, shown
+//! in Envoy's `/stats` with the `wasmcustom.` prefix.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use crate::reject::Reason;
+
+/// Counter ids, defined once per VM at configure time.
+#[derive(Default)]
+pub struct Metrics {
+    allowed: Option<u32>,
+    /// Indexed like [`Reason::ALL`].
+    refused: Vec<Option<u32>>,
+}
+
+fn counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+impl Metrics {
+    pub fn define() -> Self {
+        Metrics {
+            allowed: counter("tether.allowed"),
+            refused: Reason::ALL
+                .iter()
+                .map(|r| counter(&r.metric_name()))
+                .collect(),
+        }
+    }
+
+    pub fn allowed(&self) {
+        increment(self.allowed);
+    }
+
+    pub fn refused(&self, reason: Reason) {
+        let index = Reason::ALL.iter().position(|r| *r == reason);
+        increment(index.and_then(|i| self.refused.get(i).copied().flatten()));
+    }
+}
+
+fn increment(id: Option<u32>) {
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}

@@ -1,0 +1,184 @@
+//! The proxy-wasm glue: the only code that talks to Envoy. It reads the configuration
+//! once, gathers each request's facts, asks [`crate::verdict::decide`], and acts.
+
+mod metrics;
+
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+
+use crate::bind::mtls::PeerCertificate;
+use crate::config::Policy;
+use crate::reject::Reason;
+use crate::token::fingerprint;
+use crate::verdict::{decide, Request, Verdict};
+use metrics::Metrics;
+
+#[allow(unsafe_code)] // `main!` exports the VM entry point with #[no_mangle].
+mod entry {
+    use super::*;
+
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(LogLevel::Info);
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    }}
+}
+
+fn log(level: LogLevel, message: &str) {
+    // Logging must never fail a request.
+    let _ = hostcalls::log(level, message);
+}
+
+/// One per VM and plugin: holds the compiled policy.
+#[derive(Default)]
+struct Root {
+    policy: Option<Rc<Policy>>,
+    metrics: Rc<Metrics>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        ) {
+            Ok(Some(bytes)) => bytes,
+            _ => Vec::new(),
+        };
+        match Policy::from_json(&bytes) {
+            Ok(policy) => {
+                for note in &policy.notes {
+                    log(LogLevel::Warn, &format!("tether: {note}"));
+                }
+                self.policy = Some(Rc::new(policy));
+                self.metrics = Rc::new(Metrics::define());
+                true
+            }
+            Err(error) => {
+                // Returning false makes Envoy refuse the configuration: fail closed.
+                log(
+                    LogLevel::Critical,
+                    &format!("tether: configuration rejected: {error}"),
+                );
+                self.policy = None;
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter {
+            policy: self.policy.clone(),
+            metrics: Rc::clone(&self.metrics),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One per HTTP request.
+struct Filter {
+    policy: Option<Rc<Policy>>,
+    metrics: Rc<Metrics>,
+}
+
+impl Context for Filter {}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let Some(policy) = self.policy.clone() else {
+            return self.refuse(Reason::NotConfigured, None);
+        };
+        // The claim headers are Tether's to set: a client's copy is removed on every
+        // request, whatever the route, so that it can never be spoofed upstream.
+        for mapping in &policy.claims_to_headers {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &mapping.header, None);
+        }
+        let path = request_header(":path").unwrap_or_default();
+        let authorization = request_header("authorization");
+        let request = Request {
+            path: &path,
+            authorization: authorization.as_deref(),
+        };
+        match decide(&policy, request, peer_certificate, now_seconds()) {
+            Verdict::Allow { headers } => {
+                for (name, value) in &headers {
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                }
+                if policy.strip_authorization && authorization.is_some() {
+                    let _ = hostcalls::set_map_value(
+                        MapType::HttpRequestHeaders,
+                        "authorization",
+                        None,
+                    );
+                }
+                self.metrics.allowed();
+                Action::Continue
+            }
+            Verdict::Deny { reason, token } => self.refuse(reason, token),
+        }
+    }
+}
+
+impl Filter {
+    /// Sends the refusal for `reason`, counts it and logs it with the token's fingerprint.
+    fn refuse(&self, reason: Reason, token: Option<&str>) -> Action {
+        self.metrics.refused(reason);
+        let fp = token.map_or_else(|| "-".to_string(), fingerprint);
+        log(
+            LogLevel::Info,
+            &format!(
+                "tether: refused reason={} status={} token_fp={fp}",
+                reason.name(),
+                reason.status()
+            ),
+        );
+        let challenge = reason.www_authenticate();
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+        ];
+        if let Some(challenge) = challenge.as_deref() {
+            headers.push(("www-authenticate", challenge));
+        }
+        let body = reason.body();
+        let _ = hostcalls::send_http_response(
+            u32::from(reason.status()),
+            headers,
+            Some(body.as_bytes()),
+        );
+        Action::Pause
+    }
+}
+
+/// A request header as raw bytes (proxy-wasm's string accessor aborts the VM on a value
+/// that is not UTF-8, which any client can send).
+fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// The connection's client certificate, from Envoy's `sha256_peer_certificate_digest`.
+fn peer_certificate() -> Option<PeerCertificate> {
+    let digest =
+        hostcalls::get_property(vec!["connection", "sha256_peer_certificate_digest"]).ok()??;
+    PeerCertificate::from_hex_digest(&digest)
+}
+
+/// The host's clock, read once per request, in seconds since the Unix epoch.
+fn now_seconds() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,461 @@
+//! JSON Web Keys (RFC 7517) to verification keys, and RFC 7638 thumbprints.
+//!
+//! A key decides its algorithm (RFC 8725 §2.1, §3.1): a JWK with `alg` verifies only that
+//! algorithm; without `alg` the key type decides (EC P-256 → ES256, P-384 → ES384, OKP
+//! Ed25519 → EdDSA). An RSA key without `alg` becomes one verification key per RSA
+//! algorithm (RS256/384/512, PS256/384/512): all are RSA signatures, none can be confused
+//! with a key of another type. Nothing in a token header ever supplies a key.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jwt_simple::prelude::*;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// The most keys Tether reads from one JWKS.
+pub const MAX_KEYS: usize = 64;
+
+/// The JWS algorithms Tether verifies (RFC 7518 §3.1, RFC 8037 §3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Alg {
+    Rs256,
+    Rs384,
+    Rs512,
+    Ps256,
+    Ps384,
+    Ps512,
+    Es256,
+    Es384,
+    EdDsa,
+}
+
+impl Alg {
+    const RSA: [Alg; 6] = [
+        Alg::Rs256,
+        Alg::Rs384,
+        Alg::Rs512,
+        Alg::Ps256,
+        Alg::Ps384,
+        Alg::Ps512,
+    ];
+
+    /// The algorithm named by a JWS `alg` value. `none` and every unsupported name
+    /// (including the HMAC algorithms, which have no place in access tokens verified by a
+    /// resource server) give `None`.
+    pub fn from_name(name: &str) -> Option<Alg> {
+        Some(match name {
+            "RS256" => Alg::Rs256,
+            "RS384" => Alg::Rs384,
+            "RS512" => Alg::Rs512,
+            "PS256" => Alg::Ps256,
+            "PS384" => Alg::Ps384,
+            "PS512" => Alg::Ps512,
+            "ES256" => Alg::Es256,
+            "ES384" => Alg::Es384,
+            "EdDSA" => Alg::EdDsa,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::Rs256 => "RS256",
+            Alg::Rs384 => "RS384",
+            Alg::Rs512 => "RS512",
+            Alg::Ps256 => "PS256",
+            Alg::Ps384 => "PS384",
+            Alg::Ps512 => "PS512",
+            Alg::Es256 => "ES256",
+            Alg::Es384 => "ES384",
+            Alg::EdDsa => "EdDSA",
+        }
+    }
+}
+
+/// A decoded public key for one algorithm, ready to verify.
+enum Material {
+    Rs256(RS256PublicKey),
+    Rs384(RS384PublicKey),
+    Rs512(RS512PublicKey),
+    Ps256(PS256PublicKey),
+    Ps384(PS384PublicKey),
+    Ps512(PS512PublicKey),
+    Es256(ES256PublicKey),
+    Es384(ES384PublicKey),
+    Ed25519(Ed25519PublicKey),
+}
+
+/// A trusted public key bound to exactly one algorithm.
+pub struct VerificationKey {
+    /// The JWK's `kid`, if it has one.
+    pub kid: Option<String>,
+    /// The only algorithm this key verifies.
+    pub alg: Alg,
+    /// The RFC 7638 thumbprint of the JWK.
+    pub thumbprint: String,
+    material: Material,
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("thumbprint", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerificationKey {
+    /// Verifies a compact JWT with this key (jwt-simple checks the header `alg` equals the
+    /// key's, verifies the signature, and only then decodes and validates the claims).
+    pub fn verify_token<C: Serialize + DeserializeOwned>(
+        &self,
+        token: &str,
+        options: VerificationOptions,
+    ) -> Result<JWTClaims<C>, jwt_simple::Error> {
+        let options = Some(options);
+        match &self.material {
+            Material::Rs256(k) => k.verify_token(token, options),
+            Material::Rs384(k) => k.verify_token(token, options),
+            Material::Rs512(k) => k.verify_token(token, options),
+            Material::Ps256(k) => k.verify_token(token, options),
+            Material::Ps384(k) => k.verify_token(token, options),
+            Material::Ps512(k) => k.verify_token(token, options),
+            Material::Es256(k) => k.verify_token(token, options),
+            Material::Es384(k) => k.verify_token(token, options),
+            Material::Ed25519(k) => k.verify_token(token, options),
+        }
+    }
+}
+
+/// The usable keys of a JWKS, and a note for each key that was skipped.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    pub keys: Vec<VerificationKey>,
+    /// Keys that are well-formed but not for Tether (encryption keys, unsupported curves
+    /// or algorithms): skipping them lets an identity provider's full JWKS be used as is.
+    pub skipped: Vec<String>,
+}
+
+/// Parses a JWKS (`{"keys": [...]}`, RFC 7517 §5). Malformed keys and private key
+/// material are errors; keys of unsupported kinds are skipped with a note.
+pub fn parse_jwks(jwks: &Value) -> Result<KeySet, String> {
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("a JWKS must be an object with a \"keys\" array")?;
+    if keys.len() > MAX_KEYS {
+        return Err(format!("a JWKS may hold at most {MAX_KEYS} keys"));
+    }
+    let mut set = KeySet::default();
+    for (i, jwk) in keys.iter().enumerate() {
+        let jwk = jwk
+            .as_object()
+            .ok_or_else(|| format!("keys[{i}] is not a JSON object"))?;
+        match parse_jwk(jwk).map_err(|e| format!("keys[{i}]: {e}"))? {
+            Parsed::Keys(keys) => set.keys.extend(keys),
+            Parsed::Skipped(why) => set.skipped.push(format!("keys[{i}] skipped: {why}")),
+        }
+    }
+    Ok(set)
+}
+
+enum Parsed {
+    Keys(Vec<VerificationKey>),
+    Skipped(String),
+}
+
+/// Members that only private or symmetric keys have (RFC 7518 §6.2.2, §6.3.2, §6.4.1).
+const PRIVATE_MEMBERS: [&str; 9] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k", "r"];
+
+fn parse_jwk(jwk: &Map<String, Value>) -> Result<Parsed, String> {
+    let kty = string_member(jwk, "kty")?.ok_or("missing \"kty\"")?;
+    if let Some(private) = PRIVATE_MEMBERS.iter().find(|m| jwk.contains_key(**m)) {
+        return Err(format!(
+            "has private or secret key material (\"{private}\"); configure public keys only"
+        ));
+    }
+    // RFC 7517 §4.2, §4.3: a key meant for encryption must not verify signatures.
+    if let Some(key_use) = string_member(jwk, "use")? {
+        if key_use != "sig" {
+            return Ok(Parsed::Skipped(format!(
+                "\"use\" is {key_use:?}, not \"sig\""
+            )));
+        }
+    }
+    if let Some(ops) = jwk.get("key_ops") {
+        let ops = ops.as_array().ok_or("\"key_ops\" is not an array")?;
+        if !ops.iter().any(|op| op.as_str() == Some("verify")) {
+            return Ok(Parsed::Skipped(
+                "\"key_ops\" does not include \"verify\"".into(),
+            ));
+        }
+    }
+    let kid = string_member(jwk, "kid")?.map(str::to_string);
+    let alg = match string_member(jwk, "alg")? {
+        None => None,
+        Some(name) => match Alg::from_name(name) {
+            Some(alg) => Some(alg),
+            None => {
+                return Ok(Parsed::Skipped(format!(
+                    "algorithm {name:?} is not supported"
+                )))
+            }
+        },
+    };
+    if !matches!(kty, "RSA" | "EC" | "OKP") {
+        return Ok(Parsed::Skipped(format!(
+            "key type {kty:?} is not supported"
+        )));
+    }
+    let thumbprint = thumbprint(jwk)?;
+    let key = |alg: Alg, material: Material| VerificationKey {
+        kid: kid.clone(),
+        alg,
+        thumbprint: thumbprint.clone(),
+        material,
+    };
+    let keys = match kty {
+        "RSA" => {
+            let n = b64_member(jwk, "n")?;
+            let e = b64_member(jwk, "e")?;
+            let algs: Vec<Alg> = match alg {
+                Some(alg) if Alg::RSA.contains(&alg) => vec![alg],
+                Some(alg) => return Err(format!("\"alg\" {} does not fit an RSA key", alg.name())),
+                None => Alg::RSA.to_vec(),
+            };
+            algs.into_iter()
+                .map(|alg| rsa_material(alg, &n, &e).map(|m| key(alg, m)))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        "EC" => {
+            let crv = string_member(jwk, "crv")?.ok_or("missing \"crv\"")?;
+            let (curve_alg, size) = match crv {
+                "P-256" => (Alg::Es256, 32),
+                "P-384" => (Alg::Es384, 48),
+                other => return Ok(Parsed::Skipped(format!("curve {other:?} is not supported"))),
+            };
+            if alg.is_some_and(|a| a != curve_alg) {
+                return Err(format!("\"alg\" does not fit curve {crv}"));
+            }
+            let x = b64_member(jwk, "x")?;
+            let y = b64_member(jwk, "y")?;
+            // RFC 7518 §6.2.1.2: x and y are the full-length coordinates.
+            if x.len() != size || y.len() != size {
+                return Err(format!("coordinates of a {crv} key must be {size} bytes"));
+            }
+            let mut point = Vec::with_capacity(1 + 2 * size);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            let material = match curve_alg {
+                Alg::Es256 => ES256PublicKey::from_bytes(&point).map(Material::Es256),
+                _ => ES384PublicKey::from_bytes(&point).map(Material::Es384),
+            }
+            .map_err(|_| format!("not a valid point on {crv}"))?;
+            vec![key(curve_alg, material)]
+        }
+        "OKP" => {
+            let crv = string_member(jwk, "crv")?.ok_or("missing \"crv\"")?;
+            if crv != "Ed25519" {
+                return Ok(Parsed::Skipped(format!("curve {crv:?} is not supported")));
+            }
+            if alg.is_some_and(|a| a != Alg::EdDsa) {
+                return Err("\"alg\" does not fit an Ed25519 key".into());
+            }
+            let x = b64_member(jwk, "x")?;
+            let material =
+                Ed25519PublicKey::from_bytes(&x).map_err(|_| "not a valid Ed25519 public key")?;
+            vec![key(Alg::EdDsa, Material::Ed25519(material))]
+        }
+        other => {
+            return Ok(Parsed::Skipped(format!(
+                "key type {other:?} is not supported"
+            )))
+        }
+    };
+    Ok(Parsed::Keys(keys))
+}
+
+fn rsa_material(alg: Alg, n: &[u8], e: &[u8]) -> Result<Material, String> {
+    let material = match alg {
+        Alg::Rs256 => RS256PublicKey::from_components(n, e).map(Material::Rs256),
+        Alg::Rs384 => RS384PublicKey::from_components(n, e).map(Material::Rs384),
+        Alg::Rs512 => RS512PublicKey::from_components(n, e).map(Material::Rs512),
+        Alg::Ps256 => PS256PublicKey::from_components(n, e).map(Material::Ps256),
+        Alg::Ps384 => PS384PublicKey::from_components(n, e).map(Material::Ps384),
+        _ => PS512PublicKey::from_components(n, e).map(Material::Ps512),
+    };
+    // jwt-simple refuses moduli outside 2048..=4096 bits (RFC 7518 §3.3 requires 2048+).
+    material.map_err(|_| {
+        "not a usable RSA public key (the modulus must be 2048 to 4096 bits)".to_string()
+    })
+}
+
+fn string_member<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
+    match jwk.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("\"{name}\" is not a string")),
+    }
+}
+
+fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
+    let value = string_member(jwk, name)?.ok_or_else(|| format!("missing \"{name}\""))?;
+    if value.len() > 1024 {
+        return Err(format!("\"{name}\" is too long"));
+    }
+    URL_SAFE_NO_PAD
+        .decode(value)
+        .map_err(|_| format!("\"{name}\" is not unpadded base64url"))
+}
+
+/// The RFC 7638 JWK thumbprint: the base64url SHA-256 of the JSON object of the key's
+/// required members (§3.2: EC `crv,kty,x,y`; RSA `e,kty,n`; OKP `crv,kty,x` per RFC 8037
+/// §2), in lexicographic order with no whitespace.
+pub fn thumbprint(jwk: &Map<String, Value>) -> Result<String, String> {
+    let kty = string_member(jwk, "kty")?.ok_or("missing \"kty\"")?;
+    let members: &[&str] = match kty {
+        "EC" => &["crv", "kty", "x", "y"],
+        "RSA" => &["e", "kty", "n"],
+        "OKP" => &["crv", "kty", "x"],
+        other => {
+            return Err(format!(
+                "no thumbprint is defined here for key type {other:?}"
+            ))
+        }
+    };
+    let mut canonical = Map::new();
+    for member in members {
+        let value = string_member(jwk, member)?.ok_or_else(|| format!("missing \"{member}\""))?;
+        canonical.insert((*member).to_string(), Value::String(value.to_string()));
+    }
+    // serde_json's Map is ordered by key (no `preserve_order` feature), and to_string
+    // writes no whitespace: exactly the canonical form of RFC 7638 §3.3.
+    let json = Value::Object(canonical).to_string();
+    Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(json.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// RFC 7638 §3.1: the example RSA key and its thumbprint.
+    fn rfc7638_key() -> Value {
+        json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        })
+    }
+
+    #[test]
+    fn rfc7638_example_thumbprint() {
+        let key = rfc7638_key();
+        assert_eq!(
+            thumbprint(key.as_object().unwrap()).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    /// RFC 8037 Appendix A.3: the Ed25519 example key's thumbprint.
+    #[test]
+    fn rfc8037_okp_thumbprint() {
+        let key =
+            json!({"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+        assert_eq!(
+            thumbprint(key.as_object().unwrap()).unwrap(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+    }
+
+    #[test]
+    fn thumbprint_ignores_optional_members() {
+        let mut key = rfc7638_key();
+        key["use"] = json!("sig");
+        key["kid"] = json!("other");
+        assert_eq!(
+            thumbprint(key.as_object().unwrap()).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn rsa_key_with_alg_verifies_only_that_alg() {
+        let set = parse_jwks(&json!({"keys": [rfc7638_key()]})).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(set.keys[0].alg, Alg::Rs256);
+        assert_eq!(set.keys[0].kid.as_deref(), Some("2011-04-29"));
+    }
+
+    #[test]
+    fn rsa_key_without_alg_verifies_rsa_algs_only() {
+        let mut key = rfc7638_key();
+        key.as_object_mut().unwrap().remove("alg");
+        let set = parse_jwks(&json!({"keys": [key]})).unwrap();
+        let algs: Vec<Alg> = set.keys.iter().map(|k| k.alg).collect();
+        assert_eq!(algs, Alg::RSA.to_vec());
+    }
+
+    #[test]
+    fn ec_and_okp_keys_take_the_alg_of_their_curve() {
+        // RFC 7515 Appendix A.3 (P-256) and RFC 8037 Appendix A (Ed25519) public keys.
+        let set = parse_jwks(&json!({"keys": [
+            {"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+        ]}))
+        .unwrap();
+        assert_eq!(set.keys[0].alg, Alg::Es256);
+        assert_eq!(set.keys[1].alg, Alg::EdDsa);
+    }
+
+    #[test]
+    fn alg_that_does_not_fit_the_key_type_is_an_error() {
+        let mut key = rfc7638_key();
+        key["alg"] = json!("ES256");
+        assert!(parse_jwks(&json!({"keys": [key]})).is_err());
+        let ec = json!({"kty":"EC","crv":"P-256","alg":"ES384","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
+        assert!(parse_jwks(&json!({"keys": [ec]})).is_err());
+    }
+
+    #[test]
+    fn private_key_material_is_refused() {
+        // RFC 7515 Appendix A.3 private key.
+        let ec = json!({"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","d":"jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI"});
+        let err = parse_jwks(&json!({"keys": [ec]})).unwrap_err();
+        assert!(err.contains("private"), "{err}");
+        let oct = json!({"kty":"oct","k":"AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow"});
+        assert!(parse_jwks(&json!({"keys": [oct]})).is_err());
+    }
+
+    #[test]
+    fn encryption_and_unsupported_keys_are_skipped() {
+        let mut enc = rfc7638_key();
+        enc["use"] = json!("enc");
+        let p521 = json!({"kty":"EC","crv":"P-521","x":"AA","y":"AA"});
+        let hs = json!({"kty":"RSA","alg":"HS256","n":"AA","e":"AQAB"});
+        let set = parse_jwks(&json!({"keys": [enc, p521, hs]})).unwrap();
+        assert!(set.keys.is_empty());
+        assert_eq!(set.skipped.len(), 3);
+    }
+
+    #[test]
+    fn malformed_keys_are_errors() {
+        let short = json!({"kty":"EC","crv":"P-256","x":"AAAA","y":"AAAA"});
+        assert!(parse_jwks(&json!({"keys": [short]})).is_err());
+        let padded =
+            json!({"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo="});
+        assert!(parse_jwks(&json!({"keys": [padded]})).is_err());
+        let not_on_curve = json!({"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a4"});
+        assert!(parse_jwks(&json!({"keys": [not_on_curve]})).is_err());
+        let weak_rsa = json!({"kty":"RSA","n":"AQAB","e":"AQAB"});
+        assert!(parse_jwks(&json!({"keys": [weak_rsa]})).is_err());
+        assert!(parse_jwks(&json!({"keys": "nope"})).is_err());
+        assert!(parse_jwks(&json!([])).is_err());
+    }
+}

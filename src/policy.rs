@@ -1,0 +1,175 @@
+//! Which requirement applies to a request: rules matched by path prefix, first match wins.
+
+use serde::Deserialize;
+
+/// What a route requires of the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Require {
+    /// Nothing: no token is examined.
+    None,
+    /// A valid access token. If the token carries a `cnf` binding it is still enforced:
+    /// a bound token is never accepted without its proof.
+    Bearer,
+    /// A valid access token bound with `cnf["x5t#S256"]` to this connection's client
+    /// certificate (RFC 8705 §3).
+    Mtls,
+    /// A valid access token whose `cnf` names a binding that the request proves.
+    Bound,
+}
+
+/// The requirement applied when no rule matches: the strictest one.
+pub const DEFAULT_REQUIRE: Require = Require::Bound;
+
+/// One compiled rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// A plain string prefix of the path (without the query), like Envoy's route `prefix`.
+    pub prefix: String,
+    pub require: Require,
+}
+
+/// The ordered rules of a policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules(Vec<Rule>);
+
+impl Rules {
+    /// Compiles the rules, refusing a rule that can never match because an earlier rule's
+    /// prefix already covers it (a sign of a mistake that would silently change a policy).
+    pub fn new(rules: Vec<Rule>) -> Result<Self, String> {
+        for (i, rule) in rules.iter().enumerate() {
+            if !rule.prefix.starts_with('/') {
+                return Err(format!("rules[{i}].prefix must start with '/'"));
+            }
+            if let Some(j) = rules[..i]
+                .iter()
+                .position(|earlier| rule.prefix.starts_with(&earlier.prefix))
+            {
+                return Err(format!(
+                    "rules[{i}] (prefix {:?}) can never match: rules[{j}] (prefix {:?}) comes first",
+                    rule.prefix, rules[j].prefix
+                ));
+            }
+        }
+        Ok(Rules(rules))
+    }
+
+    /// The requirement for a request path (the `:path` pseudo-header, query included).
+    pub fn requirement(&self, path: &str) -> Require {
+        let path = path_without_query(path);
+        self.0
+            .iter()
+            .find(|rule| path.starts_with(&rule.prefix))
+            .map_or(DEFAULT_REQUIRE, |rule| rule.require)
+    }
+}
+
+/// The path part of a `:path` value.
+pub fn path_without_query(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+/// Whether the path is free of what lets a request reach one route while matching the
+/// rule of another: dot segments (`/healthz/../admin`, RFC 3986 §5.2.4), encoded dots and
+/// slashes (`%2e`, `%2f`), and backslashes that some back ends treat as separators.
+/// Envoy's `normalize_path` and `merge_slashes` resolve these before the filter sees
+/// them; this check keeps the rules sound when they are not enabled.
+pub fn is_normalized(path: &str) -> bool {
+    let path = path_without_query(path);
+    if !path.starts_with('/') || path.contains('\\') {
+        return false;
+    }
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    !["%2e", "%2f", "%5c"]
+        .iter()
+        .any(|encoded| lower.contains(encoded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(prefix: &str, require: Require) -> Rule {
+        Rule {
+            prefix: prefix.to_string(),
+            require,
+        }
+    }
+
+    fn contract_rules() -> Rules {
+        Rules::new(vec![
+            rule("/healthz", Require::None),
+            rule("/legacy", Require::Bearer),
+            rule("/orders", Require::Mtls),
+            rule("/", Require::Bound),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn first_matching_prefix_wins() {
+        let rules = contract_rules();
+        assert_eq!(rules.requirement("/healthz"), Require::None);
+        assert_eq!(rules.requirement("/legacy/x?y=1"), Require::Bearer);
+        assert_eq!(rules.requirement("/orders/42"), Require::Mtls);
+        assert_eq!(rules.requirement("/payments"), Require::Bound);
+    }
+
+    #[test]
+    fn query_does_not_take_part_in_matching() {
+        let rules = contract_rules();
+        assert_eq!(rules.requirement("/x?/healthz"), Require::Bound);
+    }
+
+    #[test]
+    fn no_match_means_bound() {
+        let rules = Rules::new(vec![rule("/healthz", Require::None)]).unwrap();
+        assert_eq!(rules.requirement("/anything"), Require::Bound);
+        assert_eq!(Rules::default().requirement("/"), Require::Bound);
+    }
+
+    #[test]
+    fn shadowed_rule_is_a_configuration_error() {
+        let err = Rules::new(vec![
+            rule("/", Require::Bound),
+            rule("/healthz", Require::None),
+        ])
+        .unwrap_err();
+        assert!(err.contains("rules[1]"), "{err}");
+        assert!(Rules::new(vec![rule("/a", Require::None), rule("/a", Require::Bearer)]).is_err());
+    }
+
+    #[test]
+    fn prefix_must_be_absolute() {
+        assert!(Rules::new(vec![rule("healthz", Require::None)]).is_err());
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_separators_are_not_normalized() {
+        for path in [
+            "/healthz/../orders",
+            "/./orders",
+            "/healthz/%2e%2e/orders",
+            "/a%2Fb",
+            "/a\\b",
+            "/a/..",
+            "x",
+        ] {
+            assert!(!is_normalized(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/orders/42?x=../y",
+            "/a..b/c.d",
+            "/.well-known/jwks.json",
+        ] {
+            assert!(is_normalized(path), "{path}");
+        }
+    }
+}

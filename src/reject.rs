@@ -1,0 +1,211 @@
+//! Why a request is refused, and what each refusal puts on the wire: the one table.
+//!
+//! Every refusal in Tether is a [`Reason`]. Only this module decides the HTTP status, the
+//! `WWW-Authenticate` challenge (RFC 6750 §3) and the JSON body for a reason, and the name
+//! of its counter. Descriptions name the cause and never echo any part of the request.
+
+/// The OAuth error code of a refusal (RFC 6750 §3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request carried no credential at all: the challenge has no error code
+    /// (RFC 6750 §3.1: "the resource server SHOULD NOT include an error code").
+    None,
+    /// The request is malformed (400).
+    InvalidRequest,
+    /// The filter itself cannot decide (503): no challenge is sent.
+    Unavailable,
+    /// The access token, or its proof of possession, is not acceptable (401).
+    InvalidToken,
+}
+
+impl ErrorCode {
+    /// The code as it appears in `error="..."`, if any.
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            ErrorCode::None | ErrorCode::Unavailable => None,
+            ErrorCode::InvalidRequest => Some("invalid_request"),
+            ErrorCode::InvalidToken => Some("invalid_token"),
+        }
+    }
+}
+
+macro_rules! reasons {
+    ($( $(#[$doc:meta])* $variant:ident => $name:literal, $status:literal, $code:ident, $desc:literal; )*) => {
+        /// Every reason Tether refuses a request. The names are stable: they are the
+        /// counter names (`tether.refused.<name>`) and they appear in the log.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Reason {
+            /// All reasons, for defining one counter each at start-up.
+            pub const ALL: &'static [Reason] = &[ $( Reason::$variant, )* ];
+
+            /// The stable name of the reason (snake case).
+            pub fn name(self) -> &'static str {
+                match self { $( Reason::$variant => $name, )* }
+            }
+
+            /// The HTTP status of the refusal.
+            pub fn status(self) -> u16 {
+                match self { $( Reason::$variant => $status, )* }
+            }
+
+            /// The OAuth error code of the refusal.
+            pub fn error_code(self) -> ErrorCode {
+                match self { $( Reason::$variant => ErrorCode::$code, )* }
+            }
+
+            /// A short description for `error_description`: the cause, never request data.
+            pub fn description(self) -> &'static str {
+                match self { $( Reason::$variant => $desc, )* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// A protected route was requested without a Bearer access token.
+    TokenMissing => "token_missing", 401, None, "no access token in the request";
+    /// An `access_token` query parameter (RFC 6750 §2.3): URLs end up in logs and
+    /// `Referer` headers, so a token there is treated as leaked and refused outright.
+    TokenInQuery => "token_in_query", 400, InvalidRequest, "access token must not be sent in the URL";
+    /// More than one `Authorization` header (RFC 6750 §3.1: more than one method).
+    MultipleAuthorization => "multiple_authorization", 400, InvalidRequest, "more than one Authorization header";
+    /// A Bearer `Authorization` header whose credential is empty or not a `b64token`
+    /// (RFC 6750 §2.1).
+    MalformedAuthorization => "malformed_authorization", 400, InvalidRequest, "malformed Authorization header";
+    /// The path has dot segments or encoded separators, so path-prefix rules could be
+    /// bypassed (`/healthz/../admin`). Envoy's `normalize_path` prevents this upstream.
+    PathNotNormalized => "path_not_normalized", 400, InvalidRequest, "request path is not normalized";
+    /// The token is longer than Tether accepts (8 KiB).
+    TokenTooLarge => "token_too_large", 401, InvalidToken, "token exceeds the size limit";
+    /// The token is not a JWS compact serialization with JSON header and claims.
+    TokenMalformed => "token_malformed", 401, InvalidToken, "token is not a well-formed JWT";
+    /// The token's `alg` is `none`, unsupported, or not the algorithm of the key it names.
+    AlgorithmNotAllowed => "algorithm_not_allowed", 401, InvalidToken, "token algorithm is not allowed";
+    /// The token's `iss` is not a configured issuer.
+    IssuerUnknown => "issuer_unknown", 401, InvalidToken, "token issuer is not trusted";
+    /// No configured key of the issuer matches the token's `kid` and `alg`.
+    KeyUnknown => "key_unknown", 401, InvalidToken, "no trusted key matches the token";
+    /// The signature does not verify with the issuer's key.
+    SignatureInvalid => "signature_invalid", 401, InvalidToken, "token signature is invalid";
+    /// `exp` is in the past, beyond the clock skew.
+    TokenExpired => "token_expired", 401, InvalidToken, "token has expired";
+    /// The token has no `exp`: an access token that never expires is refused.
+    ExpiryMissing => "expiry_missing", 401, InvalidToken, "token has no expiry";
+    /// `nbf` or `iat` is in the future, beyond the clock skew.
+    TokenNotYetValid => "token_not_yet_valid", 401, InvalidToken, "token is not yet valid";
+    /// `exp - iat` (or `exp - now`) exceeds `max_token_lifetime_seconds`.
+    LifetimeTooLong => "lifetime_too_long", 401, InvalidToken, "token lifetime exceeds the maximum";
+    /// None of the token's `aud` values is a configured audience of its issuer.
+    AudienceMismatch => "audience_mismatch", 401, InvalidToken, "token audience is not accepted";
+    /// The route requires a sender-constrained token and the token has no (or an empty) `cnf`.
+    NotSenderConstrained => "not_sender_constrained", 401, InvalidToken, "token is not sender-constrained";
+    /// The token's `cnf` names a proof this route cannot check (for example `jkt` before
+    /// DPoP support), or a route requiring a certificate binding got another kind.
+    BindingUnsupported => "binding_unsupported", 401, InvalidToken, "token binding cannot be proved";
+    /// `cnf` is not a JSON object, or its `x5t#S256` is not a base64url SHA-256 digest.
+    CnfMalformed => "cnf_malformed", 401, InvalidToken, "token confirmation claim is malformed";
+    /// The token is certificate-bound but the connection presented no client certificate.
+    ClientCertificateMissing => "client_certificate_missing", 401, InvalidToken, "no client certificate";
+    /// The token is bound to a different certificate than the connection's (RFC 8705 §3).
+    CertificateMismatch => "certificate_mismatch", 401, InvalidToken, "token is bound to another certificate";
+    /// The filter has no valid configuration (it failed closed). Envoy normally refuses
+    /// such a configuration before any request arrives.
+    NotConfigured => "not_configured", 503, Unavailable, "the filter has no valid configuration";
+}
+
+/// The realm of every challenge Tether sends.
+pub const REALM: &str = "tether";
+
+impl Reason {
+    /// The `WWW-Authenticate` value for this refusal (RFC 6750 §3), if it has one.
+    pub fn www_authenticate(self) -> Option<String> {
+        match self.error_code() {
+            ErrorCode::Unavailable => None,
+            ErrorCode::None => Some(format!("Bearer realm=\"{REALM}\"")),
+            ErrorCode::InvalidRequest | ErrorCode::InvalidToken => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"{}\", error_description=\"{}\"",
+                self.error_code().as_str().unwrap_or_default(),
+                self.description()
+            )),
+        }
+    }
+
+    /// The JSON body of the refusal: `{"error": ..., "error_description": ...}`. A refusal
+    /// without an OAuth error code says `missing_token` (no token at all) or
+    /// `temporarily_unavailable` (the filter cannot decide).
+    pub fn body(self) -> String {
+        let error = match self.error_code() {
+            ErrorCode::Unavailable => "temporarily_unavailable",
+            code => code.as_str().unwrap_or("missing_token"),
+        };
+        serde_json::json!({ "error": error, "error_description": self.description() }).to_string()
+    }
+
+    /// The counter incremented for this refusal.
+    pub fn metric_name(self) -> String {
+        format!("tether.refused.{}", self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn missing_token_challenge_has_no_error_code() {
+        assert_eq!(
+            Reason::TokenMissing.www_authenticate().unwrap(),
+            "Bearer realm=\"tether\""
+        );
+        assert_eq!(Reason::TokenMissing.status(), 401);
+    }
+
+    #[test]
+    fn invalid_token_challenge_names_error_and_description() {
+        assert_eq!(
+            Reason::TokenExpired.www_authenticate().unwrap(),
+            "Bearer realm=\"tether\", error=\"invalid_token\", error_description=\"token has expired\""
+        );
+    }
+
+    #[test]
+    fn malformed_requests_are_400_invalid_request() {
+        for r in [
+            Reason::TokenInQuery,
+            Reason::MultipleAuthorization,
+            Reason::MalformedAuthorization,
+        ] {
+            assert_eq!(r.status(), 400);
+            assert_eq!(r.error_code(), ErrorCode::InvalidRequest);
+        }
+    }
+
+    #[test]
+    fn body_is_json_with_error_and_description() {
+        let body: serde_json::Value =
+            serde_json::from_str(&Reason::CertificateMismatch.body()).unwrap();
+        assert_eq!(body["error"], "invalid_token");
+        assert_eq!(
+            body["error_description"],
+            "token is bound to another certificate"
+        );
+    }
+
+    #[test]
+    fn names_are_unique_and_descriptions_are_header_safe() {
+        let names: HashSet<_> = Reason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), Reason::ALL.len());
+        for r in Reason::ALL {
+            // RFC 6750 §3: error_description is limited to %x20-21 / %x23-5B / %x5D-7E.
+            assert!(r
+                .description()
+                .bytes()
+                .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\'));
+        }
+    }
+}
