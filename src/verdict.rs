@@ -104,3 +104,247 @@ fn claim_headers<'p>(policy: &'p Policy, token: &VerifiedToken) -> Vec<(&'p str,
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use jwt_simple::prelude::*;
+    use serde_json::{json, Map, Value};
+    use sha2::{Digest, Sha256};
+
+    const ISS: &str = "https://idp.example.com";
+    const AUD: &str = "https://orders.mesh.internal";
+    const NOW: u64 = 1_800_000_000;
+    const ALICE_DER: &[u8] = b"alice's certificate";
+    const MALLORY_DER: &[u8] = b"mallory's certificate";
+
+    struct Fixture {
+        key: ES256KeyPair,
+        policy: Policy,
+    }
+
+    fn fixture() -> Fixture {
+        let key = ES256KeyPair::generate().with_key_id("k1");
+        let point = key.public_key().public_key().to_bytes_uncompressed();
+        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": "k1",
+                         "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])});
+        let config = json!({
+            "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": {"keys": [jwk]}}],
+            "rules": [
+                {"prefix": "/healthz", "require": "none"},
+                {"prefix": "/legacy", "require": "bearer"},
+                {"prefix": "/orders", "require": "mtls"},
+                {"prefix": "/", "require": "bound"}
+            ],
+            "claims_to_headers": [{"claim": "sub", "header": "x-tether-sub"}, {"claim": "tenant", "header": "x-tenant"}]
+        });
+        let policy = Policy::from_json(config.to_string().as_bytes()).unwrap();
+        Fixture { key, policy }
+    }
+
+    fn cert(der: &[u8]) -> PeerCertificate {
+        let hex: String = Sha256::digest(der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        PeerCertificate::from_hex_digest(hex.as_bytes()).unwrap()
+    }
+
+    fn token(f: &Fixture, cnf: Option<Value>, extra: &[(&str, Value)]) -> String {
+        let mut custom = Map::new();
+        if let Some(cnf) = cnf {
+            custom.insert("cnf".into(), cnf);
+        }
+        for (name, value) in extra {
+            custom.insert((*name).into(), value.clone());
+        }
+        let mut claims = Claims::with_custom_claims(custom, Duration::from_secs(300))
+            .with_issuer(ISS)
+            .with_audience(AUD)
+            .with_subject("alice");
+        claims.issued_at = Some(UnixTimeStamp::from_secs(NOW));
+        claims.invalid_before = None;
+        claims.expires_at = Some(UnixTimeStamp::from_secs(NOW + 300));
+        f.key.sign(claims).unwrap()
+    }
+
+    fn bound_to(der: &[u8]) -> Option<Value> {
+        Some(json!({"x5t#S256": URL_SAFE_NO_PAD.encode(Sha256::digest(der))}))
+    }
+
+    fn run<'p, 'r>(
+        f: &'p Fixture,
+        path: &'r str,
+        auth: Option<&'r str>,
+        peer: Option<&[u8]>,
+    ) -> Verdict<'p, 'r> {
+        let peer = peer.map(cert);
+        let request = Request {
+            path: path.as_bytes(),
+            authorization: auth.map(str::as_bytes),
+        };
+        decide(&f.policy, request, || peer, NOW)
+    }
+
+    fn reason(v: Verdict) -> Reason {
+        match v {
+            Verdict::Deny { reason, .. } => reason,
+            Verdict::Allow { .. } => panic!("allowed"),
+        }
+    }
+
+    #[test]
+    fn bound_token_with_its_certificate_is_allowed_with_claim_headers() {
+        let f = fixture();
+        let auth = format!(
+            "Bearer {}",
+            token(&f, bound_to(ALICE_DER), &[("tenant", json!("acme"))])
+        );
+        let verdict = run(&f, "/orders/1", Some(&auth), Some(ALICE_DER));
+        assert_eq!(
+            verdict,
+            Verdict::Allow {
+                headers: vec![
+                    ("x-tether-sub", "alice".into()),
+                    ("x-tenant", "acme".into())
+                ]
+            }
+        );
+        assert!(matches!(
+            run(&f, "/anything", Some(&auth), Some(ALICE_DER)),
+            Verdict::Allow { .. }
+        ));
+    }
+
+    #[test]
+    fn stolen_bound_token_over_another_certificate_is_refused_on_every_route() {
+        let f = fixture();
+        let auth = format!("Bearer {}", token(&f, bound_to(ALICE_DER), &[]));
+        for path in ["/orders", "/", "/legacy"] {
+            assert_eq!(
+                reason(run(&f, path, Some(&auth), Some(MALLORY_DER))),
+                Reason::CertificateMismatch,
+                "{path}"
+            );
+            assert_eq!(
+                reason(run(&f, path, Some(&auth), None)),
+                Reason::ClientCertificateMissing,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn unbound_token_is_refused_on_mtls_and_bound_but_served_on_bearer() {
+        let f = fixture();
+        let auth = format!("Bearer {}", token(&f, None, &[]));
+        assert_eq!(
+            reason(run(&f, "/orders", Some(&auth), Some(ALICE_DER))),
+            Reason::NotSenderConstrained
+        );
+        assert_eq!(
+            reason(run(&f, "/", Some(&auth), Some(ALICE_DER))),
+            Reason::NotSenderConstrained
+        );
+        assert!(matches!(
+            run(&f, "/legacy", Some(&auth), None),
+            Verdict::Allow { .. }
+        ));
+        let empty_cnf = format!("Bearer {}", token(&f, Some(json!({})), &[]));
+        assert_eq!(
+            reason(run(&f, "/", Some(&empty_cnf), Some(ALICE_DER))),
+            Reason::NotSenderConstrained
+        );
+    }
+
+    #[test]
+    fn none_route_examines_nothing() {
+        let f = fixture();
+        assert_eq!(
+            run(&f, "/healthz", Some("Bearer !!!"), None),
+            Verdict::Allow { headers: vec![] }
+        );
+        assert_eq!(
+            run(&f, "/healthz", None, None),
+            Verdict::Allow { headers: vec![] }
+        );
+    }
+
+    #[test]
+    fn missing_token_and_token_in_query() {
+        let f = fixture();
+        assert_eq!(
+            reason(run(&f, "/", None, Some(ALICE_DER))),
+            Reason::TokenMissing
+        );
+        let auth = format!("Bearer {}", token(&f, bound_to(ALICE_DER), &[]));
+        assert_eq!(
+            reason(run(&f, "/?access_token=x", Some(&auth), Some(ALICE_DER))),
+            Reason::TokenInQuery
+        );
+    }
+
+    #[test]
+    fn unnormalized_paths_are_refused_before_rule_matching() {
+        let f = fixture();
+        assert_eq!(
+            reason(run(&f, "/healthz/../orders", None, None)),
+            Reason::PathNotNormalized
+        );
+        let request = Request {
+            path: b"/\xff",
+            authorization: None,
+        };
+        assert_eq!(
+            reason(decide(&f.policy, request, || None, NOW)),
+            Reason::PathNotNormalized
+        );
+    }
+
+    #[test]
+    fn refusal_after_extraction_carries_the_token_for_its_fingerprint() {
+        let f = fixture();
+        let t = token(&f, None, &[]);
+        let auth = format!("Bearer {t}");
+        assert_eq!(
+            run(&f, "/", Some(&auth), None),
+            Verdict::Deny {
+                reason: Reason::NotSenderConstrained,
+                token: Some(t.as_str())
+            }
+        );
+    }
+
+    #[test]
+    fn claim_with_control_characters_is_not_forwarded() {
+        let f = fixture();
+        let auth = format!(
+            "Bearer {}",
+            token(
+                &f,
+                bound_to(ALICE_DER),
+                &[("tenant", json!("a\r\nx-admin: 1"))]
+            )
+        );
+        assert_eq!(
+            run(&f, "/", Some(&auth), Some(ALICE_DER)),
+            Verdict::Allow {
+                headers: vec![("x-tether-sub", "alice".into())]
+            }
+        );
+    }
+
+    #[test]
+    fn peer_certificate_is_not_read_for_unbound_bearer_tokens() {
+        let f = fixture();
+        let auth = format!("Bearer {}", token(&f, None, &[]));
+        let request = Request {
+            path: b"/legacy",
+            authorization: Some(auth.as_bytes()),
+        };
+        let verdict = decide(&f.policy, request, || panic!("peer certificate read"), NOW);
+        assert!(matches!(verdict, Verdict::Allow { .. }));
+    }
+}
