@@ -23,7 +23,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 # The wasm toolchain: rustup's target where it is (or can be) installed, otherwise Debian's
 # Rust with the standard library built from source (scripts/wasm-route.sh decides the same way).
 if ! scripts/wasm-route.sh >/dev/null 2>&1; then
-  rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
+  # Where the target cannot be downloaded this fails (bounded in time) and Debian's route follows.
+  timeout 180 rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
 fi
 if ! scripts/wasm-route.sh >/dev/null 2>&1; then
   echo "setup: installing Debian's Rust and the wasm32 standard library sources"
