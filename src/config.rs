@@ -23,8 +23,9 @@ pub const MAX_TOKEN_LIFETIME_LIMIT_SECONDS: u64 = 86_400;
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// Request headers that `claims_to_headers` may not set: pseudo-headers, hop-by-hop and
-/// framing headers, credentials, and Envoy's own.
-const RESERVED_HEADERS: [&str; 12] = [
+/// framing headers, credentials, and headers an upstream trusts to describe the client or
+/// the connection (a claim must never overwrite what the proxy itself vouches for).
+const RESERVED_HEADERS: [&str; 19] = [
     "authorization",
     "proxy-authorization",
     "cookie",
@@ -37,6 +38,13 @@ const RESERVED_HEADERS: [&str; 12] = [
     "te",
     "upgrade",
     "dpop",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-client-cert",
+    "x-real-ip",
+    "x-request-id",
 ];
 
 #[derive(Deserialize)]
@@ -358,6 +366,7 @@ mod tests {
     fn reserved_or_invalid_claim_headers_are_errors() {
         for header in [
             "authorization",
+            "x-forwarded-client-cert",
             ":path",
             "x-envoy-original-path",
             "bad header",

@@ -60,27 +60,31 @@ fn is_access_token_name(raw: &str) -> bool {
     decoded.eq_ignore_ascii_case(QUERY_PARAMETER.as_bytes())
 }
 
-/// Reads the Bearer token from the request's `Authorization` header value (raw bytes), if any.
+/// Reads the Bearer token from the request's `Authorization` header values (raw bytes,
+/// one per header line).
 ///
-/// Envoy hands a filter repeated headers joined with `,`. A `b64token` (RFC 6750 §2.1)
-/// never contains a comma, so a comma means more than one `Authorization` header, which
-/// is ambiguous and refused (RFC 6750 §3.1, `invalid_request`).
+/// More than one `Authorization` header is ambiguous (an upstream might use another one
+/// than Tether checked) and refused (RFC 6750 §3.1, `invalid_request`). Envoy hands a
+/// filter some repeated headers joined with `,`; a `b64token` (RFC 6750 §2.1) never
+/// contains a comma, so a comma in a Bearer credential is refused the same way.
 ///
 /// `Ok(None)` means no Bearer credential: no header, or another scheme (`Basic`, ...).
-pub fn bearer_token(authorization: Option<&[u8]>) -> Result<Option<&str>, Reason> {
-    let Some(value) = authorization else {
-        return Ok(None);
+pub fn bearer_token<'r>(authorization: &[&'r [u8]]) -> Result<Option<&'r str>, Reason> {
+    let value = match authorization {
+        [] => return Ok(None),
+        [value] => *value,
+        _ => return Err(Reason::MultipleAuthorization),
     };
     // Header values may carry any octet but NUL, CR and LF; a credential is ASCII.
     let value = std::str::from_utf8(value).map_err(|_| Reason::MalformedAuthorization)?;
-    if value.contains(',') {
-        return Err(Reason::MultipleAuthorization);
-    }
     let value = value.trim_matches(|c| c == ' ' || c == '\t');
     let (scheme, credential) = value.split_once(' ').unwrap_or((value, ""));
     // The auth-scheme is case-insensitive (RFC 7235 §2.1).
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
+    }
+    if credential.contains(',') {
+        return Err(Reason::MultipleAuthorization);
     }
     let token = credential.trim_start_matches(' ');
     if token.is_empty() {
@@ -111,37 +115,34 @@ mod tests {
     #[test]
     fn bearer_scheme_is_case_insensitive() {
         assert_eq!(
-            bearer_token(Some("Bearer abc.def.ghi".as_bytes())),
+            bearer_token(&["Bearer abc.def.ghi".as_bytes()]),
             Ok(Some("abc.def.ghi"))
         );
         assert_eq!(
-            bearer_token(Some("bearer abc.def.ghi".as_bytes())),
+            bearer_token(&["bearer abc.def.ghi".as_bytes()]),
             Ok(Some("abc.def.ghi"))
         );
         assert_eq!(
-            bearer_token(Some("BEARER   abc.def.ghi".as_bytes())),
+            bearer_token(&["BEARER   abc.def.ghi".as_bytes()]),
             Ok(Some("abc.def.ghi"))
         );
     }
 
     #[test]
     fn no_header_or_other_scheme_is_no_token() {
-        assert_eq!(bearer_token(None), Ok(None));
-        assert_eq!(
-            bearer_token(Some("Basic dXNlcjpwYXNz".as_bytes())),
-            Ok(None)
-        );
-        assert_eq!(bearer_token(Some("Bearerabc".as_bytes())), Ok(None));
+        assert_eq!(bearer_token(&[]), Ok(None));
+        assert_eq!(bearer_token(&["Basic dXNlcjpwYXNz".as_bytes()]), Ok(None));
+        assert_eq!(bearer_token(&["Bearerabc".as_bytes()]), Ok(None));
     }
 
     #[test]
     fn empty_bearer_credential_is_malformed() {
         assert_eq!(
-            bearer_token(Some("Bearer".as_bytes())),
+            bearer_token(&["Bearer".as_bytes()]),
             Err(Reason::MalformedAuthorization)
         );
         assert_eq!(
-            bearer_token(Some("Bearer    ".as_bytes())),
+            bearer_token(&["Bearer    ".as_bytes()]),
             Err(Reason::MalformedAuthorization)
         );
     }
@@ -149,23 +150,23 @@ mod tests {
     #[test]
     fn credential_outside_b64token_charset_is_malformed() {
         assert_eq!(
-            bearer_token(Some("Bearer !!!".as_bytes())),
+            bearer_token(&["Bearer !!!".as_bytes()]),
             Err(Reason::MalformedAuthorization)
         );
         assert_eq!(
-            bearer_token(Some("Bearer a b".as_bytes())),
+            bearer_token(&["Bearer a b".as_bytes()]),
             Err(Reason::MalformedAuthorization)
         );
         assert_eq!(
-            bearer_token(Some("Bearer ===".as_bytes())),
+            bearer_token(&["Bearer ===".as_bytes()]),
             Err(Reason::MalformedAuthorization)
         );
         assert_eq!(
-            bearer_token(Some("Bearer ab=c".as_bytes())),
+            bearer_token(&["Bearer ab=c".as_bytes()]),
             Err(Reason::MalformedAuthorization)
         );
         assert_eq!(
-            bearer_token(Some("Bearer abc==".as_bytes())),
+            bearer_token(&["Bearer abc==".as_bytes()]),
             Ok(Some("abc=="))
         );
     }
@@ -173,19 +174,31 @@ mod tests {
     #[test]
     fn non_utf8_header_is_malformed() {
         assert_eq!(
-            bearer_token(Some(b"Bearer \xff\xfe")),
+            bearer_token(&[b"Bearer \xff\xfe"]),
             Err(Reason::MalformedAuthorization)
+        );
+    }
+
+    #[test]
+    fn repeated_authorization_headers_are_refused() {
+        let two: [&[u8]; 2] = [b"Bearer a", b"Bearer b"];
+        assert_eq!(bearer_token(&two), Err(Reason::MultipleAuthorization));
+        let mixed: [&[u8]; 2] = [b"Basic x", b"Bearer b"];
+        assert_eq!(bearer_token(&mixed), Err(Reason::MultipleAuthorization));
+    }
+
+    #[test]
+    fn other_schemes_with_commas_are_no_token() {
+        assert_eq!(
+            bearer_token(&[b"Digest username=\"a\", realm=\"b\"".as_slice()]),
+            Ok(None)
         );
     }
 
     #[test]
     fn joined_duplicate_headers_are_refused() {
         assert_eq!(
-            bearer_token(Some("Bearer a,Bearer b".as_bytes())),
-            Err(Reason::MultipleAuthorization)
-        );
-        assert_eq!(
-            bearer_token(Some("Basic x,Bearer b".as_bytes())),
+            bearer_token(&["Bearer a,Bearer b".as_bytes()]),
             Err(Reason::MultipleAuthorization)
         );
     }
@@ -193,12 +206,9 @@ mod tests {
     #[test]
     fn oversized_token_is_refused_before_parsing() {
         let big = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
-        assert_eq!(
-            bearer_token(Some(big.as_bytes())),
-            Err(Reason::TokenTooLarge)
-        );
+        assert_eq!(bearer_token(&[big.as_bytes()]), Err(Reason::TokenTooLarge));
         let fits = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES));
-        assert!(bearer_token(Some(fits.as_bytes())).is_ok());
+        assert!(bearer_token(&[fits.as_bytes()]).is_ok());
     }
 
     #[test]

@@ -279,7 +279,20 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Parsed, String> {
     Ok(Parsed::Keys(keys))
 }
 
+/// RSA moduli Tether accepts, in bits: RFC 7518 §3.3 requires at least 2048, and larger
+/// than 4096 only costs verification time.
+const RSA_MODULUS_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
+
 fn rsa_material(alg: Alg, n: &[u8], e: &[u8]) -> Result<Material, String> {
+    let significant = n.iter().position(|b| *b != 0).map_or(&[][..], |i| &n[i..]);
+    let bits = significant.first().map_or(0, |top| {
+        (significant.len() - 1) * 8 + (8 - top.leading_zeros() as usize)
+    });
+    if !RSA_MODULUS_BITS.contains(&bits) {
+        return Err(format!(
+            "the RSA modulus has {bits} bits; it must have 2048 to 4096"
+        ));
+    }
     let material = match alg {
         Alg::Rs256 => RS256PublicKey::from_components(n, e).map(Material::Rs256),
         Alg::Rs384 => RS384PublicKey::from_components(n, e).map(Material::Rs384),
@@ -288,10 +301,7 @@ fn rsa_material(alg: Alg, n: &[u8], e: &[u8]) -> Result<Material, String> {
         Alg::Ps384 => PS384PublicKey::from_components(n, e).map(Material::Ps384),
         _ => PS512PublicKey::from_components(n, e).map(Material::Ps512),
     };
-    // jwt-simple refuses moduli outside 2048..=4096 bits (RFC 7518 §3.3 requires 2048+).
-    material.map_err(|_| {
-        "not a usable RSA public key (the modulus must be 2048 to 4096 bits)".to_string()
-    })
+    material.map_err(|_| "not a usable RSA public key".to_string())
 }
 
 fn string_member<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
@@ -442,6 +452,23 @@ mod tests {
         let set = parse_jwks(&json!({"keys": [enc, p521, hs]})).unwrap();
         assert!(set.keys.is_empty());
         assert_eq!(set.skipped.len(), 3);
+    }
+
+    #[test]
+    fn rsa_keys_below_2048_bits_are_refused() {
+        // A well-formed 1024-bit modulus (top bit set, odd): valid RSA, too weak for Tether.
+        let mut n = vec![0xc5u8; 128];
+        n[127] = 0x01;
+        let key = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(&n), "e": "AQAB"});
+        let err = parse_jwks(&json!({"keys": [key]})).unwrap_err();
+        assert!(err.contains("1024 bits"), "{err}");
+        // With a leading zero byte, the 2048-bit RFC 7638 modulus still counts as 2048 bits.
+        let mut padded = URL_SAFE_NO_PAD
+            .decode(rfc7638_key()["n"].as_str().unwrap())
+            .unwrap();
+        padded.insert(0, 0);
+        let key = json!({"kty": "RSA", "alg": "RS256", "n": URL_SAFE_NO_PAD.encode(&padded), "e": "AQAB"});
+        assert_eq!(parse_jwks(&json!({"keys": [key]})).unwrap().keys.len(), 1);
     }
 
     #[test]

@@ -69,14 +69,32 @@ pub fn path_without_query(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or(path)
 }
 
-/// Whether the path is free of what lets a request reach one route while matching the
-/// rule of another: dot segments (`/healthz/../admin`, RFC 3986 §5.2.4), encoded dots and
-/// slashes (`%2e`, `%2f`), and backslashes that some back ends treat as separators.
-/// Envoy's `normalize_path` and `merge_slashes` resolve these before the filter sees
-/// them; this check keeps the rules sound when they are not enabled.
+/// Whether the path is free of everything that lets a request match the rule of one route
+/// while a back end serves another:
+/// - dot segments (`/healthz/../admin`, RFC 3986 §5.2.4) and empty segments (`//admin`);
+/// - `;` path parameters (`/healthz/..;/admin` is resolved to `/admin` by some servers);
+/// - percent-encoded unreserved characters, `/`, `\`, `;` and `%` (`/%61dmin`, `%2e%2e`,
+///   `%2f`, double encoding `%252e`): RFC 3986 §6.2.2.2 makes them equivalent to the
+///   decoded form, which a prefix rule would not see;
+/// - backslashes, a fragment, and anything but visible ASCII.
+///
+/// Envoy's `normalize_path` and `merge_slashes` resolve most of these before the filter sees
+/// them; this check keeps the rules sound where they are not enabled. Matching stays
+/// case-sensitive, like Envoy's route `prefix`.
 pub fn is_normalized(path: &str) -> bool {
+    // A fragment is never part of a request target (RFC 9112 §3.2).
+    if path.contains('#') {
+        return false;
+    }
     let path = path_without_query(path);
-    if !path.starts_with('/') || path.contains('\\') {
+    if !path.starts_with('/') || path.contains("//") {
+        return false;
+    }
+    let bytes = path.as_bytes();
+    if bytes
+        .iter()
+        .any(|b| !b.is_ascii_graphic() || matches!(b, b'\\' | b';'))
+    {
         return false;
     }
     if path
@@ -85,10 +103,17 @@ pub fn is_normalized(path: &str) -> bool {
     {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    !["%2e", "%2f", "%5c"]
-        .iter()
-        .any(|encoded| lower.contains(encoded))
+    let mut escapes = bytes.iter().enumerate().filter(|(_, b)| **b == b'%');
+    escapes.all(|(i, _)| {
+        let decoded = bytes
+            .get(i + 1..i + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match decoded {
+            None => false,
+            Some(b) => !(b.is_ascii_alphanumeric() || b"-._~/\\;%".contains(&b)),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -160,14 +185,60 @@ mod tests {
             "/a\\b",
             "/a/..",
             "x",
+            "",
         ] {
             assert!(!is_normalized(path), "{path}");
         }
+    }
+
+    #[test]
+    fn path_parameters_fragments_and_empty_segments_are_not_normalized() {
+        // The `..;/` bypass of servers that strip path parameters, then resolve dot segments.
+        for path in [
+            "/healthz/..;/admin",
+            "/healthz/.;/admin",
+            "/a;b",
+            "/healthz#/../admin",
+            "//admin",
+            "/a//b",
+        ] {
+            assert!(!is_normalized(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn encoded_unreserved_and_double_encoding_are_not_normalized() {
+        for path in [
+            "/%61dmin",
+            "/%2561dmin",
+            "/a%3bb",
+            "/a%5cb",
+            "/a%7e",
+            "/a%",
+            "/a%zz",
+            "/a%2",
+        ] {
+            assert!(!is_normalized(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn control_characters_and_non_ascii_are_not_normalized() {
+        for path in ["/a b", "/a\tb", "/caf\u{e9}"] {
+            assert!(!is_normalized(path), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_paths_are_normalized() {
         for path in [
             "/",
-            "/orders/42?x=../y",
+            "/orders/42?x=../y;z",
             "/a..b/c.d",
             "/.well-known/jwks.json",
+            "/orders/",
+            "/search%20term",
+            "/caf%C3%A9",
         ] {
             assert!(is_normalized(path), "{path}");
         }

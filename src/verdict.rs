@@ -14,11 +14,11 @@ use crate::token::{self, VerifiedToken};
 
 /// What the filter knows of a request when it decides.
 #[derive(Clone, Copy, Debug)]
-pub struct Request<'r> {
+pub struct Request<'a, 'r> {
     /// The `:path` pseudo-header, query included, as raw bytes.
     pub path: &'r [u8],
-    /// The `Authorization` header as raw bytes (Envoy joins repeated headers with `,`).
-    pub authorization: Option<&'r [u8]>,
+    /// Every `Authorization` header value, as raw bytes.
+    pub authorization: &'a [&'r [u8]],
 }
 
 /// The decision for a request.
@@ -37,7 +37,7 @@ pub enum Verdict<'p, 'r> {
 /// connection's client certificate; it is asked only when a binding needs it.
 pub fn decide<'p, 'r>(
     policy: &'p Policy,
-    request: Request<'r>,
+    request: Request<'_, 'r>,
     peer: impl FnOnce() -> Option<PeerCertificate>,
     now: u64,
 ) -> Verdict<'p, 'r> {
@@ -91,15 +91,16 @@ fn verify_and_prove(
 }
 
 /// The `claims_to_headers` values of a verified token: string claims only, and only values
-/// that are valid header values (no control characters), so a claim can never inject a
-/// header line.
+/// of visible ASCII and spaces, so that a claim can neither inject a header line nor smuggle
+/// characters an upstream might decode differently.
 fn claim_headers<'p>(policy: &'p Policy, token: &VerifiedToken) -> Vec<(&'p str, String)> {
     policy
         .claims_to_headers
         .iter()
         .filter_map(|mapping| {
             let value = token.string_claim(&mapping.claim)?;
-            let safe = value.len() <= 4096 && !value.chars().any(char::is_control);
+            let safe =
+                value.len() <= 4096 && value.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
             safe.then(|| (mapping.header.as_str(), value.to_string()))
         })
         .collect()
@@ -181,9 +182,10 @@ mod tests {
         peer: Option<&[u8]>,
     ) -> Verdict<'p, 'r> {
         let peer = peer.map(cert);
+        let values: Vec<&'r [u8]> = auth.map(str::as_bytes).into_iter().collect();
         let request = Request {
             path: path.as_bytes(),
-            authorization: auth.map(str::as_bytes),
+            authorization: &values,
         };
         decide(&f.policy, request, || peer, NOW)
     }
@@ -295,7 +297,7 @@ mod tests {
         );
         let request = Request {
             path: b"/\xff",
-            authorization: None,
+            authorization: &[],
         };
         assert_eq!(
             reason(decide(&f.policy, request, || None, NOW)),
@@ -334,6 +336,16 @@ mod tests {
                 headers: vec![("x-tether-sub", "alice".into())]
             }
         );
+        let non_ascii = format!(
+            "Bearer {}",
+            token(&f, bound_to(ALICE_DER), &[("tenant", json!("caf\u{e9}"))])
+        );
+        assert_eq!(
+            run(&f, "/", Some(&non_ascii), Some(ALICE_DER)),
+            Verdict::Allow {
+                headers: vec![("x-tether-sub", "alice".into())]
+            }
+        );
     }
 
     #[test]
@@ -342,7 +354,7 @@ mod tests {
         let auth = format!("Bearer {}", token(&f, None, &[]));
         let request = Request {
             path: b"/legacy",
-            authorization: Some(auth.as_bytes()),
+            authorization: &[auth.as_bytes()],
         };
         let verdict = decide(&f.policy, request, || panic!("peer certificate read"), NOW);
         assert!(matches!(verdict, Verdict::Allow { .. }));

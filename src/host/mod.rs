@@ -102,11 +102,21 @@ impl HttpContext for Filter {
         for mapping in &policy.claims_to_headers {
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &mapping.header, None);
         }
-        let path = request_header(":path").unwrap_or_default();
-        let authorization = request_header("authorization");
+        // All header lines in one host call: a repeated `Authorization` header must be
+        // seen as such (Envoy's single-header accessor returns only the first of some).
+        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let path = headers
+            .iter()
+            .find(|(name, _)| name == ":path")
+            .map(|(_, value)| value.as_slice());
+        let authorization: Vec<&[u8]> = headers
+            .iter()
+            .filter(|(name, _)| name == "authorization")
+            .map(|(_, value)| value.as_slice())
+            .collect();
         let request = Request {
-            path: &path,
-            authorization: authorization.as_deref(),
+            path: path.unwrap_or_default(),
+            authorization: &authorization,
         };
         match decide(&policy, request, peer_certificate, now_seconds()) {
             Verdict::Allow { headers } => {
@@ -114,7 +124,7 @@ impl HttpContext for Filter {
                     let _ =
                         hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
                 }
-                if policy.strip_authorization && authorization.is_some() {
+                if policy.strip_authorization && !authorization.is_empty() {
                     let _ = hostcalls::set_map_value(
                         MapType::HttpRequestHeaders,
                         "authorization",
@@ -158,14 +168,6 @@ impl Filter {
         );
         Action::Pause
     }
-}
-
-/// A request header as raw bytes (proxy-wasm's string accessor aborts the VM on a value
-/// that is not UTF-8, which any client can send).
-fn request_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
 }
 
 /// The connection's client certificate, from Envoy's `sha256_peer_certificate_digest`.
