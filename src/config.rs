@@ -130,7 +130,11 @@ impl Policy {
                 "configuration is larger than {MAX_CONFIG_BYTES} bytes"
             )));
         }
-        let raw: RawConfig = serde_json::from_slice(bytes)
+        // The error names the JSON path of the field (`rules[3].require: unknown variant ...`).
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut json)
+            .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+        json.end()
             .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         Policy::compile(raw).map_err(ConfigError)
     }
@@ -315,10 +319,27 @@ mod tests {
     }
 
     #[test]
-    fn unknown_require_value_is_an_error() {
+    fn unknown_require_value_is_an_error_naming_its_path() {
         let mut c = contract();
-        c["rules"][0]["require"] = json!("optional");
-        assert!(parse(&c).unwrap_err().0.contains("optional"));
+        c["rules"][2]["require"] = json!("optional");
+        let err = parse(&c).unwrap_err().0;
+        assert!(
+            err.contains("rules[2].require") && err.contains("optional"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_an_error_naming_its_path() {
+        let mut c = contract();
+        c["clock_skew_seconds"] = json!("30");
+        let err = parse(&c).unwrap_err().0;
+        assert!(err.contains("clock_skew_seconds"), "{err}");
+    }
+
+    #[test]
+    fn trailing_data_is_an_error() {
+        assert!(Policy::from_json(format!("{} {{}}", contract()).as_bytes()).is_err());
     }
 
     #[test]

@@ -1,0 +1,476 @@
+//! The real Envoy: a bootstrap generator for test configurations, a process wrapper that
+//! starts Envoy and waits until it serves, and `envoy --mode validate`.
+//!
+//! Test bootstraps are JSON (Envoy reads a `.json` bootstrap as readily as YAML), built with
+//! `serde_json`, so the filter's JSON configuration needs no YAML escaping.
+//!
+//! Envoy must not outlive the tests. A `static` Envoy shared by all tests of a binary is never
+//! dropped, so Envoy is started under a tiny `bash` supervisor whose stdin is a pipe from the
+//! test process: when the test process exits, however it exits, the pipe reaches end of file
+//! and the supervisor kills Envoy.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::pki::Pki;
+use super::repo_root;
+use super::scratch::ScratchDir;
+
+/// Overrides the Envoy binary (the Makefile sets it to the project's `.venv/bin/envoy`).
+pub const ENVOY_ENV: &str = "TETHER_ENVOY";
+/// Overrides the filter module (the Makefile sets it to the project's `dist/tether.wasm`).
+pub const WASM_ENV: &str = "TETHER_WASM";
+
+/// How long Envoy may take to become ready. Compiling the module with V8 takes a moment on a
+/// loaded machine; a real failure shows up much earlier as an exited process.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Log levels for every Envoy the harness runs: `info` overall, but everything the filter
+/// logs (`wasm`, down to `debug`), so that the "no token in the log" test covers all of it.
+/// Envoy's own `debug` logs print request headers and would leak tokens regardless of the
+/// filter, which is why the overall level stays at `info`.
+const LOG_ARGS: [&str; 4] = ["-l", "info", "--component-log-level", "wasm:debug"];
+
+/// The Envoy binary: `$TETHER_ENVOY`, else `<repo>/.venv/bin/envoy`.
+pub fn envoy_binary() -> PathBuf {
+    let path = std::env::var_os(ENVOY_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "Envoy not found at {} (run `make setup`, or set {ENVOY_ENV})",
+        path.display()
+    );
+    path
+}
+
+/// The filter module: `$TETHER_WASM`, else `<repo>/dist/tether.wasm`.
+pub fn wasm_module() -> PathBuf {
+    let path = std::env::var_os(WASM_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("dist/tether.wasm"));
+    assert!(
+        path.exists(),
+        "filter module not found at {} (run `make build`, or set {WASM_ENV})",
+        path.display()
+    );
+    path
+}
+
+/// A test bootstrap: one HTTPS listener with mutual TLS, the Tether filter (optional) and the
+/// router, sending everything to an upstream on 127.0.0.1. Ports are chosen by the kernel
+/// (port 0) and read back from the admin API, so concurrent Envoys never race for a port.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// The filter's JSON configuration; `None` leaves the filter out (plumbing checks).
+    pub tether: Option<Value>,
+    pub upstream_port: u16,
+    /// `false` (the default) lets requests without a client certificate reach the filter,
+    /// which must then refuse them on routes that need a binding.
+    pub require_client_certificate: bool,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// The filter module; `None` means [`wasm_module`], looked up only if the filter is in.
+    pub wasm: Option<PathBuf>,
+}
+
+impl Bootstrap {
+    pub fn new(pki: &Pki, upstream_port: u16, tether: Option<Value>) -> Bootstrap {
+        Bootstrap {
+            tether,
+            upstream_port,
+            require_client_certificate: false,
+            ca: pki.ca.clone(),
+            server_cert: pki.server_cert.clone(),
+            server_key: pki.server_key.clone(),
+            wasm: None,
+        }
+    }
+
+    /// The Envoy bootstrap (v3 API) as JSON.
+    pub fn to_json(&self) -> Value {
+        let file = |path: &Path| json!({"filename": path});
+        let mut http_filters = Vec::new();
+        if let Some(config) = &self.tether {
+            let wasm = self.wasm.clone().unwrap_or_else(wasm_module);
+            http_filters.push(wasm_filter(config, &wasm));
+        }
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+            }
+        }));
+        json!({
+            "admin": {"address": socket_address(0)},
+            "static_resources": {
+                "listeners": [{
+                    "name": "tether_https",
+                    "address": socket_address(0),
+                    "filter_chains": [{
+                        "transport_socket": {
+                            "name": "envoy.transport_sockets.tls",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                                "require_client_certificate": self.require_client_certificate,
+                                "common_tls_context": {
+                                    "tls_certificates": [{
+                                        "certificate_chain": file(&self.server_cert),
+                                        "private_key": file(&self.server_key),
+                                    }],
+                                    "validation_context": {"trusted_ca": file(&self.ca)},
+                                },
+                            },
+                        },
+                        "filters": [{
+                            "name": "envoy.filters.network.http_connection_manager",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                "stat_prefix": "tether_https",
+                                // The filter's path rules assume RFC 3986 normalized paths;
+                                // it refuses what normalization leaves ambiguous (%2F, %5C).
+                                "normalize_path": true,
+                                "merge_slashes": true,
+                                "route_config": {
+                                    "virtual_hosts": [{
+                                        "name": "all",
+                                        "domains": ["*"],
+                                        "routes": [{
+                                            "match": {"prefix": "/"},
+                                            "route": {"cluster": "echo"},
+                                        }],
+                                    }],
+                                },
+                                "http_filters": http_filters,
+                            },
+                        }],
+                    }],
+                }],
+                "clusters": [{
+                    "name": "echo",
+                    "type": "STATIC",
+                    "connect_timeout": "2s",
+                    "load_assignment": {
+                        "cluster_name": "echo",
+                        "endpoints": [{"lb_endpoints": [{
+                            "endpoint": {"address": socket_address(self.upstream_port)}
+                        }]}],
+                    },
+                }],
+            },
+        })
+    }
+
+    /// Writes the bootstrap as `envoy.json` in `dir` and returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("envoy.json");
+        let text = serde_json::to_string_pretty(&self.to_json()).expect("bootstrap serializes");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+}
+
+fn socket_address(port: u16) -> Value {
+    json!({"socket_address": {"address": "127.0.0.1", "port_value": port}})
+}
+
+/// The `envoy.filters.http.wasm` entry running Tether with `config` (the plugin
+/// configuration is passed to the module as a JSON string).
+pub fn wasm_filter(config: &Value, wasm: &Path) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "tether",
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": config.to_string(),
+                },
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm}},
+                },
+            },
+        },
+    })
+}
+
+/// The supervisor: runs Envoy in the background with its output appended to
+/// `$TETHER_ENVOY_LOG`, prints Envoy's pid, then waits for a line or end of file on stdin and
+/// kills Envoy. (A background job of a non-interactive shell reads /dev/null, not the pipe.)
+const SUPERVISOR: &str = r#"
+"$@" >>"$TETHER_ENVOY_LOG" 2>&1 &
+envoy=$!
+echo "$envoy"
+read -r _ || true
+kill "$envoy" 2>/dev/null
+wait "$envoy"
+"#;
+
+/// A running Envoy. Dropping it stops Envoy; so does the test process exiting.
+#[derive(Debug)]
+pub struct Envoy {
+    supervisor: Child,
+    /// Closing this stops Envoy (see [`SUPERVISOR`]).
+    stop: Option<ChildStdin>,
+    pid: u32,
+    admin: String,
+    https_port: u16,
+    log: PathBuf,
+    /// The directory of a harness-generated bootstrap and its log, removed after Envoy stops.
+    owned_dir: Option<ScratchDir>,
+}
+
+impl Envoy {
+    /// Starts Envoy with a generated bootstrap; panics with the log if it does not come up.
+    pub fn start(bootstrap: &Bootstrap) -> Envoy {
+        Envoy::try_start(bootstrap).unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"))
+    }
+
+    /// Starts Envoy with a generated bootstrap; `Err` with the log if it does not come up.
+    pub fn try_start(bootstrap: &Bootstrap) -> Result<Envoy, String> {
+        let scratch = ScratchDir::new("envoy");
+        let config = bootstrap.write(scratch.path());
+        let mut envoy = Envoy::start_with_file(&config, scratch.path(), scratch.path())?;
+        envoy.owned_dir = Some(scratch);
+        Ok(envoy)
+    }
+
+    /// Starts Envoy with the config file `config`, run from `cwd` (relative paths in the
+    /// config resolve against it); the log and admin address file go to `workdir`. Waits until
+    /// the admin API says `LIVE` and the first listener accepts connections.
+    ///
+    /// Returns the log text if Envoy exits or does not become ready in time.
+    pub fn start_with_file(config: &Path, cwd: &Path, workdir: &Path) -> Result<Envoy, String> {
+        let log = workdir.join("envoy.log");
+        let admin_file = workdir.join("admin-address");
+        // A log left by an earlier run (the demo reuses its directory) would confuse readers.
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&admin_file);
+        let mut supervisor = Command::new("bash")
+            .arg("-c")
+            .arg(SUPERVISOR)
+            .arg("tether-envoy-supervisor")
+            .arg(envoy_binary())
+            .arg("-c")
+            .arg(config)
+            // Several Envoys run at once (one per test binary, more for special configs).
+            .arg("--disable-hot-restart")
+            .args(LOG_ARGS)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .env("TETHER_ENVOY_LOG", &log)
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run bash: {e}"));
+        let stop = supervisor.stdin.take();
+        let mut pid_line = String::new();
+        if let Some(stdout) = supervisor.stdout.take() {
+            let _ = BufReader::new(stdout).read_line(&mut pid_line);
+        }
+        let pid = pid_line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("supervisor printed {pid_line:?} instead of a pid"));
+
+        let mut envoy = Envoy {
+            supervisor,
+            stop,
+            pid,
+            admin: String::new(),
+            https_port: 0,
+            log,
+            owned_dir: None,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if !envoy.is_running() {
+                return Err(format!("Envoy exited during startup:\n{}", envoy.log()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "Envoy not ready after {READY_TIMEOUT:?}:\n{}",
+                    envoy.log()
+                ));
+            }
+            if envoy.admin.is_empty() {
+                // Only a complete address: the file may be caught half-written.
+                if let Ok(address) = std::fs::read_to_string(&admin_file) {
+                    if address.trim().parse::<SocketAddr>().is_ok() {
+                        envoy.admin = address.trim().to_string();
+                    }
+                }
+            }
+            if !envoy.admin.is_empty()
+                && envoy
+                    .admin_get("/ready")
+                    .is_ok_and(|body| body.trim() == "LIVE")
+            {
+                if let Some(port) = envoy.first_listener_port() {
+                    if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        envoy.https_port = port;
+                        return Ok(envoy);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The port of the (first) HTTPS listener on 127.0.0.1.
+    pub fn https_port(&self) -> u16 {
+        self.https_port
+    }
+
+    /// `host:port` of the admin API.
+    pub fn admin_address(&self) -> &str {
+        &self.admin
+    }
+
+    /// GET `path` on the admin API; the body on HTTP 200.
+    pub fn admin_get(&self, path: &str) -> Result<String, String> {
+        let output = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "5"])
+            .arg(format!("http://{}{path}", self.admin))
+            .output()
+            .map_err(|e| format!("cannot run curl: {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
+    /// Counters and gauges from `/stats` (histograms are left out).
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        let text = self
+            .admin_get("/stats")
+            .unwrap_or_else(|e| panic!("GET /stats failed: {e}"));
+        text.lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The value of stat `name`, 0 if Envoy does not show it (yet).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.stats().get(name).copied().unwrap_or(0)
+    }
+
+    /// Everything Envoy has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read(&self.log)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Whether the Envoy process is still alive (not exited, not a zombie).
+    pub fn is_running(&self) -> bool {
+        process_alive(self.pid)
+    }
+
+    /// Stops Envoy and waits for it to exit.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        // End of file on the supervisor's stdin: it kills Envoy and waits for it.
+        drop(self.stop.take());
+        let _ = self.supervisor.wait();
+    }
+
+    fn first_listener_port(&self) -> Option<u16> {
+        let listeners: Value =
+            serde_json::from_str(&self.admin_get("/listeners?format=json").ok()?).ok()?;
+        let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+            ["port_value"]
+            .as_u64()?;
+        u16::try_from(port).ok()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Linux: a process is alive if it has a /proc entry and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The result of running Envoy to completion.
+#[derive(Debug)]
+pub struct Outcome {
+    pub success: bool,
+    /// Envoy's stdout and stderr (where it logs).
+    pub output: String,
+}
+
+/// `envoy --mode validate -c <config>` from `cwd`: loads the config, including the wasm module
+/// and the filter's `on_configure`, without serving.
+pub fn validate(config: &Path, cwd: &Path) -> Outcome {
+    let output = Command::new(envoy_binary())
+        .args(["--mode", "validate", "-c"])
+        .arg(config)
+        .args(LOG_ARGS)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run Envoy: {e}"));
+    Outcome {
+        success: output.status.success(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// Starts Envoy normally with a config that should make it refuse to start. Returns
+/// `success: false` with the log if Envoy exited with an error, as expected; if it came up
+/// instead, stops it and returns `success: true`.
+pub fn start_expecting_failure(config: &Path, cwd: &Path) -> Outcome {
+    let workdir = ScratchDir::new("envoy-fail");
+    match Envoy::start_with_file(config, cwd, workdir.path()) {
+        Ok(envoy) => {
+            let output = envoy.log();
+            envoy.stop();
+            Outcome {
+                success: true,
+                output,
+            }
+        }
+        Err(output) => Outcome {
+            success: false,
+            output,
+        },
+    }
+}

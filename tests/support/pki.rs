@@ -1,0 +1,201 @@
+//! A throw-away PKI for mutual TLS, made with the `openssl` CLI at run time so that no private
+//! key is committed and nothing expires in the repository.
+//!
+//! All keys are ECDSA P-256. Certificates are valid for two days, which is enough for a test
+//! run and short enough that a leaked one is worthless.
+
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use super::openssl;
+
+/// The trust domain of the client certificates' SPIFFE IDs (URI SANs).
+pub const TRUST_DOMAIN: &str = "mesh.internal";
+
+/// A CA, a server certificate for `localhost` and two client certificates, as files in `dir`.
+#[derive(Debug)]
+pub struct Pki {
+    /// The CA certificate: what Envoy trusts for client certificates and curl for the server.
+    pub ca: PathBuf,
+    /// The server certificate (SAN `DNS:localhost`, `IP:127.0.0.1`) and its key.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// The legitimate client, to whom tokens are issued.
+    pub alice: ClientCert,
+    /// A second client of the same CA: valid certificate, someone else's tokens.
+    pub mallory: ClientCert,
+}
+
+/// A client certificate, its key, and facts about it computed here (not by Envoy).
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `spiffe://mesh.internal/<name>`, the certificate's URI SAN.
+    pub spiffe_id: String,
+    /// The DER encoding of the certificate.
+    pub der: Vec<u8>,
+}
+
+impl ClientCert {
+    /// The certificate's SHA-256 thumbprint as RFC 8705 §3.1 defines `x5t#S256`:
+    /// base64url, without padding, of the SHA-256 of the DER certificate.
+    pub fn x5t_s256(&self) -> String {
+        x5t_s256(&self.der)
+    }
+}
+
+/// `x5t#S256` of a DER certificate (RFC 8705 §3.1, RFC 7515 §4.1.8).
+pub fn x5t_s256(der: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(der))
+}
+
+/// The DER bytes of the first PEM block in `pem`.
+pub fn pem_to_der(pem: &str) -> Vec<u8> {
+    let body: String = pem
+        .lines()
+        .skip_while(|line| !line.starts_with("-----BEGIN "))
+        .skip(1)
+        .take_while(|line| !line.starts_with("-----END "))
+        .collect();
+    STANDARD
+        .decode(body.trim())
+        .unwrap_or_else(|e| panic!("bad PEM: {e}"))
+}
+
+impl Pki {
+    /// Generates the whole PKI into `dir` (created if needed). Files: `ca.pem`, `ca.key`,
+    /// `server.pem`, `server.key`, `alice.pem`, `alice.key`, `mallory.pem`, `mallory.key`.
+    pub fn generate(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        let ca = dir.join("ca.pem");
+        let ca_key = dir.join("ca.key");
+        generate_p256_key(&ca_key);
+        openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            path(&ca_key),
+            "-out",
+            path(&ca),
+            "-days",
+            "2",
+            "-subj",
+            "/O=Tether tests/CN=Tether Test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+
+        let (server_cert, server_key) = issue(
+            dir,
+            "server",
+            "/CN=localhost",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            &ca,
+            &ca_key,
+        );
+        let client = |name: &str| {
+            let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/{name}");
+            let (cert, key) = issue(
+                dir,
+                name,
+                &format!("/CN={name}"),
+                &format!("subjectAltName=URI:{spiffe_id}\nextendedKeyUsage=clientAuth\n"),
+                &ca,
+                &ca_key,
+            );
+            let pem = std::fs::read_to_string(&cert).expect("certificate just written");
+            ClientCert {
+                name: name.to_string(),
+                der: pem_to_der(&pem),
+                cert,
+                key,
+                spiffe_id,
+            }
+        };
+        let alice = client("alice");
+        let mallory = client("mallory");
+        Pki {
+            ca,
+            server_cert,
+            server_key,
+            alice,
+            mallory,
+        }
+    }
+}
+
+fn generate_p256_key(out: &Path) {
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        path(out),
+    ]);
+}
+
+/// Issues an end-entity certificate `<dir>/<name>.pem` (key `<name>.key`) signed by the CA.
+fn issue(
+    dir: &Path,
+    name: &str,
+    subject: &str,
+    extensions: &str,
+    ca: &Path,
+    ca_key: &Path,
+) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let ext = dir.join(format!("{name}.ext"));
+    let cert = dir.join(format!("{name}.pem"));
+    generate_p256_key(&key);
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        path(&key),
+        "-subj",
+        subject,
+        "-out",
+        path(&csr),
+    ]);
+    // `x509 -req` adds only the extensions listed here, so a leaf is never accidentally a CA.
+    let extensions = format!(
+        "{extensions}basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+    );
+    std::fs::write(&ext, extensions).expect("write extensions file");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        path(&csr),
+        "-CA",
+        path(ca),
+        "-CAkey",
+        path(ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        path(&ext),
+        "-out",
+        path(&cert),
+    ]);
+    let _ = std::fs::remove_file(&csr);
+    let _ = std::fs::remove_file(&ext);
+    (cert, key)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("scratch paths are UTF-8")
+}
