@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cache::{DEFAULT_ENTRIES, MAX_ENTRIES};
 use crate::jwk::parse_jwks;
 use crate::policy::{Require, Rule, Rules};
 use crate::token::{Issuer, TimeLimits};
@@ -61,6 +62,12 @@ struct RawConfig {
     claims_to_headers: Vec<RawClaimHeader>,
     #[serde(default)]
     strip_authorization: bool,
+    #[serde(default = "default_cache_entries")]
+    token_cache_entries: usize,
+}
+
+fn default_cache_entries() -> usize {
+    DEFAULT_ENTRIES
 }
 
 fn default_clock_skew() -> u64 {
@@ -108,6 +115,8 @@ pub struct Policy {
     pub limits: TimeLimits,
     pub claims_to_headers: Vec<ClaimHeader>,
     pub strip_authorization: bool,
+    /// How many verified tokens each VM caches (0: none).
+    pub token_cache_entries: usize,
     /// Things worth logging at start-up that are not errors (skipped JWKS keys).
     pub notes: Vec<String>,
 }
@@ -150,6 +159,9 @@ impl Policy {
         {
             return Err(format!("max_token_lifetime_seconds must be between 1 and {MAX_TOKEN_LIFETIME_LIMIT_SECONDS}"));
         }
+        if raw.token_cache_entries > MAX_ENTRIES {
+            return Err(format!("token_cache_entries must be at most {MAX_ENTRIES}"));
+        }
         let mut notes = Vec::new();
         let issuers = compile_issuers(raw.issuers, &mut notes)?;
         let rules = Rules::new(
@@ -171,6 +183,7 @@ impl Policy {
             },
             claims_to_headers,
             strip_authorization: raw.strip_authorization,
+            token_cache_entries: raw.token_cache_entries,
             notes,
         })
     }
@@ -298,6 +311,7 @@ mod tests {
         assert_eq!(policy.limits.clock_skew_seconds, 30);
         assert_eq!(policy.limits.max_token_lifetime_seconds, 900);
         assert!(!policy.strip_authorization);
+        assert_eq!(policy.token_cache_entries, 4096);
         assert!(policy.claims_to_headers.is_empty());
         assert_eq!(policy.rules.requirement("/anything"), Require::Bound);
     }
@@ -381,6 +395,17 @@ mod tests {
         let mut c = contract();
         c["clock_skew_seconds"] = json!(-1);
         assert!(parse(&c).is_err());
+    }
+
+    #[test]
+    fn token_cache_entries_can_be_zero_and_is_bounded() {
+        let mut c = contract();
+        c["token_cache_entries"] = json!(0);
+        assert_eq!(parse(&c).unwrap().token_cache_entries, 0);
+        c["token_cache_entries"] = json!(10_000_000);
+        assert!(parse(&c).unwrap_err().0.contains("token_cache_entries"));
+        c["token_cache_entries"] = json!(-1);
+        assert!(parse(&c).unwrap_err().0.contains("token_cache_entries"));
     }
 
     #[test]

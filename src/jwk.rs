@@ -8,8 +8,8 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jwt_simple::prelude::*;
-use serde::de::DeserializeOwned;
+use p256::pkcs8::EncodePublicKey as _;
+use rsa::{BigUint, RsaPublicKey};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -73,20 +73,18 @@ impl Alg {
     }
 }
 
-/// A decoded public key for one algorithm, ready to verify.
-enum Material {
-    Rs256(RS256PublicKey),
-    Rs384(RS384PublicKey),
-    Rs512(RS512PublicKey),
-    Ps256(PS256PublicKey),
-    Ps384(PS384PublicKey),
-    Ps512(PS512PublicKey),
-    Es256(ES256PublicKey),
-    Es384(ES384PublicKey),
-    Ed25519(Ed25519PublicKey),
+/// A decoded public key, ready to verify (RustCrypto types).
+#[derive(Clone)]
+pub enum PublicKey {
+    Rsa(RsaPublicKey),
+    P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
+    Ed25519(ed25519_compact::PublicKey),
 }
 
-/// A trusted public key bound to exactly one algorithm.
+/// A trusted public key bound to exactly one algorithm, decoded once at configure time in
+/// both forms a verifier needs: the key itself for verification in the VM, and its DER
+/// `SubjectPublicKeyInfo` for the host's native verifier.
 pub struct VerificationKey {
     /// The JWK's `kid`, if it has one.
     pub kid: Option<String>,
@@ -94,7 +92,10 @@ pub struct VerificationKey {
     pub alg: Alg,
     /// The RFC 7638 thumbprint of the JWK.
     pub thumbprint: String,
-    material: Material,
+    /// The decoded key.
+    pub public: PublicKey,
+    /// DER `SubjectPublicKeyInfo` (RFC 5280 §4.1.2.7) of the key.
+    pub spki_der: Vec<u8>,
 }
 
 impl std::fmt::Debug for VerificationKey {
@@ -104,29 +105,6 @@ impl std::fmt::Debug for VerificationKey {
             .field("alg", &self.alg)
             .field("thumbprint", &self.thumbprint)
             .finish_non_exhaustive()
-    }
-}
-
-impl VerificationKey {
-    /// Verifies a compact JWT with this key (jwt-simple checks the header `alg` equals the
-    /// key's, verifies the signature, and only then decodes and validates the claims).
-    pub fn verify_token<C: Serialize + DeserializeOwned>(
-        &self,
-        token: &str,
-        options: VerificationOptions,
-    ) -> Result<JWTClaims<C>, jwt_simple::Error> {
-        let options = Some(options);
-        match &self.material {
-            Material::Rs256(k) => k.verify_token(token, options),
-            Material::Rs384(k) => k.verify_token(token, options),
-            Material::Rs512(k) => k.verify_token(token, options),
-            Material::Ps256(k) => k.verify_token(token, options),
-            Material::Ps384(k) => k.verify_token(token, options),
-            Material::Ps512(k) => k.verify_token(token, options),
-            Material::Es256(k) => k.verify_token(token, options),
-            Material::Es384(k) => k.verify_token(token, options),
-            Material::Ed25519(k) => k.verify_token(token, options),
-        }
     }
 }
 
@@ -211,11 +189,12 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Parsed, String> {
         )));
     }
     let thumbprint = thumbprint(jwk)?;
-    let key = |alg: Alg, material: Material| VerificationKey {
+    let key = |alg: Alg, public: PublicKey, spki_der: Vec<u8>| VerificationKey {
         kid: kid.clone(),
         alg,
         thumbprint: thumbprint.clone(),
-        material,
+        public,
+        spki_der,
     };
     let keys = match kty {
         "RSA" => {
@@ -226,9 +205,14 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Parsed, String> {
                 Some(alg) => return Err(format!("\"alg\" {} does not fit an RSA key", alg.name())),
                 None => Alg::RSA.to_vec(),
             };
+            let public = rsa_key(&n, &e)?;
+            let der = public
+                .to_public_key_der()
+                .map_err(|_| "cannot encode the RSA key")?
+                .into_vec();
             algs.into_iter()
-                .map(|alg| rsa_material(alg, &n, &e).map(|m| key(alg, m)))
-                .collect::<Result<Vec<_>, _>>()?
+                .map(|alg| key(alg, PublicKey::Rsa(public.clone()), der.clone()))
+                .collect()
         }
         "EC" => {
             let crv = string_member(jwk, "crv")?.ok_or("missing \"crv\"")?;
@@ -250,12 +234,17 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Parsed, String> {
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            let material = match curve_alg {
-                Alg::Es256 => ES256PublicKey::from_bytes(&point).map(Material::Es256),
-                _ => ES384PublicKey::from_bytes(&point).map(Material::Es384),
-            }
-            .map_err(|_| format!("not a valid point on {crv}"))?;
-            vec![key(curve_alg, material)]
+            let invalid = || format!("not a valid point on {crv}");
+            let (public, der) = if curve_alg == Alg::Es256 {
+                let k = p256::PublicKey::from_sec1_bytes(&point).map_err(|_| invalid())?;
+                let der = k.to_public_key_der().map_err(|_| invalid())?.into_vec();
+                (PublicKey::P256(k.into()), der)
+            } else {
+                let k = p384::PublicKey::from_sec1_bytes(&point).map_err(|_| invalid())?;
+                let der = k.to_public_key_der().map_err(|_| invalid())?.into_vec();
+                (PublicKey::P384(k.into()), der)
+            };
+            vec![key(curve_alg, public, der)]
         }
         "OKP" => {
             let crv = string_member(jwk, "crv")?.ok_or("missing \"crv\"")?;
@@ -266,9 +255,14 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Parsed, String> {
                 return Err("\"alg\" does not fit an Ed25519 key".into());
             }
             let x = b64_member(jwk, "x")?;
-            let material =
-                Ed25519PublicKey::from_bytes(&x).map_err(|_| "not a valid Ed25519 public key")?;
-            vec![key(Alg::EdDsa, Material::Ed25519(material))]
+            let public = ed25519_compact::PublicKey::from_slice(&x)
+                .map_err(|_| "not a valid Ed25519 public key")?;
+            // RFC 8410 §4: SubjectPublicKeyInfo of an Ed25519 key (OID 1.3.101.112).
+            let mut der = vec![
+                0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+            ];
+            der.extend_from_slice(public.as_ref());
+            vec![key(Alg::EdDsa, PublicKey::Ed25519(public), der)]
         }
         other => {
             return Ok(Parsed::Skipped(format!(
@@ -283,7 +277,7 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Parsed, String> {
 /// than 4096 only costs verification time.
 const RSA_MODULUS_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
 
-fn rsa_material(alg: Alg, n: &[u8], e: &[u8]) -> Result<Material, String> {
+fn rsa_key(n: &[u8], e: &[u8]) -> Result<RsaPublicKey, String> {
     let significant = n.iter().position(|b| *b != 0).map_or(&[][..], |i| &n[i..]);
     let bits = significant.first().map_or(0, |top| {
         (significant.len() - 1) * 8 + (8 - top.leading_zeros() as usize)
@@ -293,15 +287,8 @@ fn rsa_material(alg: Alg, n: &[u8], e: &[u8]) -> Result<Material, String> {
             "the RSA modulus has {bits} bits; it must have 2048 to 4096"
         ));
     }
-    let material = match alg {
-        Alg::Rs256 => RS256PublicKey::from_components(n, e).map(Material::Rs256),
-        Alg::Rs384 => RS384PublicKey::from_components(n, e).map(Material::Rs384),
-        Alg::Rs512 => RS512PublicKey::from_components(n, e).map(Material::Rs512),
-        Alg::Ps256 => PS256PublicKey::from_components(n, e).map(Material::Ps256),
-        Alg::Ps384 => PS384PublicKey::from_components(n, e).map(Material::Ps384),
-        _ => PS512PublicKey::from_components(n, e).map(Material::Ps512),
-    };
-    material.map_err(|_| "not a usable RSA public key".to_string())
+    RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from_bytes_be(e))
+        .map_err(|_| "not a usable RSA public key".to_string())
 }
 
 fn string_member<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {

@@ -23,7 +23,9 @@
 )]
 
 pub mod bind;
+pub mod cache;
 pub mod config;
+pub mod crypto;
 pub mod extract;
 pub mod jwk;
 pub mod policy;

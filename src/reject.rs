@@ -83,6 +83,9 @@ reasons! {
     TokenTooLarge => "token_too_large", 401, InvalidToken, "token exceeds the size limit";
     /// The token is not a JWS compact serialization with JSON header and claims.
     TokenMalformed => "token_malformed", 401, InvalidToken, "token is not a well-formed JWT";
+    /// The header's `typ` declares another kind of JWT (a DPoP proof, a logout token, ...):
+    /// RFC 8725 §3.11.
+    TokenTypeNotAllowed => "token_type_not_allowed", 401, InvalidToken, "token is not an access token";
     /// The token's `alg` is `none`, unsupported, or not the algorithm of the key it names.
     AlgorithmNotAllowed => "algorithm_not_allowed", 401, InvalidToken, "token algorithm is not allowed";
     /// The token's `iss` is not a configured issuer.

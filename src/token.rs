@@ -1,21 +1,21 @@
 //! The access token: a JWT (RFC 7519) verified against a configured issuer's keys.
 //!
-//! Order, cheapest first: size, shape, header (`alg` against the allowed set), issuer
-//! (from the unverified `iss`, used only to choose keys), key (`kid` and `alg` must both
-//! fit a trusted key), signature, and only then the claims: `iss`, `aud`, `exp` (required),
-//! `nbf`, `iat`, and the lifetime. Nothing in an unverified token is trusted: `jwk`, `jku`,
-//! `x5u` and `x5c` in the header are never read, and `kid` only selects among trusted keys.
+//! Order, cheapest first: size, shape, header (`alg` against the allowed set, `typ`, no
+//! `crit`), issuer (from the unverified `iss`, used only to choose keys), key (`kid` and
+//! `alg` must both fit a trusted key), signature, and only then the claims are trusted:
+//! `iss`, `aud`, `exp` (required), `nbf`, `iat`, and the lifetime. Nothing in an unverified
+//! token is trusted: `jwk`, `jku`, `x5u` and `x5c` in the header are never read, and `kid`
+//! only selects among trusted keys.
 
 use std::collections::HashSet;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jwt_simple::prelude::{Duration, JWTClaims, UnixTimeStamp, VerificationOptions};
-use jwt_simple::JWTError;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::crypto::SignatureVerifier;
 use crate::extract::MAX_TOKEN_BYTES;
 use crate::jwk::{Alg, VerificationKey};
 use crate::reject::Reason;
@@ -44,41 +44,85 @@ pub struct TimeLimits {
     pub max_token_lifetime_seconds: u64,
 }
 
-/// Claims of a verified token. Built only after the signature has been verified.
+/// The parts of a JOSE header Tether reads (RFC 7515 §4.1). Other members are ignored and
+/// never trusted. serde refuses a member given twice.
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    kid: Option<String>,
+    typ: Option<String>,
+    crit: Option<Value>,
+}
+
+/// `aud`: one string or an array of strings (RFC 7519 §4.1.3).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The claims of a token. Parsed before the signature is checked (the issuer chooses the
+/// keys) but trusted only after.
+#[derive(Debug, Deserialize)]
+struct TokenClaims {
+    iss: Option<String>,
+    sub: Option<String>,
+    aud: Option<Audience>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    exp: Option<u64>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    nbf: Option<u64>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    iat: Option<u64>,
+    jti: Option<String>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// A NumericDate (RFC 7519 §2): seconds since the epoch, possibly fractional; truncated to
+/// whole seconds. Negative, non-finite or non-numeric values are malformed.
+fn numeric_date<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(seconds) = number.as_u64() {
+        return Ok(Some(seconds));
+    }
+    match number.as_f64() {
+        Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f.min(u64::MAX as f64) as u64)),
+        _ => Err(serde::de::Error::custom(
+            "a NumericDate must be a non-negative number",
+        )),
+    }
+}
+
+/// A token whose signature and claims have been verified.
 #[derive(Debug)]
 pub struct VerifiedToken {
-    claims: JWTClaims<Map<String, Value>>,
+    claims: TokenClaims,
+    /// `exp`, required and therefore always known once verified.
+    expires_at: u64,
 }
 
 impl VerifiedToken {
     /// The `cnf` claim (RFC 7800), if present.
     pub fn confirmation(&self) -> Option<&Value> {
-        self.claims.custom.get("cnf")
+        self.claims.other.get("cnf")
     }
 
     /// A claim whose value is a string, by name (registered claims included).
     pub fn string_claim(&self, name: &str) -> Option<&str> {
         match name {
-            "iss" => self.claims.issuer.as_deref(),
-            "sub" => self.claims.subject.as_deref(),
-            "jti" => self.claims.jwt_id.as_deref(),
-            "nonce" => self.claims.nonce.as_deref(),
-            other => self.claims.custom.get(other).and_then(Value::as_str),
+            "iss" => self.claims.iss.as_deref(),
+            "sub" => self.claims.sub.as_deref(),
+            "jti" => self.claims.jti.as_deref(),
+            other => self.claims.other.get(other).and_then(Value::as_str),
         }
     }
-}
 
-/// The parts of a JOSE header Tether reads before the signature is verified.
-#[derive(Deserialize)]
-struct UntrustedHeader {
-    alg: String,
-    kid: Option<String>,
-}
-
-/// The one claim read before the signature is verified: it only chooses the key set.
-#[derive(Deserialize)]
-struct UntrustedIssuer {
-    iss: Option<String>,
+    /// The token's `exp`.
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
 }
 
 /// A short, non-reversible name for a token in logs: the first 8 bytes of its SHA-256,
@@ -95,6 +139,7 @@ pub fn verify(
     token: &str,
     issuers: &[Issuer],
     limits: TimeLimits,
+    crypto: &dyn SignatureVerifier,
     now: u64,
 ) -> Result<VerifiedToken, Reason> {
     if token.len() > MAX_TOKEN_BYTES {
@@ -112,36 +157,54 @@ pub fn verify(
     if header_b64.len() > MAX_HEADER_CHARS || payload_b64.is_empty() {
         return Err(Reason::TokenMalformed);
     }
-    let header: UntrustedHeader = decode_json(header_b64)?;
+    let header: Header = decode_json(header_b64)?;
     // RFC 8725 §3.1: `none` and anything not supported are refused outright.
     let alg = Alg::from_name(&header.alg).ok_or(Reason::AlgorithmNotAllowed)?;
-    if signature_b64.is_empty() {
+    // RFC 7515 §4.1.11: Tether understands no header extension, so any `crit` is refused.
+    if header.crit.is_some() {
         return Err(Reason::TokenMalformed);
     }
-    let untrusted: UntrustedIssuer = decode_json(payload_b64)?;
-    let issuer = untrusted
+    check_type(header.typ.as_deref())?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature_b64)
+        .map_err(|_| Reason::TokenMalformed)?;
+    if signature.is_empty() {
+        return Err(Reason::TokenMalformed);
+    }
+    let claims: TokenClaims = decode_json(payload_b64)?;
+    let issuer = claims
         .iss
+        .as_deref()
         .and_then(|iss| issuers.iter().find(|i| i.issuer == iss))
         .ok_or(Reason::IssuerUnknown)?;
 
-    let keys = candidate_keys(issuer, header.kid.as_deref(), alg)?;
-    let mut outcome = Err(Reason::SignatureInvalid);
-    for key in keys.into_iter().take(MAX_KEYS_TRIED) {
-        match key.verify_token::<Map<String, Value>>(token, options(issuer, limits, now)) {
-            Ok(claims) => {
-                outcome = Ok(claims);
-                break;
-            }
-            Err(e) => match reason_for(&e) {
-                // Another key of the set may still verify a token without `kid`.
-                Reason::SignatureInvalid => continue,
-                reason => return Err(reason),
-            },
-        }
+    let signing_input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+    let verified = candidate_keys(issuer, header.kid.as_deref(), alg)?
+        .into_iter()
+        .take(MAX_KEYS_TRIED)
+        .any(|key| crypto.verify(key, signing_input, &signature));
+    if !verified {
+        return Err(Reason::SignatureInvalid);
     }
-    let claims = outcome?;
-    check_expiry_and_lifetime(&claims, limits, now)?;
-    Ok(VerifiedToken { claims })
+    // From here on the claims are the issuer's.
+    let expires_at = check_claims(&claims, issuer, limits, now)?;
+    Ok(VerifiedToken { claims, expires_at })
+}
+
+/// RFC 8725 §3.11 (explicit typing): a JWT of another declared type (a DPoP proof
+/// `dpop+jwt`, a logout token, ...) is never an access token. An untyped token, `JWT`, and
+/// RFC 9068's `at+jwt` are accepted, case-insensitively, with or without `application/`.
+fn check_type(typ: Option<&str>) -> Result<(), Reason> {
+    let Some(typ) = typ else {
+        return Ok(());
+    };
+    let lower = typ.to_ascii_lowercase();
+    let bare = lower.strip_prefix("application/").unwrap_or(&lower);
+    if bare == "jwt" || bare == "at+jwt" {
+        Ok(())
+    } else {
+        Err(Reason::TokenTypeNotAllowed)
+    }
 }
 
 /// The issuer's keys that may verify this token: those of the token's `alg` and, when the
@@ -178,64 +241,54 @@ fn decode_json<T: for<'de> Deserialize<'de>>(segment: &str) -> Result<T, Reason>
     serde_json::from_slice(&bytes).map_err(|_| Reason::TokenMalformed)
 }
 
-/// jwt-simple's checks, set to Tether's policy: the host's clock, the configured skew, the
-/// issuer and its audiences. jwt-simple verifies the signature before it decodes claims.
-fn options(issuer: &Issuer, limits: TimeLimits, now: u64) -> VerificationOptions {
-    VerificationOptions {
-        artificial_time: Some(UnixTimeStamp::from_secs(now)),
-        time_tolerance: Some(Duration::from_secs(limits.clock_skew_seconds)),
-        allowed_issuers: Some(HashSet::from([issuer.issuer.clone()])),
-        allowed_audiences: Some(issuer.audiences.clone()),
-        max_token_length: Some(MAX_TOKEN_BYTES),
-        max_header_length: Some(MAX_HEADER_CHARS),
-        ..VerificationOptions::default()
-    }
-}
-
-/// Maps a jwt-simple error to the refusal it means.
-fn reason_for(error: &jwt_simple::Error) -> Reason {
-    match error.downcast_ref::<JWTError>() {
-        Some(JWTError::InvalidSignature) => Reason::SignatureInvalid,
-        Some(JWTError::AlgorithmMismatch) => Reason::AlgorithmNotAllowed,
-        Some(JWTError::TokenHasExpired) => Reason::TokenExpired,
-        Some(JWTError::TokenNotValidYet) | Some(JWTError::ClockDrift) => Reason::TokenNotYetValid,
-        Some(JWTError::RequiredIssuerMismatch) | Some(JWTError::RequiredIssuerMissing) => {
-            Reason::IssuerUnknown
-        }
-        Some(JWTError::RequiredAudienceMismatch) | Some(JWTError::RequiredAudienceMissing) => {
-            Reason::AudienceMismatch
-        }
-        Some(JWTError::TokenTooLong) => Reason::TokenTooLarge,
-        // Bad encodings, unknown `crit` extensions (RFC 7515 §4.1.11), a `typ` that is not
-        // a JWT, malformed claims: all mean the token is not one Tether can accept.
-        _ => Reason::TokenMalformed,
-    }
-}
-
+/// The claim checks, on claims whose signature has been verified. Returns `exp`.
+///
 /// RFC 7519 §4.1.4 makes `exp` optional; Tether requires it. The lifetime `exp - iat` is
 /// bounded, and so is `exp - now`, so that a token without `iat`, or with an `iat` set in
 /// the past, cannot outlive the limit either.
-fn check_expiry_and_lifetime(
-    claims: &JWTClaims<Map<String, Value>>,
+fn check_claims(
+    claims: &TokenClaims,
+    issuer: &Issuer,
     limits: TimeLimits,
     now: u64,
-) -> Result<(), Reason> {
-    let exp = claims.expires_at.ok_or(Reason::ExpiryMissing)?.as_secs();
-    let max = limits.max_token_lifetime_seconds;
-    if let Some(iat) = claims.issued_at {
-        if exp.saturating_sub(iat.as_secs()) > max {
-            return Err(Reason::LifetimeTooLong);
-        }
+) -> Result<u64, Reason> {
+    let skew = limits.clock_skew_seconds;
+    // §4.1.1: exact match (the issuer was chosen by this value; checked again on principle).
+    if claims.iss.as_deref() != Some(issuer.issuer.as_str()) {
+        return Err(Reason::IssuerUnknown);
     }
-    if exp.saturating_sub(now) > max.saturating_add(limits.clock_skew_seconds) {
+    // §4.1.3: the token must be meant for us.
+    let accepted = match &claims.aud {
+        Some(Audience::One(aud)) => issuer.audiences.contains(aud),
+        Some(Audience::Many(auds)) => auds.iter().any(|a| issuer.audiences.contains(a)),
+        None => false,
+    };
+    if !accepted {
+        return Err(Reason::AudienceMismatch);
+    }
+    let exp = claims.exp.ok_or(Reason::ExpiryMissing)?;
+    if now > exp.saturating_add(skew) {
+        return Err(Reason::TokenExpired);
+    }
+    // §4.1.5, and an `iat` in the future is as suspect as an `nbf` in the future.
+    let not_before = claims.nbf.into_iter().chain(claims.iat).max();
+    if not_before.is_some_and(|t| t > now.saturating_add(skew)) {
+        return Err(Reason::TokenNotYetValid);
+    }
+    let max = limits.max_token_lifetime_seconds;
+    if claims.iat.is_some_and(|iat| exp.saturating_sub(iat) > max) {
         return Err(Reason::LifetimeTooLong);
     }
-    Ok(())
+    if exp.saturating_sub(now) > max.saturating_add(skew) {
+        return Err(Reason::LifetimeTooLong);
+    }
+    Ok(exp)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::crypto::InVm;
     use crate::jwk::parse_jwks;
     use jwt_simple::prelude::*;
     use serde_json::json;
@@ -298,7 +351,7 @@ mod tests {
     #[test]
     fn valid_token_verifies_and_exposes_claims() {
         let f = fixture();
-        let token = verify(&sign(&f, claims()), &f.issuers, LIMITS, NOW).unwrap();
+        let token = verify(&sign(&f, claims()), &f.issuers, LIMITS, &InVm, NOW).unwrap();
         assert_eq!(token.string_claim("sub"), Some("alice"));
         assert!(token.confirmation().is_some());
     }
@@ -308,7 +361,7 @@ mod tests {
         let f = fixture();
         let token = sign(&f, claims());
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, NOW + 300 + 31).unwrap_err(),
+            verify(&token, &f.issuers, LIMITS, &InVm, NOW + 300 + 31).unwrap_err(),
             Reason::TokenExpired
         );
     }
@@ -317,7 +370,7 @@ mod tests {
     fn exp_in_past_but_within_skew_is_ok() {
         let f = fixture();
         let token = sign(&f, claims());
-        assert!(verify(&token, &f.issuers, LIMITS, NOW + 300 + 29).is_ok());
+        assert!(verify(&token, &f.issuers, LIMITS, &InVm, NOW + 300 + 29).is_ok());
     }
 
     #[test]
@@ -326,7 +379,7 @@ mod tests {
         let mut c = claims();
         c.invalid_before = Some(UnixTimeStamp::from_secs(NOW + 60));
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::TokenNotYetValid
         );
     }
@@ -336,7 +389,7 @@ mod tests {
         let f = fixture();
         let mut c = claims();
         c.invalid_before = Some(UnixTimeStamp::from_secs(NOW + 20));
-        assert!(verify(&sign(&f, c), &f.issuers, LIMITS, NOW).is_ok());
+        assert!(verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).is_ok());
     }
 
     #[test]
@@ -346,7 +399,7 @@ mod tests {
         c.issued_at = Some(UnixTimeStamp::from_secs(NOW + 120));
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 400));
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::TokenNotYetValid
         );
     }
@@ -357,7 +410,7 @@ mod tests {
         let mut c = claims();
         c.expires_at = None;
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::ExpiryMissing
         );
     }
@@ -368,12 +421,12 @@ mod tests {
         let mut c = claims();
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 901));
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::LifetimeTooLong
         );
         let mut c = claims();
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 900));
-        assert!(verify(&sign(&f, c), &f.issuers, LIMITS, NOW).is_ok());
+        assert!(verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).is_ok());
     }
 
     #[test]
@@ -383,7 +436,7 @@ mod tests {
         c.issued_at = None;
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 3600));
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::LifetimeTooLong
         );
     }
@@ -393,13 +446,13 @@ mod tests {
         let f = fixture();
         let c = claims().with_issuer("https://evil.example.com");
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::IssuerUnknown
         );
         let mut c = claims();
         c.issuer = None;
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::IssuerUnknown
         );
     }
@@ -409,15 +462,15 @@ mod tests {
         let f = fixture();
         let c = claims().with_audience("https://other.mesh.internal");
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::AudienceMismatch
         );
         let c = claims().with_audiences(HashSet::from(["https://other.mesh.internal", AUD]));
-        assert!(verify(&sign(&f, c), &f.issuers, LIMITS, NOW).is_ok());
+        assert!(verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).is_ok());
         let mut c = claims();
         c.audiences = None;
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::AudienceMismatch
         );
     }
@@ -432,7 +485,7 @@ mod tests {
         payload["sub"] = json!("mallory");
         let forged = format!("{}.{}.{}", parts[0], b64(&payload), parts[2]);
         assert_eq!(
-            verify(&forged, &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&forged, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::SignatureInvalid
         );
     }
@@ -443,7 +496,7 @@ mod tests {
         let other = ES256KeyPair::generate().with_key_id("k2");
         let token = other.sign(claims()).unwrap();
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::KeyUnknown
         );
     }
@@ -454,7 +507,7 @@ mod tests {
         let other = ES256KeyPair::generate().with_key_id("k1");
         let token = other.sign(claims()).unwrap();
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::SignatureInvalid
         );
     }
@@ -466,7 +519,7 @@ mod tests {
             .unwrap()
             .sign(claims())
             .unwrap();
-        assert!(verify(&token, &f.issuers, LIMITS, NOW).is_ok());
+        assert!(verify(&token, &f.issuers, LIMITS, &InVm, NOW).is_ok());
     }
 
     #[test]
@@ -478,7 +531,7 @@ mod tests {
             b64(&serde_json::to_value(claims()).unwrap())
         );
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::AlgorithmNotAllowed
         );
     }
@@ -493,7 +546,7 @@ mod tests {
             .authenticate(claims())
             .unwrap();
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::AlgorithmNotAllowed
         );
     }
@@ -506,7 +559,7 @@ mod tests {
             .sign(claims())
             .unwrap();
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::AlgorithmNotAllowed
         );
     }
@@ -525,7 +578,7 @@ mod tests {
         let forged_sig = attacker.sign(claims()).unwrap();
         let forged = format!("{signing_input}.{}", forged_sig.rsplit('.').next().unwrap());
         // jwt-simple does not even decode a header `jwk` object; either way it is refused.
-        let reason = verify(&forged, &f.issuers, LIMITS, NOW).unwrap_err();
+        let reason = verify(&forged, &f.issuers, LIMITS, &InVm, NOW).unwrap_err();
         assert!(
             matches!(reason, Reason::SignatureInvalid | Reason::TokenMalformed),
             "{reason:?}"
@@ -546,7 +599,7 @@ mod tests {
             "eyJhbGciOiJFUzI1NiJ9..c",
             "eyJhbGciOiJFUzI1NiJ9.bm90IGpzb24.c",
         ] {
-            let reason = verify(garbage, &f.issuers, LIMITS, NOW).unwrap_err();
+            let reason = verify(garbage, &f.issuers, LIMITS, &InVm, NOW).unwrap_err();
             assert!(
                 matches!(
                     reason,
@@ -557,7 +610,7 @@ mod tests {
         }
         let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
         assert_eq!(
-            verify(&huge, &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&huge, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::TokenTooLarge
         );
     }
@@ -574,9 +627,96 @@ mod tests {
             b64(&serde_json::to_value(c).unwrap())
         );
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, NOW).unwrap_err(),
+            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
             Reason::TokenMalformed
         );
+    }
+
+    /// A verified token with no claims but `exp`, for cache tests.
+    pub(crate) fn verified_token_expiring_at(exp: u64) -> VerifiedToken {
+        let claims: TokenClaims = serde_json::from_value(json!({ "exp": exp })).unwrap();
+        VerifiedToken {
+            claims,
+            expires_at: exp,
+        }
+    }
+
+    /// Signs a signing input with the fixture's key (ES256, `R || S`).
+    fn sign_input(f: &Fixture, input: &str) -> String {
+        use p256::ecdsa::signature::Signer as _;
+        let key = p256::ecdsa::SigningKey::from_slice(&f.key.to_bytes()).unwrap();
+        let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+
+    fn with_header(f: &Fixture, header: Value, claims: &Value) -> String {
+        sign_input(f, &format!("{}.{}", b64(&header), b64(claims)))
+    }
+
+    #[test]
+    fn access_token_types_are_accepted_and_other_types_refused() {
+        let f = fixture();
+        let c = serde_json::to_value(claims()).unwrap();
+        for typ in ["JWT", "at+jwt", "application/at+jwt", "AT+JWT"] {
+            let token = with_header(&f, json!({"alg": "ES256", "kid": "k1", "typ": typ}), &c);
+            assert!(
+                verify(&token, &f.issuers, LIMITS, &InVm, NOW).is_ok(),
+                "{typ}"
+            );
+        }
+        for typ in ["dpop+jwt", "logout+jwt", "JOSE", ""] {
+            let token = with_header(&f, json!({"alg": "ES256", "kid": "k1", "typ": typ}), &c);
+            assert_eq!(
+                verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+                Reason::TokenTypeNotAllowed,
+                "{typ}"
+            );
+        }
+    }
+
+    #[test]
+    fn fractional_numeric_dates_are_truncated_and_negative_ones_malformed() {
+        let f = fixture();
+        let mut c = serde_json::to_value(claims()).unwrap();
+        c["exp"] = json!((NOW + 300) as f64 + 0.5);
+        let token = with_header(&f, json!({"alg": "ES256", "kid": "k1"}), &c);
+        let verified = verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap();
+        assert_eq!(verified.expires_at(), NOW + 300);
+        c["exp"] = json!(-1);
+        let token = with_header(&f, json!({"alg": "ES256", "kid": "k1"}), &c);
+        assert_eq!(
+            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            Reason::TokenMalformed
+        );
+        c["exp"] = json!("1800000300");
+        let token = with_header(&f, json!({"alg": "ES256", "kid": "k1"}), &c);
+        assert_eq!(
+            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            Reason::TokenMalformed
+        );
+    }
+
+    #[test]
+    fn duplicate_claims_and_header_members_are_malformed() {
+        let f = fixture();
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"k1","kid":"k2"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"iss":"{ISS}","iss":"https://evil.example.com","aud":"{AUD}","exp":{}}}"#,
+            NOW + 60
+        ));
+        for (h, p) in [
+            (
+                header.clone(),
+                b64(&serde_json::to_value(claims()).unwrap()),
+            ),
+            (b64(&json!({"alg": "ES256", "kid": "k1"})), payload),
+        ] {
+            let token = sign_input(&f, &format!("{h}.{p}"));
+            assert_eq!(
+                verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+                Reason::TokenMalformed
+            );
+        }
     }
 
     #[test]

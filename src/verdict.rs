@@ -4,9 +4,13 @@
 //! the host. Checks run cheapest first: path and rule, token extraction, the token
 //! (signature, then claims), then the proof of possession.
 
+use std::rc::Rc;
+
 use crate::bind::mtls::PeerCertificate;
 use crate::bind::Confirmation;
+use crate::cache::TokenCache;
 use crate::config::Policy;
+use crate::crypto::SignatureVerifier;
 use crate::extract;
 use crate::policy::{self, Require};
 use crate::reject::Reason;
@@ -39,6 +43,7 @@ pub fn decide<'p, 'r>(
     policy: &'p Policy,
     request: Request<'_, 'r>,
     peer: impl FnOnce() -> Option<PeerCertificate>,
+    tokens: &mut Tokens<'_>,
     now: u64,
 ) -> Verdict<'p, 'r> {
     let deny = |reason, token| Verdict::Deny { reason, token };
@@ -60,11 +65,43 @@ pub fn decide<'p, 'r>(
         Ok(None) => return deny(Reason::TokenMissing, None),
         Err(reason) => return deny(reason, None),
     };
-    match verify_and_prove(policy, require, token, peer, now) {
+    match verify_and_prove(policy, require, token, peer, tokens, now) {
         Ok(verified) => Verdict::Allow {
             headers: claim_headers(policy, &verified),
         },
         Err(reason) => deny(reason, Some(token)),
+    }
+}
+
+/// How access tokens are verified: the signature verifier and the cache of verified tokens.
+pub struct Tokens<'a> {
+    pub crypto: &'a dyn SignatureVerifier,
+    pub cache: &'a mut TokenCache,
+}
+
+impl Tokens<'_> {
+    /// The verified token, from the cache or verified now (and then cached).
+    fn verify(
+        &mut self,
+        policy: &Policy,
+        token: &str,
+        now: u64,
+    ) -> Result<Rc<VerifiedToken>, Reason> {
+        let key = self.cache.key(token);
+        if let Some(cached) = key.as_ref().and_then(|k| self.cache.get(k, now)) {
+            return Ok(cached);
+        }
+        let verified = Rc::new(token::verify(
+            token,
+            &policy.issuers,
+            policy.limits,
+            self.crypto,
+            now,
+        )?);
+        if let Some(key) = key {
+            self.cache.insert(key, Rc::clone(&verified), now);
+        }
+        Ok(verified)
     }
 }
 
@@ -73,9 +110,10 @@ fn verify_and_prove(
     require: Require,
     token: &str,
     peer: impl FnOnce() -> Option<PeerCertificate>,
+    tokens: &mut Tokens<'_>,
     now: u64,
-) -> Result<VerifiedToken, Reason> {
-    let verified = token::verify(token, &policy.issuers, policy.limits, now)?;
+) -> Result<Rc<VerifiedToken>, Reason> {
+    let verified = tokens.verify(policy, token, now)?;
     let confirmation = Confirmation::from_claim(verified.confirmation())?;
     let constrained = match require {
         Require::Mtls => confirmation.x5t_s256.is_some(),
@@ -109,11 +147,13 @@ fn claim_headers<'p>(policy: &'p Policy, token: &VerifiedToken) -> Vec<(&'p str,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::InVm;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
     use jwt_simple::prelude::*;
     use serde_json::{json, Map, Value};
     use sha2::{Digest, Sha256};
+    use std::cell::Cell;
 
     const ISS: &str = "https://idp.example.com";
     const AUD: &str = "https://orders.mesh.internal";
@@ -187,7 +227,12 @@ mod tests {
             path: path.as_bytes(),
             authorization: &values,
         };
-        decide(&f.policy, request, || peer, NOW)
+        let mut cache = TokenCache::new(0);
+        let mut tokens = Tokens {
+            crypto: &InVm,
+            cache: &mut cache,
+        };
+        decide(&f.policy, request, || peer, &mut tokens, NOW)
     }
 
     fn reason(v: Verdict) -> Reason {
@@ -195,6 +240,102 @@ mod tests {
             Verdict::Deny { reason, .. } => reason,
             Verdict::Allow { .. } => panic!("allowed"),
         }
+    }
+
+    fn uncached() -> Tokens<'static> {
+        Tokens {
+            crypto: &InVm,
+            cache: Box::leak(Box::new(TokenCache::new(0))),
+        }
+    }
+
+    /// Counts the signatures it verifies (in the VM).
+    struct Counting(Cell<usize>);
+
+    impl SignatureVerifier for Counting {
+        fn verify(
+            &self,
+            key: &crate::jwk::VerificationKey,
+            message: &[u8],
+            signature: &[u8],
+        ) -> bool {
+            self.0.set(self.0.get() + 1);
+            InVm.verify(key, message, signature)
+        }
+    }
+
+    #[test]
+    fn cached_token_skips_the_signature_but_not_the_binding() {
+        let f = fixture();
+        let auth = format!("Bearer {}", token(&f, bound_to(ALICE_DER), &[]));
+        let counting = Counting(Cell::new(0));
+        let mut cache = TokenCache::new(16);
+        let mut tokens = Tokens {
+            crypto: &counting,
+            cache: &mut cache,
+        };
+        let values = [auth.as_bytes()];
+        let request = Request {
+            path: b"/orders",
+            authorization: &values,
+        };
+        for _ in 0..3 {
+            let alice = decide(
+                &f.policy,
+                request,
+                || Some(cert(ALICE_DER)),
+                &mut tokens,
+                NOW,
+            );
+            assert!(matches!(alice, Verdict::Allow { .. }));
+            let mallory = decide(
+                &f.policy,
+                request,
+                || Some(cert(MALLORY_DER)),
+                &mut tokens,
+                NOW,
+            );
+            assert_eq!(reason(mallory), Reason::CertificateMismatch);
+        }
+        assert_eq!(counting.0.get(), 1);
+        // After `exp` the cache does not answer: the token is verified again, and refused.
+        let late = decide(
+            &f.policy,
+            request,
+            || Some(cert(ALICE_DER)),
+            &mut tokens,
+            NOW + 400,
+        );
+        assert_eq!(reason(late), Reason::TokenExpired);
+        assert_eq!(counting.0.get(), 2);
+    }
+
+    #[test]
+    fn refused_tokens_are_not_cached() {
+        let f = fixture();
+        let auth = format!("Bearer {}", token(&f, bound_to(ALICE_DER), &[]));
+        let counting = Counting(Cell::new(0));
+        let mut cache = TokenCache::new(16);
+        let mut tokens = Tokens {
+            crypto: &counting,
+            cache: &mut cache,
+        };
+        let values = [auth.as_bytes()];
+        let request = Request {
+            path: b"/orders",
+            authorization: &values,
+        };
+        for _ in 0..2 {
+            let early = decide(
+                &f.policy,
+                request,
+                || Some(cert(ALICE_DER)),
+                &mut tokens,
+                NOW - 100,
+            );
+            assert_eq!(reason(early), Reason::TokenNotYetValid);
+        }
+        assert_eq!(counting.0.get(), 2);
     }
 
     #[test]
@@ -300,7 +441,7 @@ mod tests {
             authorization: &[],
         };
         assert_eq!(
-            reason(decide(&f.policy, request, || None, NOW)),
+            reason(decide(&f.policy, request, || None, &mut uncached(), NOW)),
             Reason::PathNotNormalized
         );
     }
@@ -356,7 +497,13 @@ mod tests {
             path: b"/legacy",
             authorization: &[auth.as_bytes()],
         };
-        let verdict = decide(&f.policy, request, || panic!("peer certificate read"), NOW);
+        let verdict = decide(
+            &f.policy,
+            request,
+            || panic!("peer certificate read"),
+            &mut uncached(),
+            NOW,
+        );
         assert!(matches!(verdict, Verdict::Allow { .. }));
     }
 }

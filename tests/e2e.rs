@@ -1477,3 +1477,88 @@ fn envoy_does_not_start_with_a_bad_configuration() {
         outcome.output
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Signature verifiers and the token cache (performance issue)
+
+/// Flips one bit in the middle of the token's signature segment.
+fn with_tampered_signature(token: &str) -> String {
+    let [header, payload, signature] = support::jwt::segments(token);
+    let mut bytes = URL_SAFE_NO_PAD.decode(signature).expect("signature is base64url");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Envoy 1.40 offers `verify_signature`: the filter must find it at start and say so.
+#[test]
+fn native_verifier_is_detected_and_logged() {
+    let _ = envoy();
+    let log = envoy().log();
+    assert!(
+        log.contains("by Envoy's native verify_signature"),
+        "no detection line in the log:\n{log}"
+    );
+}
+
+/// RS256/ES256/ES384 go to Envoy's BoringSSL, EdDSA and PS256 stay in the VM: a tampered
+/// signature must fail on both paths, and the genuine one pass.
+#[test]
+fn tampered_signature_is_refused_by_the_native_and_the_vm_verifier() {
+    let f = fixtures();
+    for alg in [Alg::Es256, Alg::Es384, Alg::Rs256, Alg::EdDsa, Alg::Ps256] {
+        let genuine = f
+            .issuer
+            .token_signed_with(f.issuer.key(alg))
+            .bound_to(&f.pki.alice)
+            .sign();
+        assert_served(&send_as_alice(&genuine));
+        assert_refused(
+            &send_as_alice(&with_tampered_signature(&genuine)),
+            SIGNATURE_INVALID,
+        );
+    }
+}
+
+/// A token verified once is cached, but the cache never stands in for the binding: the same
+/// token from another client, or without a certificate, is refused between two good calls.
+#[test]
+fn cached_token_still_needs_its_certificate_on_every_request() {
+    let f = fixtures();
+    let token = alice_bound_token();
+    for _ in 0..2 {
+        assert_served(&send_as_alice(&token));
+        let stolen = request("/orders").cert(&f.pki.mallory).bearer(&token).send();
+        assert_refused(&stolen, CERTIFICATE_MISMATCH);
+        let bare = request("/orders").bearer(&token).send();
+        assert_refused(&bare, CLIENT_CERTIFICATE_MISSING);
+    }
+}
+
+/// With `token_cache_entries: 0` every request verifies the signature, with the same results.
+#[test]
+fn cache_disabled_gives_the_same_decisions() {
+    let f = fixtures();
+    let mut config = contract_config(&f.issuer);
+    config["token_cache_entries"] = json!(0);
+    let uncached = Envoy::start(&Bootstrap::new(&f.pki, f.echo.port(), Some(config)));
+    let token = alice_bound_token();
+    for _ in 0..2 {
+        let served = HttpsRequest::new(uncached.https_port(), &f.pki.ca, "/orders")
+            .cert(&f.pki.alice)
+            .bearer(&token)
+            .send();
+        assert_served(&served);
+        let stolen = HttpsRequest::new(uncached.https_port(), &f.pki.ca, "/orders")
+            .cert(&f.pki.mallory)
+            .bearer(&token)
+            .send();
+        assert_refused(&stolen, CERTIFICATE_MISMATCH);
+        let forged = HttpsRequest::new(uncached.https_port(), &f.pki.ca, "/orders")
+            .cert(&f.pki.alice)
+            .bearer(&with_tampered_signature(&token))
+            .send();
+        assert_refused(&forged, SIGNATURE_INVALID);
+    }
+    uncached.stop();
+}

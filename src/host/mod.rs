@@ -3,6 +3,7 @@
 
 mod metrics;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -11,10 +12,13 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::bind::mtls::PeerCertificate;
+use crate::cache::TokenCache;
 use crate::config::Policy;
+use crate::crypto::native::{ForeignFunction, Native};
+use crate::crypto::{InVm, SignatureVerifier};
 use crate::reject::Reason;
 use crate::token::fingerprint;
-use crate::verdict::{decide, Request, Verdict};
+use crate::verdict::{decide, Request, Tokens, Verdict};
 use metrics::Metrics;
 
 #[allow(unsafe_code)] // `main!` exports the VM entry point with #[no_mangle].
@@ -32,11 +36,34 @@ fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
-/// One per VM and plugin: holds the compiled policy.
-#[derive(Default)]
+/// Envoy's foreign functions, called through the proxy-wasm ABI.
+struct Envoy;
+
+impl ForeignFunction for Envoy {
+    fn call(&self, name: &str, arguments: &[u8]) -> Option<Vec<u8>> {
+        hostcalls::call_foreign_function(name, Some(arguments))
+            .ok()
+            .flatten()
+    }
+}
+
+/// One per VM and plugin: holds the compiled policy and what all its requests share.
 struct Root {
     policy: Option<Rc<Policy>>,
     metrics: Rc<Metrics>,
+    crypto: Rc<dyn SignatureVerifier>,
+    cache: Rc<RefCell<TokenCache>>,
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Root {
+            policy: None,
+            metrics: Rc::default(),
+            crypto: Rc::new(InVm),
+            cache: Rc::new(RefCell::new(TokenCache::new(0))),
+        }
+    }
 }
 
 impl Context for Root {}
@@ -56,8 +83,20 @@ impl RootContext for Root {
                 for note in &policy.notes {
                     log(LogLevel::Warn, &format!("tether: {note}"));
                 }
+                self.cache = Rc::new(RefCell::new(TokenCache::new(policy.token_cache_entries)));
                 self.policy = Some(Rc::new(policy));
                 self.metrics = Rc::new(Metrics::define());
+                // Detected once per VM: the host's verifier must pass a known-answer test.
+                self.crypto = match Native::detect(Envoy) {
+                    Some(native) => {
+                        log(LogLevel::Info, "tether: signatures: RS256/RS384/RS512/ES256/ES384 by Envoy's native verify_signature, EdDSA and PS* in the VM");
+                        Rc::new(native)
+                    }
+                    None => {
+                        log(LogLevel::Warn, "tether: signatures: Envoy's verify_signature is not available; every signature is verified in the VM");
+                        Rc::new(InVm)
+                    }
+                };
                 true
             }
             Err(error) => {
@@ -76,6 +115,8 @@ impl RootContext for Root {
         Some(Box::new(Filter {
             policy: self.policy.clone(),
             metrics: Rc::clone(&self.metrics),
+            crypto: Rc::clone(&self.crypto),
+            cache: Rc::clone(&self.cache),
         }))
     }
 
@@ -88,6 +129,8 @@ impl RootContext for Root {
 struct Filter {
     policy: Option<Rc<Policy>>,
     metrics: Rc<Metrics>,
+    crypto: Rc<dyn SignatureVerifier>,
+    cache: Rc<RefCell<TokenCache>>,
 }
 
 impl Context for Filter {}
@@ -118,7 +161,27 @@ impl HttpContext for Filter {
             path: path.unwrap_or_default(),
             authorization: &authorization,
         };
-        match decide(&policy, request, peer_certificate, now_seconds()) {
+        // The VM runs one callback at a time, so the cache is never borrowed twice; were it
+        // ever, the request is served uncached rather than trapping the VM.
+        let mut spare = TokenCache::new(0);
+        let mut borrowed = self.cache.try_borrow_mut();
+        let cache = match borrowed.as_deref_mut() {
+            Ok(cache) => cache,
+            Err(_) => &mut spare,
+        };
+        let mut tokens = Tokens {
+            crypto: self.crypto.as_ref(),
+            cache,
+        };
+        let verdict = decide(
+            &policy,
+            request,
+            peer_certificate,
+            &mut tokens,
+            now_seconds(),
+        );
+        drop(borrowed);
+        match verdict {
             Verdict::Allow { headers } => {
                 for (name, value) in &headers {
                     let _ =
