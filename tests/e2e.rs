@@ -1484,7 +1484,9 @@ fn envoy_does_not_start_with_a_bad_configuration() {
 /// Flips one bit in the middle of the token's signature segment.
 fn with_tampered_signature(token: &str) -> String {
     let [header, payload, signature] = support::jwt::segments(token);
-    let mut bytes = URL_SAFE_NO_PAD.decode(signature).expect("signature is base64url");
+    let mut bytes = URL_SAFE_NO_PAD
+        .decode(signature)
+        .expect("signature is base64url");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(bytes))
@@ -1528,7 +1530,10 @@ fn cached_token_still_needs_its_certificate_on_every_request() {
     let token = alice_bound_token();
     for _ in 0..2 {
         assert_served(&send_as_alice(&token));
-        let stolen = request("/orders").cert(&f.pki.mallory).bearer(&token).send();
+        let stolen = request("/orders")
+            .cert(&f.pki.mallory)
+            .bearer(&token)
+            .send();
         assert_refused(&stolen, CERTIFICATE_MISMATCH);
         let bare = request("/orders").bearer(&token).send();
         assert_refused(&bare, CLIENT_CERTIFICATE_MISSING);
