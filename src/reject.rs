@@ -12,6 +12,10 @@ pub enum ErrorCode {
     None,
     /// The request is malformed (400).
     InvalidRequest,
+    /// The request signature is missing or not acceptable (401, `invalid_signature`).
+    InvalidSignature,
+    /// The body is larger than a signed route accepts (413): no challenge is sent.
+    TooLarge,
     /// The filter itself cannot decide (503): no challenge is sent.
     Unavailable,
     /// The access token, or its proof of possession, is not acceptable (401).
@@ -22,9 +26,10 @@ impl ErrorCode {
     /// The code as it appears in `error="..."`, if any.
     pub fn as_str(self) -> Option<&'static str> {
         match self {
-            ErrorCode::None | ErrorCode::Unavailable => None,
+            ErrorCode::None | ErrorCode::TooLarge | ErrorCode::Unavailable => None,
             ErrorCode::InvalidRequest => Some("invalid_request"),
             ErrorCode::InvalidToken => Some("invalid_token"),
+            ErrorCode::InvalidSignature => Some("invalid_signature"),
         }
     }
 }
@@ -115,6 +120,25 @@ reasons! {
     ClientCertificateMissing => "client_certificate_missing", 401, InvalidToken, "no client certificate";
     /// The token is bound to a different certificate than the connection's (RFC 8705 §3).
     CertificateMismatch => "certificate_mismatch", 401, InvalidToken, "token is bound to another certificate";
+    /// A signed route, or a token bound with `cnf.jwk`, and no request signature header.
+    RequestSignatureMissing => "request_signature_missing", 401, InvalidSignature, "request signature is missing";
+    /// The signature header is not a detached compact JWS with a well-formed protected
+    /// header (RFC 7515 Appendix F, §4.1.11 `crit`, RFC 7797 §6 `b64`).
+    RequestSignatureMalformed => "request_signature_malformed", 401, InvalidSignature, "request signature is malformed";
+    /// `iat` is older than `max_age_seconds`, or in the future beyond the clock skew.
+    RequestSignatureExpired => "request_signature_expired", 401, InvalidSignature, "request signature is expired or not yet valid";
+    /// `htm`, `htu` or `ath` do not describe this request and this token.
+    RequestSignatureMismatch => "request_signature_mismatch", 401, InvalidSignature, "request signature does not match the request";
+    /// No registered key: unknown client, unknown `kid`, or no `kid` with several keys.
+    RequestSignatureKeyUnknown => "request_signature_key_unknown", 401, InvalidSignature, "no registered key for the request signature";
+    /// The signature does not verify over the body with the key.
+    RequestSignatureInvalid => "request_signature_invalid", 401, InvalidSignature, "request signature is invalid";
+    /// The signature was already used: a captured request replayed.
+    RequestSignatureReplayed => "request_signature_replayed", 401, InvalidSignature, "request signature was already used";
+    /// The replay store has no room for a new signature: fail closed rather than forget.
+    ReplayStoreFull => "replay_store_full", 503, Unavailable, "request signatures cannot be checked for replay right now";
+    /// The body of a signed request is larger than `max_body_bytes`.
+    BodyTooLarge => "body_too_large", 413, TooLarge, "request body exceeds the size limit";
     /// The filter has no valid configuration (it failed closed). Envoy normally refuses
     /// such a configuration before any request arrives.
     NotConfigured => "not_configured", 503, Unavailable, "the filter has no valid configuration";
@@ -127,13 +151,15 @@ impl Reason {
     /// The `WWW-Authenticate` value for this refusal (RFC 6750 §3), if it has one.
     pub fn www_authenticate(self) -> Option<String> {
         match self.error_code() {
-            ErrorCode::Unavailable => None,
+            ErrorCode::Unavailable | ErrorCode::TooLarge => None,
             ErrorCode::None => Some(format!("Bearer realm=\"{REALM}\"")),
-            ErrorCode::InvalidRequest | ErrorCode::InvalidToken => Some(format!(
-                "Bearer realm=\"{REALM}\", error=\"{}\", error_description=\"{}\"",
-                self.error_code().as_str().unwrap_or_default(),
-                self.description()
-            )),
+            ErrorCode::InvalidRequest | ErrorCode::InvalidToken | ErrorCode::InvalidSignature => {
+                Some(format!(
+                    "Bearer realm=\"{REALM}\", error=\"{}\", error_description=\"{}\"",
+                    self.error_code().as_str().unwrap_or_default(),
+                    self.description()
+                ))
+            }
         }
     }
 
@@ -143,6 +169,7 @@ impl Reason {
     pub fn body(self) -> String {
         let error = match self.error_code() {
             ErrorCode::Unavailable => "temporarily_unavailable",
+            ErrorCode::TooLarge => "request_too_large",
             code => code.as_str().unwrap_or("missing_token"),
         };
         serde_json::json!({ "error": error, "error_description": self.description() }).to_string()

@@ -80,6 +80,16 @@ impl SignatureVerifier for InVm {
     }
 }
 
+/// Verifies an `HS256` tag (RFC 7518 §3.2) in constant time.
+pub fn hmac_sha256_verify(secret: &[u8], message: &[u8], tag: &[u8]) -> bool {
+    use hmac::Mac as _;
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(message);
+    mac.verify_slice(tag).is_ok()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
