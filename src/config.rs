@@ -7,11 +7,24 @@ use std::collections::HashSet;
 use serde::Deserialize;
 use serde_json::Value;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
+use crate::bind::jws::{HmacKey, MIN_HMAC_KEY_BYTES};
 use crate::cache::{DEFAULT_ENTRIES, MAX_ENTRIES};
-use crate::jwk::parse_jwks;
+use crate::jwk::{parse_jwks, VerificationKey};
 use crate::policy::{Require, Rule, Rules};
 use crate::token::{Issuer, TimeLimits};
 
+/// Default for `signed_requests.header`.
+pub const DEFAULT_SIGNATURE_HEADER: &str = "x-jws-signature";
+/// Default for `signed_requests.max_age_seconds`.
+pub const DEFAULT_SIGNATURE_MAX_AGE_SECONDS: u64 = 60;
+/// Default for `signed_requests.max_body_bytes` (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// The largest `signed_requests.max_body_bytes` accepted (16 MiB): the body of a signed
+/// request is held in the proxy's memory until it is verified.
+pub const MAX_BODY_BYTES_LIMIT: usize = 16 << 20;
 /// Default for `clock_skew_seconds`.
 pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 30;
 /// Default for `max_token_lifetime_seconds`.
@@ -64,6 +77,10 @@ struct RawConfig {
     strip_authorization: bool,
     #[serde(default = "default_cache_entries")]
     token_cache_entries: usize,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+    #[serde(default)]
+    signed_requests: RawSignedRequests,
 }
 
 fn default_cache_entries() -> usize {
@@ -83,7 +100,8 @@ fn default_max_lifetime() -> u64 {
 struct RawIssuer {
     issuer: String,
     audiences: Vec<String>,
-    jwks: Value,
+    jwks: Option<Value>,
+    remote_jwks: Option<RawRemoteJwks>,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +109,55 @@ struct RawIssuer {
 struct RawRule {
     prefix: String,
     require: Require,
+    #[serde(default)]
+    signed_request: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    client_id: String,
+    jwks: Option<Value>,
+    remote_jwks: Option<RawRemoteJwks>,
+    hmac_keys: Option<Vec<RawHmacKey>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHmacKey {
+    kid: String,
+    k: String,
+}
+
+/// A key set fetched from an Envoy cluster (parsed strictly so that a configuration using
+/// it is refused with a clear message while Tether cannot fetch key sets yet).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RawRemoteJwks {
+    cluster: String,
+    authority: Option<String>,
+    path: String,
+    refresh_seconds: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSignedRequests {
+    header: String,
+    max_age_seconds: u64,
+    max_body_bytes: usize,
+}
+
+impl Default for RawSignedRequests {
+    fn default() -> Self {
+        RawSignedRequests {
+            header: DEFAULT_SIGNATURE_HEADER.to_string(),
+            max_age_seconds: DEFAULT_SIGNATURE_MAX_AGE_SECONDS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -98,6 +165,23 @@ struct RawRule {
 struct RawClaimHeader {
     claim: String,
     header: String,
+}
+
+/// A client registered to sign requests: its public keys and/or HMAC secrets.
+#[derive(Debug)]
+pub struct Client {
+    pub client_id: String,
+    pub keys: Vec<VerificationKey>,
+    pub hmac_keys: Vec<HmacKey>,
+}
+
+/// How request signatures are read and bounded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedRequests {
+    /// The request header carrying the detached JWS (lowercase).
+    pub header: String,
+    pub max_age_seconds: u64,
+    pub max_body_bytes: usize,
 }
 
 /// A claim copied into a request header for the upstream.
@@ -117,6 +201,9 @@ pub struct Policy {
     pub strip_authorization: bool,
     /// How many verified tokens each VM caches (0: none).
     pub token_cache_entries: usize,
+    /// Clients that sign requests, by `client_id`.
+    pub clients: Vec<Client>,
+    pub signed_requests: SignedRequests,
     /// Things worth logging at start-up that are not errors (skipped JWKS keys).
     pub notes: Vec<String>,
 }
@@ -170,9 +257,12 @@ impl Policy {
                 .map(|r| Rule {
                     prefix: r.prefix,
                     require: r.require,
+                    signed_request: r.signed_request,
                 })
                 .collect(),
         )?;
+        let clients = compile_clients(raw.clients, &mut notes)?;
+        let signed_requests = compile_signed_requests(raw.signed_requests)?;
         let claims_to_headers = compile_claim_headers(raw.claims_to_headers)?;
         Ok(Policy {
             issuers,
@@ -184,6 +274,8 @@ impl Policy {
             claims_to_headers,
             strip_authorization: raw.strip_authorization,
             token_cache_entries: raw.token_cache_entries,
+            clients,
+            signed_requests,
             notes,
         })
     }
@@ -210,7 +302,16 @@ fn compile_issuers(raw: Vec<RawIssuer>, notes: &mut Vec<String>) -> Result<Vec<I
                 "issuers[{i}].audiences must list at least one non-empty audience"
             ));
         }
-        let set = parse_jwks(&issuer.jwks).map_err(|e| format!("issuers[{i}].jwks: {e}"))?;
+        let jwks = match (&issuer.jwks, &issuer.remote_jwks) {
+            (Some(jwks), None) => jwks,
+            (None, Some(_)) => {
+                return Err(format!(
+                    "issuers[{i}].remote_jwks: fetching key sets is not supported by this version of Tether; configure \"jwks\" inline"
+                ))
+            }
+            _ => return Err(format!("issuers[{i}] needs exactly one of \"jwks\" and \"remote_jwks\"")),
+        };
+        let set = parse_jwks(jwks).map_err(|e| format!("issuers[{i}].jwks: {e}"))?;
         notes.extend(
             set.skipped
                 .iter()
@@ -228,6 +329,97 @@ fn compile_issuers(raw: Vec<RawIssuer>, notes: &mut Vec<String>) -> Result<Vec<I
         });
     }
     Ok(issuers)
+}
+
+fn compile_clients(raw: Vec<RawClient>, notes: &mut Vec<String>) -> Result<Vec<Client>, String> {
+    let mut clients: Vec<Client> = Vec::with_capacity(raw.len());
+    for (i, client) in raw.into_iter().enumerate() {
+        let at = format!("clients[{i}]");
+        if client.client_id.is_empty() {
+            return Err(format!("{at}.client_id must not be empty"));
+        }
+        if clients.iter().any(|c| c.client_id == client.client_id) {
+            return Err(format!(
+                "{at}.client_id {:?} is configured twice",
+                client.client_id
+            ));
+        }
+        if client.remote_jwks.is_some() {
+            return Err(format!(
+                "{at}.remote_jwks: fetching key sets is not supported by this version of Tether; configure \"jwks\" inline"
+            ));
+        }
+        let keys = match &client.jwks {
+            Some(jwks) => {
+                let set = parse_jwks(jwks).map_err(|e| format!("{at}.jwks: {e}"))?;
+                notes.extend(set.skipped.iter().map(|note| format!("{at}.jwks {note}")));
+                if set.keys.is_empty() {
+                    return Err(format!(
+                        "{at}.jwks has no usable signature verification key"
+                    ));
+                }
+                set.keys
+            }
+            None => Vec::new(),
+        };
+        let mut hmac_keys: Vec<HmacKey> = Vec::new();
+        for (j, key) in client.hmac_keys.unwrap_or_default().into_iter().enumerate() {
+            let secret = URL_SAFE_NO_PAD
+                .decode(&key.k)
+                .map_err(|_| format!("{at}.hmac_keys[{j}].k is not unpadded base64url"))?;
+            // RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+            if secret.len() < MIN_HMAC_KEY_BYTES {
+                return Err(format!(
+                    "{at}.hmac_keys[{j}].k must be at least {MIN_HMAC_KEY_BYTES} bytes"
+                ));
+            }
+            if key.kid.is_empty() || hmac_keys.iter().any(|k| k.kid == key.kid) {
+                return Err(format!(
+                    "{at}.hmac_keys[{j}].kid must be non-empty and unique"
+                ));
+            }
+            hmac_keys.push(HmacKey {
+                kid: key.kid,
+                secret,
+            });
+        }
+        if keys.is_empty() && hmac_keys.is_empty() {
+            return Err(format!("{at} needs \"jwks\" or \"hmac_keys\""));
+        }
+        clients.push(Client {
+            client_id: client.client_id,
+            keys,
+            hmac_keys,
+        });
+    }
+    Ok(clients)
+}
+
+fn compile_signed_requests(raw: RawSignedRequests) -> Result<SignedRequests, String> {
+    let header = raw.header.to_ascii_lowercase();
+    let is_token = !header.is_empty()
+        && header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !is_token || RESERVED_HEADERS.contains(&header.as_str()) {
+        return Err(format!(
+            "signed_requests.header {:?} is not a usable header name",
+            raw.header
+        ));
+    }
+    if raw.max_age_seconds == 0 || raw.max_age_seconds > 3600 {
+        return Err("signed_requests.max_age_seconds must be between 1 and 3600".into());
+    }
+    if raw.max_body_bytes > MAX_BODY_BYTES_LIMIT {
+        return Err(format!(
+            "signed_requests.max_body_bytes must be at most {MAX_BODY_BYTES_LIMIT}"
+        ));
+    }
+    Ok(SignedRequests {
+        header,
+        max_age_seconds: raw.max_age_seconds,
+        max_body_bytes: raw.max_body_bytes,
+    })
 }
 
 fn compile_claim_headers(raw: Vec<RawClaimHeader>) -> Result<Vec<ClaimHeader>, String> {
@@ -301,7 +493,7 @@ mod tests {
     fn contract_example_parses() {
         let policy = parse(&contract()).unwrap();
         assert_eq!(policy.issuers.len(), 1);
-        assert_eq!(policy.rules.requirement("/orders/1"), Require::Mtls);
+        assert_eq!(policy.rules.requirement("/orders/1").require, Require::Mtls);
         assert_eq!(policy.claims_to_headers[0].header, "x-tether-sub");
     }
 
@@ -313,7 +505,10 @@ mod tests {
         assert!(!policy.strip_authorization);
         assert_eq!(policy.token_cache_entries, 4096);
         assert!(policy.claims_to_headers.is_empty());
-        assert_eq!(policy.rules.requirement("/anything"), Require::Bound);
+        assert_eq!(
+            policy.rules.requirement("/anything").require,
+            Require::Bound
+        );
     }
 
     #[test]
@@ -406,6 +601,57 @@ mod tests {
         assert!(parse(&c).unwrap_err().0.contains("token_cache_entries"));
         c["token_cache_entries"] = json!(-1);
         assert!(parse(&c).unwrap_err().0.contains("token_cache_entries"));
+    }
+
+    #[test]
+    fn signed_requests_defaults_and_clients_parse() {
+        let policy = parse(&contract()).unwrap();
+        assert_eq!(policy.signed_requests.header, "x-jws-signature");
+        assert_eq!(policy.signed_requests.max_age_seconds, 60);
+        assert_eq!(policy.signed_requests.max_body_bytes, 1_048_576);
+        let mut c = contract();
+        c["clients"] = json!([
+            {"client_id": "alice-app", "jwks": jwks()},
+            {"client_id": "legacy-erp", "hmac_keys": [{"kid": "k1", "k": "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow"}]}
+        ]);
+        c["signed_requests"] = json!({"header": "X-JWS-Signature", "max_age_seconds": 30});
+        c["rules"][2]["signed_request"] = json!(true);
+        let policy = parse(&c).unwrap();
+        assert_eq!(policy.clients.len(), 2);
+        assert_eq!(policy.clients[1].hmac_keys[0].secret.len(), 64);
+        assert_eq!(policy.signed_requests.header, "x-jws-signature");
+        assert_eq!(policy.signed_requests.max_body_bytes, 1_048_576);
+        assert!(policy.rules.requirement("/orders").signed_request);
+    }
+
+    #[test]
+    fn short_hmac_keys_and_keyless_clients_are_errors() {
+        let mut c = contract();
+        c["clients"] = json!([{"client_id": "x", "hmac_keys": [{"kid": "k1", "k": "c2hvcnQ"}]}]);
+        assert!(parse(&c).unwrap_err().0.contains("at least 32 bytes"));
+        c["clients"] = json!([{"client_id": "x"}]);
+        assert!(parse(&c).is_err());
+        c["clients"] = json!([{"client_id": "x", "jwks": jwks(), "secret": "s"}]);
+        assert!(parse(&c).unwrap_err().0.contains("secret"));
+    }
+
+    #[test]
+    fn remote_jwks_is_refused_clearly_until_supported() {
+        let mut c = contract();
+        c["issuers"][0].as_object_mut().unwrap().insert(
+            "remote_jwks".into(),
+            json!({"cluster": "idp", "path": "/jwks"}),
+        );
+        assert!(parse(&c).unwrap_err().0.contains("exactly one"));
+        c["issuers"][0].as_object_mut().unwrap().remove("jwks");
+        assert!(parse(&c).unwrap_err().0.contains("not supported"));
+    }
+
+    #[test]
+    fn signed_request_on_none_rule_is_an_error() {
+        let mut c = contract();
+        c["rules"][0]["signed_request"] = json!(true);
+        assert!(parse(&c).unwrap_err().0.contains("signed_request"));
     }
 
     #[test]

@@ -140,6 +140,16 @@ pub fn parse_jwks(jwks: &Value) -> Result<KeySet, String> {
     Ok(set)
 }
 
+/// Parses one public JWK that must be usable, such as a token's `cnf.jwk` (RFC 7800 §3.2):
+/// unlike a JWKS, where unsupported keys are skipped, an unusable key here is an error.
+pub fn parse_one(jwk: &Value) -> Result<Vec<VerificationKey>, String> {
+    let jwk = jwk.as_object().ok_or("a JWK must be a JSON object")?;
+    match parse_jwk(jwk)? {
+        Parsed::Keys(keys) => Ok(keys),
+        Parsed::Skipped(why) => Err(why),
+    }
+}
+
 enum Parsed {
     Keys(Vec<VerificationKey>),
     Skipped(String),

@@ -30,6 +30,7 @@ pub mod extract;
 pub mod jwk;
 pub mod policy;
 pub mod reject;
+pub mod replay;
 pub mod token;
 pub mod verdict;
 

@@ -27,7 +27,22 @@ pub struct Rule {
     /// A plain string prefix of the path (without the query), like Envoy's route `prefix`.
     pub prefix: String,
     pub require: Require,
+    /// Whether every request must carry a valid request signature.
+    pub signed_request: bool,
 }
+
+/// What the matching rule asks of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub require: Require,
+    pub signed_request: bool,
+}
+
+/// The route applied when no rule matches: the strictest requirement, no signature.
+const DEFAULT_ROUTE: Route = Route {
+    require: DEFAULT_REQUIRE,
+    signed_request: false,
+};
 
 /// The ordered rules of a policy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,6 +55,11 @@ impl Rules {
         for (i, rule) in rules.iter().enumerate() {
             if !rule.prefix.starts_with('/') {
                 return Err(format!("rules[{i}].prefix must start with '/'"));
+            }
+            if rule.signed_request && rule.require == Require::None {
+                return Err(format!(
+                    "rules[{i}].signed_request needs a token: it cannot go with require \"none\""
+                ));
             }
             if let Some(j) = rules[..i]
                 .iter()
@@ -54,13 +74,16 @@ impl Rules {
         Ok(Rules(rules))
     }
 
-    /// The requirement for a request path (the `:path` pseudo-header, query included).
-    pub fn requirement(&self, path: &str) -> Require {
+    /// The route for a request path (the `:path` pseudo-header, query included).
+    pub fn requirement(&self, path: &str) -> Route {
         let path = path_without_query(path);
         self.0
             .iter()
             .find(|rule| path.starts_with(&rule.prefix))
-            .map_or(DEFAULT_REQUIRE, |rule| rule.require)
+            .map_or(DEFAULT_ROUTE, |rule| Route {
+                require: rule.require,
+                signed_request: rule.signed_request,
+            })
     }
 }
 
@@ -124,6 +147,7 @@ mod tests {
         Rule {
             prefix: prefix.to_string(),
             require,
+            signed_request: false,
         }
     }
 
@@ -140,23 +164,23 @@ mod tests {
     #[test]
     fn first_matching_prefix_wins() {
         let rules = contract_rules();
-        assert_eq!(rules.requirement("/healthz"), Require::None);
-        assert_eq!(rules.requirement("/legacy/x?y=1"), Require::Bearer);
-        assert_eq!(rules.requirement("/orders/42"), Require::Mtls);
-        assert_eq!(rules.requirement("/payments"), Require::Bound);
+        assert_eq!(rules.requirement("/healthz").require, Require::None);
+        assert_eq!(rules.requirement("/legacy/x?y=1").require, Require::Bearer);
+        assert_eq!(rules.requirement("/orders/42").require, Require::Mtls);
+        assert_eq!(rules.requirement("/payments").require, Require::Bound);
     }
 
     #[test]
     fn query_does_not_take_part_in_matching() {
         let rules = contract_rules();
-        assert_eq!(rules.requirement("/x?/healthz"), Require::Bound);
+        assert_eq!(rules.requirement("/x?/healthz").require, Require::Bound);
     }
 
     #[test]
     fn no_match_means_bound() {
         let rules = Rules::new(vec![rule("/healthz", Require::None)]).unwrap();
-        assert_eq!(rules.requirement("/anything"), Require::Bound);
-        assert_eq!(Rules::default().requirement("/"), Require::Bound);
+        assert_eq!(rules.requirement("/anything").require, Require::Bound);
+        assert_eq!(Rules::default().requirement("/").require, Require::Bound);
     }
 
     #[test]
@@ -168,6 +192,20 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("rules[1]"), "{err}");
         assert!(Rules::new(vec![rule("/a", Require::None), rule("/a", Require::Bearer)]).is_err());
+    }
+
+    #[test]
+    fn signed_request_on_a_none_rule_is_a_configuration_error() {
+        let mut none = rule("/x", Require::None);
+        none.signed_request = true;
+        assert!(Rules::new(vec![none])
+            .unwrap_err()
+            .contains("signed_request"));
+        let mut mtls = rule("/payments", Require::Mtls);
+        mtls.signed_request = true;
+        let rules = Rules::new(vec![mtls]).unwrap();
+        assert!(rules.requirement("/payments/1").signed_request);
+        assert!(!rules.requirement("/other").signed_request);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::bind::Confirmation;
 use crate::crypto::SignatureVerifier;
 use crate::extract::MAX_TOKEN_BYTES;
 use crate::jwk::{Alg, VerificationKey};
@@ -101,12 +102,14 @@ pub struct VerifiedToken {
     claims: TokenClaims,
     /// `exp`, required and therefore always known once verified.
     expires_at: u64,
+    /// The `cnf` claim (RFC 7800), decoded once (its `jwk` is a key to decode).
+    confirmation: Confirmation,
 }
 
 impl VerifiedToken {
-    /// The `cnf` claim (RFC 7800), if present.
-    pub fn confirmation(&self) -> Option<&Value> {
-        self.claims.other.get("cnf")
+    /// What the token is bound to.
+    pub fn confirmation(&self) -> &Confirmation {
+        &self.confirmation
     }
 
     /// A claim whose value is a string, by name (registered claims included).
@@ -188,7 +191,12 @@ pub fn verify(
     }
     // From here on the claims are the issuer's.
     let expires_at = check_claims(&claims, issuer, limits, now)?;
-    Ok(VerifiedToken { claims, expires_at })
+    let confirmation = Confirmation::from_claim(claims.other.get("cnf"))?;
+    Ok(VerifiedToken {
+        claims,
+        expires_at,
+        confirmation,
+    })
 }
 
 /// RFC 8725 §3.11 (explicit typing): a JWT of another declared type (a DPoP proof
@@ -353,7 +361,7 @@ pub(crate) mod tests {
         let f = fixture();
         let token = verify(&sign(&f, claims()), &f.issuers, LIMITS, &InVm, NOW).unwrap();
         assert_eq!(token.string_claim("sub"), Some("alice"));
-        assert!(token.confirmation().is_some());
+        assert!(token.confirmation().x5t_s256.is_some());
     }
 
     #[test]
@@ -638,6 +646,7 @@ pub(crate) mod tests {
         VerifiedToken {
             claims,
             expires_at: exp,
+            confirmation: Confirmation::default(),
         }
     }
 

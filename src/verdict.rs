@@ -2,31 +2,39 @@
 //!
 //! The glue gathers the facts, this module decides, the glue acts: nothing here touches
 //! the host. Checks run cheapest first: path and rule, token extraction, the token
-//! (signature, then claims), then the proof of possession.
+//! (signature, then claims), the certificate binding, then the request signature, whose
+//! cheap checks run on the headers and whose signature runs once the body has arrived.
 
 use std::rc::Rc;
 
+use crate::bind::jws::{DetachedJws, SignedRequest, SigningKeys, Window};
 use crate::bind::mtls::PeerCertificate;
-use crate::bind::Confirmation;
 use crate::cache::TokenCache;
 use crate::config::Policy;
 use crate::crypto::SignatureVerifier;
 use crate::extract;
-use crate::policy::{self, Require};
+use crate::policy::{self, Require, Route};
 use crate::reject::Reason;
+use crate::replay::ReplayStore;
 use crate::token::{self, VerifiedToken};
 
 /// What the filter knows of a request when it decides.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Request<'a, 'r> {
     /// The `:path` pseudo-header, query included, as raw bytes.
     pub path: &'r [u8],
     /// Every `Authorization` header value, as raw bytes.
     pub authorization: &'a [&'r [u8]],
+    /// `:method`, `:scheme` and `:authority`, for the request signature's `htm` and `htu`.
+    pub method: &'r [u8],
+    pub scheme: &'r [u8],
+    pub authority: &'r [u8],
+    /// Every value of the request-signature header.
+    pub signature: &'a [&'r [u8]],
 }
 
 /// The decision for a request.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Verdict<'p, 'r> {
     /// Forward the request, setting these headers (from `claims_to_headers`).
     Allow { headers: Vec<(&'p str, String)> },
@@ -35,10 +43,68 @@ pub enum Verdict<'p, 'r> {
         reason: Reason,
         token: Option<&'r str>,
     },
+    /// Everything but the request signature is verified: it needs the body.
+    NeedBody(Box<Pending>),
 }
 
-/// Decides a request at time `now` (seconds since the Unix epoch). `peer` gives the
-/// connection's client certificate; it is asked only when a binding needs it.
+/// A request waiting for its body, with everything already checked but the signature over
+/// the body and the replay record.
+#[derive(Debug)]
+pub struct Pending {
+    jws: DetachedJws,
+    token: Rc<VerifiedToken>,
+    /// Index of the client in the policy, when the signature is checked with a client's
+    /// registered keys instead of the token's `cnf.jwk`.
+    client: Option<usize>,
+    headers: Vec<(String, String)>,
+    /// The presented token, for the log's fingerprint only.
+    pub presented: String,
+}
+
+impl Pending {
+    /// Verifies the signature over the whole body and records it against replay. Returns
+    /// the headers to set on the allowed request.
+    pub fn finish(
+        self,
+        policy: &Policy,
+        body: &[u8],
+        crypto: &dyn SignatureVerifier,
+        replay: &mut dyn ReplayStore,
+        now: u64,
+    ) -> Result<Vec<(String, String)>, Reason> {
+        if body.len() > policy.signed_requests.max_body_bytes {
+            return Err(Reason::BodyTooLarge);
+        }
+        let keys = match self.client.and_then(|i| policy.clients.get(i)) {
+            Some(client) => SigningKeys::Client {
+                keys: &client.keys,
+                hmac_keys: &client.hmac_keys,
+            },
+            None => {
+                SigningKeys::Bound(self.token.confirmation().jwk.as_deref().unwrap_or_default())
+            }
+        };
+        self.jws.verify_body(keys, body, crypto)?;
+        // Recorded only once valid, so that a forged signature cannot block a genuine one.
+        let expiry = self
+            .jws
+            .replay_expiry(window(policy))
+            .ok_or(Reason::RequestSignatureMalformed)?;
+        replay.first_use(&self.jws.replay_id(), expiry, now)?;
+        Ok(self.headers)
+    }
+}
+
+fn window(policy: &Policy) -> Window {
+    Window {
+        max_age_seconds: policy.signed_requests.max_age_seconds,
+        clock_skew_seconds: policy.limits.clock_skew_seconds,
+    }
+}
+
+/// Decides a request at time `now` (seconds since the Unix epoch), as far as its headers
+/// allow. `peer` gives the connection's client certificate; it is asked only when a
+/// binding needs it.
 pub fn decide<'p, 'r>(
     policy: &'p Policy,
     request: Request<'_, 'r>,
@@ -51,8 +117,8 @@ pub fn decide<'p, 'r>(
         Ok(path) if policy::is_normalized(path) => path,
         _ => return deny(Reason::PathNotNormalized, None),
     };
-    let require = policy.rules.requirement(path);
-    if require == Require::None {
+    let route = policy.rules.requirement(path);
+    if route.require == Require::None {
         return Verdict::Allow {
             headers: Vec::new(),
         };
@@ -65,12 +131,78 @@ pub fn decide<'p, 'r>(
         Ok(None) => return deny(Reason::TokenMissing, None),
         Err(reason) => return deny(reason, None),
     };
-    match verify_and_prove(policy, require, token, peer, tokens, now) {
-        Ok(verified) => Verdict::Allow {
-            headers: claim_headers(policy, &verified),
-        },
+    let verified = match verify_and_prove(policy, route, token, peer, tokens, now) {
+        Ok(verified) => verified,
+        Err(reason) => return deny(reason, Some(token)),
+    };
+    let headers = claim_headers(policy, &verified);
+    // A token bound to a key is accepted only with a signature made with that key, on any
+    // route; a signed route asks every request for one.
+    if !route.signed_request && verified.confirmation().jwk.is_none() {
+        return Verdict::Allow { headers };
+    }
+    match signature_pending(policy, &request, path, token, verified, now) {
+        Ok(pending) => {
+            let headers = headers
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value))
+                .collect();
+            Verdict::NeedBody(Box::new(Pending { headers, ..pending }))
+        }
         Err(reason) => deny(reason, Some(token)),
     }
+}
+
+/// Reads the request signature and runs every check that needs no body.
+fn signature_pending(
+    policy: &Policy,
+    request: &Request<'_, '_>,
+    path: &str,
+    token: &str,
+    verified: Rc<VerifiedToken>,
+    now: u64,
+) -> Result<Pending, Reason> {
+    let value = match request.signature {
+        [] => return Err(Reason::RequestSignatureMissing),
+        [value] => *value,
+        _ => return Err(Reason::RequestSignatureMalformed),
+    };
+    let jws = DetachedJws::parse(value)?;
+    let text = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .map(str::to_string)
+            .map_err(|_| Reason::RequestSignatureMismatch)
+    };
+    let target = SignedRequest {
+        method: &text(request.method)?,
+        scheme: &text(request.scheme)?,
+        authority: &text(request.authority)?,
+        path,
+    };
+    jws.check_request(&target, token, window(policy), now)?;
+    // The key: the token's own `cnf.jwk`, or the registered keys of its client.
+    let client = match verified.confirmation().jwk {
+        Some(_) => None,
+        None => {
+            let client_id = verified
+                .string_claim("client_id")
+                .or_else(|| verified.string_claim("azp"))
+                .ok_or(Reason::RequestSignatureKeyUnknown)?;
+            let index = policy
+                .clients
+                .iter()
+                .position(|c| c.client_id == client_id)
+                .ok_or(Reason::RequestSignatureKeyUnknown)?;
+            Some(index)
+        }
+    };
+    Ok(Pending {
+        jws,
+        token: verified,
+        client,
+        headers: Vec::new(),
+        presented: token.to_string(),
+    })
 }
 
 /// How access tokens are verified: the signature verifier and the cache of verified tokens.
@@ -107,24 +239,25 @@ impl Tokens<'_> {
 
 fn verify_and_prove(
     policy: &Policy,
-    require: Require,
+    route: Route,
     token: &str,
     peer: impl FnOnce() -> Option<PeerCertificate>,
     tokens: &mut Tokens<'_>,
     now: u64,
 ) -> Result<Rc<VerifiedToken>, Reason> {
     let verified = tokens.verify(policy, token, now)?;
-    let confirmation = Confirmation::from_claim(verified.confirmation())?;
-    let constrained = match require {
+    let confirmation = verified.confirmation();
+    let constrained = match route.require {
         Require::Mtls => confirmation.x5t_s256.is_some(),
+        // A key binding counts: its proof, the request signature, is required below.
         Require::Bound => confirmation.is_bound(),
         Require::Bearer | Require::None => true,
     };
     if !constrained {
         return Err(Reason::NotSenderConstrained);
     }
-    // On every route, a bound token is accepted only with its proof.
-    confirmation.prove(peer)?;
+    // On every route, a certificate-bound token is accepted only over its certificate.
+    confirmation.prove_certificate(peer)?;
     Ok(verified)
 }
 
@@ -226,6 +359,7 @@ mod tests {
         let request = Request {
             path: path.as_bytes(),
             authorization: &values,
+            ..Request::default()
         };
         let mut cache = TokenCache::new(0);
         let mut tokens = Tokens {
@@ -235,10 +369,24 @@ mod tests {
         decide(&f.policy, request, || peer, &mut tokens, NOW)
     }
 
+    fn allowed<'p>(v: Verdict<'p, '_>) -> Option<Vec<(&'p str, String)>> {
+        match v {
+            Verdict::Allow { headers } => Some(headers),
+            _ => None,
+        }
+    }
+
+    fn denied<'r>(v: Verdict<'_, 'r>) -> Option<(Reason, Option<&'r str>)> {
+        match v {
+            Verdict::Deny { reason, token } => Some((reason, token)),
+            _ => None,
+        }
+    }
+
     fn reason(v: Verdict) -> Reason {
         match v {
             Verdict::Deny { reason, .. } => reason,
-            Verdict::Allow { .. } => panic!("allowed"),
+            other => panic!("not refused: {other:?}"),
         }
     }
 
@@ -278,6 +426,7 @@ mod tests {
         let request = Request {
             path: b"/orders",
             authorization: &values,
+            ..Request::default()
         };
         for _ in 0..3 {
             let alice = decide(
@@ -324,6 +473,7 @@ mod tests {
         let request = Request {
             path: b"/orders",
             authorization: &values,
+            ..Request::default()
         };
         for _ in 0..2 {
             let early = decide(
@@ -347,13 +497,11 @@ mod tests {
         );
         let verdict = run(&f, "/orders/1", Some(&auth), Some(ALICE_DER));
         assert_eq!(
-            verdict,
-            Verdict::Allow {
-                headers: vec![
-                    ("x-tether-sub", "alice".into()),
-                    ("x-tenant", "acme".into())
-                ]
-            }
+            allowed(verdict),
+            Some(vec![
+                ("x-tether-sub", "alice".into()),
+                ("x-tenant", "acme".into())
+            ])
         );
         assert!(matches!(
             run(&f, "/anything", Some(&auth), Some(ALICE_DER)),
@@ -406,13 +554,10 @@ mod tests {
     fn none_route_examines_nothing() {
         let f = fixture();
         assert_eq!(
-            run(&f, "/healthz", Some("Bearer !!!"), None),
-            Verdict::Allow { headers: vec![] }
+            allowed(run(&f, "/healthz", Some("Bearer !!!"), None)),
+            Some(vec![])
         );
-        assert_eq!(
-            run(&f, "/healthz", None, None),
-            Verdict::Allow { headers: vec![] }
-        );
+        assert_eq!(allowed(run(&f, "/healthz", None, None)), Some(vec![]));
     }
 
     #[test]
@@ -438,7 +583,7 @@ mod tests {
         );
         let request = Request {
             path: b"/\xff",
-            authorization: &[],
+            ..Request::default()
         };
         assert_eq!(
             reason(decide(&f.policy, request, || None, &mut uncached(), NOW)),
@@ -452,11 +597,8 @@ mod tests {
         let t = token(&f, None, &[]);
         let auth = format!("Bearer {t}");
         assert_eq!(
-            run(&f, "/", Some(&auth), None),
-            Verdict::Deny {
-                reason: Reason::NotSenderConstrained,
-                token: Some(t.as_str())
-            }
+            denied(run(&f, "/", Some(&auth), None)),
+            Some((Reason::NotSenderConstrained, Some(t.as_str())))
         );
     }
 
@@ -472,20 +614,16 @@ mod tests {
             )
         );
         assert_eq!(
-            run(&f, "/", Some(&auth), Some(ALICE_DER)),
-            Verdict::Allow {
-                headers: vec![("x-tether-sub", "alice".into())]
-            }
+            allowed(run(&f, "/", Some(&auth), Some(ALICE_DER))),
+            Some(vec![("x-tether-sub", "alice".into())])
         );
         let non_ascii = format!(
             "Bearer {}",
             token(&f, bound_to(ALICE_DER), &[("tenant", json!("caf\u{e9}"))])
         );
         assert_eq!(
-            run(&f, "/", Some(&non_ascii), Some(ALICE_DER)),
-            Verdict::Allow {
-                headers: vec![("x-tether-sub", "alice".into())]
-            }
+            allowed(run(&f, "/", Some(&non_ascii), Some(ALICE_DER))),
+            Some(vec![("x-tether-sub", "alice".into())])
         );
     }
 
@@ -496,6 +634,7 @@ mod tests {
         let request = Request {
             path: b"/legacy",
             authorization: &[auth.as_bytes()],
+            ..Request::default()
         };
         let verdict = decide(
             &f.policy,

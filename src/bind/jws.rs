@@ -66,7 +66,6 @@ pub struct SignedRequest<'a> {
     pub authority: &'a str,
     /// The path and query, as sent.
     pub path: &'a str,
-    pub body: &'a [u8],
 }
 
 /// A parsed detached JWS. Nothing in it is trusted until a verification succeeds.
@@ -214,14 +213,12 @@ impl DetachedJws {
         Some(iat.saturating_add(window.max_age_seconds).saturating_add(1))
     }
 
-    /// Verifies the signature as a signature of this request with this token, at `now`:
-    /// the cheap checks (time, method, URI, token hash) first, then the key and signature.
-    pub fn verify_request(
+    /// Checks, before the body has arrived, that the signature describes this request and
+    /// this token at `now`: `iat` within the window, `htm`, `htu` and `ath`.
+    pub fn check_request(
         &self,
         request: &SignedRequest<'_>,
         token: &str,
-        keys: SigningKeys<'_>,
-        crypto: &dyn SignatureVerifier,
         window: Window,
         now: u64,
     ) -> Result<(), Reason> {
@@ -243,6 +240,16 @@ impl DetachedJws {
         if !bool::from(ath.as_bytes().ct_eq(binding.ath.as_bytes())) {
             return Err(Reason::RequestSignatureMismatch);
         }
+        Ok(())
+    }
+
+    /// Chooses the key and verifies the signature over the body.
+    pub fn verify_body(
+        &self,
+        keys: SigningKeys<'_>,
+        body: &[u8],
+        crypto: &dyn SignatureVerifier,
+    ) -> Result<(), Reason> {
         let key = match keys {
             SigningKeys::Bound(keys) => {
                 let alg = Alg::from_name(&self.alg).ok_or(Reason::RequestSignatureInvalid)?;
@@ -262,11 +269,27 @@ impl DetachedJws {
                 JwsKey::Public(pick(&fitting, self.kid.as_deref(), |k| k.kid.as_deref())?)
             }
         };
-        if self.verify_with(key, request.body, crypto) {
+        if self.verify_with(key, body, crypto) {
             Ok(())
         } else {
             Err(Reason::RequestSignatureInvalid)
         }
+    }
+
+    /// [`check_request`](Self::check_request), then [`verify_body`](Self::verify_body).
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify_request(
+        &self,
+        request: &SignedRequest<'_>,
+        body: &[u8],
+        token: &str,
+        keys: SigningKeys<'_>,
+        crypto: &dyn SignatureVerifier,
+        window: Window,
+        now: u64,
+    ) -> Result<(), Reason> {
+        self.check_request(request, token, window, now)?;
+        self.verify_body(keys, body, crypto)
     }
 
     /// RFC 7515 §5.1 step 5 with RFC 7797 §3: `ASCII(BASE64URL(header)) || '.' || payload`,
@@ -560,8 +583,8 @@ mod tests {
         scheme: "https",
         authority: "api.mesh.internal",
         path: "/payments?id=7",
-        body: b"{\"amount\":\"10.00\"}",
     };
+    const BODY: &[u8] = b"{\"amount\":\"10.00\"}";
 
     struct Client {
         signing: p256::ecdsa::SigningKey,
@@ -602,10 +625,12 @@ mod tests {
         client: &Client,
         jws: &str,
         request: &SignedRequest<'_>,
+        body: &[u8],
         now: u64,
     ) -> Result<(), Reason> {
         DetachedJws::parse(jws.as_bytes())?.verify_request(
             request,
+            body,
             TOKEN,
             SigningKeys::Bound(&client.keys),
             &InVm,
@@ -618,14 +643,14 @@ mod tests {
     fn signed_request_verifies_in_both_payload_forms() {
         let c = client();
         assert_eq!(
-            check(&c, &sign(&c, request_header(), REQUEST.body), &REQUEST, NOW),
+            check(&c, &sign(&c, request_header(), BODY), &REQUEST, BODY, NOW),
             Ok(())
         );
         let mut encoded = request_header();
         encoded.as_object_mut().unwrap().remove("b64");
         encoded.as_object_mut().unwrap().remove("crit");
         assert_eq!(
-            check(&c, &sign(&c, encoded, REQUEST.body), &REQUEST, NOW),
+            check(&c, &sign(&c, encoded, BODY), &REQUEST, BODY, NOW),
             Ok(())
         );
     }
@@ -633,13 +658,9 @@ mod tests {
     #[test]
     fn body_changed_by_one_byte_fails() {
         let c = client();
-        let jws = sign(&c, request_header(), REQUEST.body);
-        let changed = SignedRequest {
-            body: b"{\"amount\":\"99.00\"}",
-            ..REQUEST
-        };
+        let jws = sign(&c, request_header(), BODY);
         assert_eq!(
-            check(&c, &jws, &changed, NOW),
+            check(&c, &jws, &REQUEST, b"{\"amount\":\"10.01\"}", NOW),
             Err(Reason::RequestSignatureInvalid)
         );
     }
@@ -647,13 +668,13 @@ mod tests {
     #[test]
     fn method_uri_or_token_of_another_request_fail() {
         let c = client();
-        let jws = sign(&c, request_header(), REQUEST.body);
+        let jws = sign(&c, request_header(), BODY);
         let put = SignedRequest {
             method: "PUT",
             ..REQUEST
         };
         assert_eq!(
-            check(&c, &jws, &put, NOW),
+            check(&c, &jws, &put, BODY, NOW),
             Err(Reason::RequestSignatureMismatch)
         );
         let other_path = SignedRequest {
@@ -661,12 +682,13 @@ mod tests {
             ..REQUEST
         };
         assert_eq!(
-            check(&c, &jws, &other_path, NOW),
+            check(&c, &jws, &other_path, BODY, NOW),
             Err(Reason::RequestSignatureMismatch)
         );
         let parsed = DetachedJws::parse(jws.as_bytes()).unwrap();
         let other_token = parsed.verify_request(
             &REQUEST,
+            BODY,
             "another.token.x",
             SigningKeys::Bound(&c.keys),
             &InVm,
@@ -682,7 +704,7 @@ mod tests {
         let mut header = request_header();
         header["htu"] = json!("HTTPS://API.mesh.internal:443/payments?id=7");
         assert_eq!(
-            check(&c, &sign(&c, header, REQUEST.body), &REQUEST, NOW),
+            check(&c, &sign(&c, header, BODY), &REQUEST, BODY, NOW),
             Ok(())
         );
     }
@@ -690,14 +712,14 @@ mod tests {
     #[test]
     fn old_or_future_iat_fails() {
         let c = client();
-        let jws = sign(&c, request_header(), REQUEST.body);
+        let jws = sign(&c, request_header(), BODY);
         assert_eq!(
-            check(&c, &jws, &REQUEST, NOW + 61),
+            check(&c, &jws, &REQUEST, BODY, NOW + 61),
             Err(Reason::RequestSignatureExpired)
         );
-        assert_eq!(check(&c, &jws, &REQUEST, NOW + 60), Ok(()));
+        assert_eq!(check(&c, &jws, &REQUEST, BODY, NOW + 60), Ok(()));
         assert_eq!(
-            check(&c, &jws, &REQUEST, NOW - 31),
+            check(&c, &jws, &REQUEST, BODY, NOW - 31),
             Err(Reason::RequestSignatureExpired)
         );
     }
@@ -709,7 +731,7 @@ mod tests {
             let mut header = request_header();
             header.as_object_mut().unwrap().remove(member);
             assert_eq!(
-                check(&c, &sign(&c, header, REQUEST.body), &REQUEST, NOW),
+                check(&c, &sign(&c, header, BODY), &REQUEST, BODY, NOW),
                 Err(Reason::RequestSignatureMalformed),
                 "{member}"
             );
@@ -724,9 +746,9 @@ mod tests {
             hmac_keys: &[],
         };
         let run = |header: Value| {
-            DetachedJws::parse(sign(&c, header, REQUEST.body).as_bytes())
+            DetachedJws::parse(sign(&c, header, BODY).as_bytes())
                 .unwrap()
-                .verify_request(&REQUEST, TOKEN, keys, &InVm, WINDOW, NOW)
+                .verify_request(&REQUEST, BODY, TOKEN, keys, &InVm, WINDOW, NOW)
         };
         assert_eq!(run(request_header()), Ok(()));
         let mut no_kid = request_header();
@@ -749,7 +771,7 @@ mod tests {
         header["kid"] = json!("k1");
         let header_b64 = URL_SAFE_NO_PAD.encode(header.to_string());
         let mut input = format!("{header_b64}.").into_bytes();
-        input.extend_from_slice(REQUEST.body);
+        input.extend_from_slice(BODY);
         use hmac::Mac as _;
         let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&secret).unwrap();
         mac.update(&input);
@@ -763,7 +785,7 @@ mod tests {
         };
         let parsed = DetachedJws::parse(jws.as_bytes()).unwrap();
         assert_eq!(
-            parsed.verify_request(&REQUEST, TOKEN, keys, &InVm, WINDOW, NOW),
+            parsed.verify_request(&REQUEST, BODY, TOKEN, keys, &InVm, WINDOW, NOW),
             Ok(())
         );
         let wrong = [HmacKey {
@@ -775,7 +797,7 @@ mod tests {
             hmac_keys: &wrong,
         };
         assert_eq!(
-            parsed.verify_request(&REQUEST, TOKEN, keys, &InVm, WINDOW, NOW),
+            parsed.verify_request(&REQUEST, BODY, TOKEN, keys, &InVm, WINDOW, NOW),
             Err(Reason::RequestSignatureInvalid)
         );
     }
@@ -783,7 +805,7 @@ mod tests {
     #[test]
     fn replay_id_is_stable_and_expiry_follows_iat() {
         let c = client();
-        let jws = DetachedJws::parse(sign(&c, request_header(), REQUEST.body).as_bytes()).unwrap();
+        let jws = DetachedJws::parse(sign(&c, request_header(), BODY).as_bytes()).unwrap();
         assert_eq!(jws.replay_id(), jws.replay_id());
         assert_eq!(jws.replay_expiry(WINDOW), Some(NOW + 61));
     }

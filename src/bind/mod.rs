@@ -9,18 +9,22 @@ pub mod mtls;
 
 use serde_json::Value;
 
+use crate::jwk::{self, VerificationKey};
 use crate::reject::Reason;
 
 /// The confirmation methods of a verified token's `cnf` claim.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Confirmation {
     /// RFC 8705 §3.1: SHA-256 of the DER of the client certificate the token is bound to.
     pub x5t_s256: Option<String>,
+    /// RFC 7800 §3.2: the public key the token is bound to. Proved by a request signature
+    /// made with it ([`jws`]); one entry per algorithm the key may use.
+    pub jwk: Option<Vec<VerificationKey>>,
 }
 
 impl Confirmation {
     /// Reads the `cnf` claim. No claim, or an empty object, means an unbound token. A
-    /// member Tether does not know how to prove (`jkt`, `jwk`, `jku`, `kid`, ...) is refused:
+    /// member Tether does not know how to prove (`jkt`, `jku`, `kid`, ...) is refused:
     /// accepting the token without its proof would turn a bound token into a bearer one.
     pub fn from_claim(cnf: Option<&Value>) -> Result<Self, Reason> {
         let Some(cnf) = cnf else {
@@ -31,6 +35,10 @@ impl Confirmation {
         for (name, value) in members {
             match name.as_str() {
                 mtls::CNF_MEMBER => confirmation.x5t_s256 = Some(mtls::parse_thumbprint(value)?),
+                "jwk" => {
+                    confirmation.jwk =
+                        Some(jwk::parse_one(value).map_err(|_| Reason::CnfMalformed)?)
+                }
                 _ => return Err(Reason::BindingUnsupported),
             }
         }
@@ -39,12 +47,13 @@ impl Confirmation {
 
     /// Whether the token names any binding at all.
     pub fn is_bound(&self) -> bool {
-        self.x5t_s256.is_some()
+        self.x5t_s256.is_some() || self.jwk.is_some()
     }
 
-    /// Proves every binding the token names. `peer` is asked for the connection's
-    /// certificate only when a certificate binding needs it.
-    pub fn prove(
+    /// Proves the certificate binding, if the token has one. `peer` is asked for the
+    /// connection's certificate only then. (A key binding is proved by the request
+    /// signature, later.)
+    pub fn prove_certificate(
         &self,
         peer: impl FnOnce() -> Option<mtls::PeerCertificate>,
     ) -> Result<(), Reason> {
@@ -81,8 +90,8 @@ mod tests {
     fn cnf_that_is_not_an_object_is_malformed() {
         for cnf in [json!("x"), json!(["x5t#S256"]), json!(null), json!(1)] {
             assert_eq!(
-                Confirmation::from_claim(Some(&cnf)),
-                Err(Reason::CnfMalformed)
+                Confirmation::from_claim(Some(&cnf)).unwrap_err(),
+                Reason::CnfMalformed
             );
         }
     }
@@ -91,13 +100,13 @@ mod tests {
     fn unknown_confirmation_method_is_refused() {
         let cnf = json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"});
         assert_eq!(
-            Confirmation::from_claim(Some(&cnf)),
-            Err(Reason::BindingUnsupported)
+            Confirmation::from_claim(Some(&cnf)).unwrap_err(),
+            Reason::BindingUnsupported
         );
         let both = json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2", "jwk": {}});
         assert_eq!(
-            Confirmation::from_claim(Some(&both)),
-            Err(Reason::BindingUnsupported)
+            Confirmation::from_claim(Some(&both)).unwrap_err(),
+            Reason::CnfMalformed
         );
     }
 }

@@ -2,6 +2,7 @@
 //! once, gathers each request's facts, asks [`crate::verdict::decide`], and acts.
 
 mod metrics;
+mod replay;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -9,7 +10,7 @@ use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::bind::mtls::PeerCertificate;
 use crate::cache::TokenCache;
@@ -18,8 +19,9 @@ use crate::crypto::native::{ForeignFunction, Native};
 use crate::crypto::{InVm, SignatureVerifier};
 use crate::reject::Reason;
 use crate::token::fingerprint;
-use crate::verdict::{decide, Request, Tokens, Verdict};
+use crate::verdict::{decide, Pending, Request, Tokens, Verdict};
 use metrics::Metrics;
+use replay::SharedReplayStore;
 
 #[allow(unsafe_code)] // `main!` exports the VM entry point with #[no_mangle].
 mod entry {
@@ -117,6 +119,7 @@ impl RootContext for Root {
             metrics: Rc::clone(&self.metrics),
             crypto: Rc::clone(&self.crypto),
             cache: Rc::clone(&self.cache),
+            pending: None,
         }))
     }
 
@@ -131,12 +134,14 @@ struct Filter {
     metrics: Rc<Metrics>,
     crypto: Rc<dyn SignatureVerifier>,
     cache: Rc<RefCell<TokenCache>>,
+    /// A request whose signature waits for the body.
+    pending: Option<Box<Pending>>,
 }
 
 impl Context for Filter {}
 
 impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let Some(policy) = self.policy.clone() else {
             return self.refuse(Reason::NotConfigured, None);
         };
@@ -148,18 +153,23 @@ impl HttpContext for Filter {
         // All header lines in one host call: a repeated `Authorization` header must be
         // seen as such (Envoy's single-header accessor returns only the first of some).
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        let path = headers
-            .iter()
-            .find(|(name, _)| name == ":path")
-            .map(|(_, value)| value.as_slice());
-        let authorization: Vec<&[u8]> = headers
-            .iter()
-            .filter(|(name, _)| name == "authorization")
-            .map(|(_, value)| value.as_slice())
-            .collect();
+        let values = |wanted: &str| -> Vec<&[u8]> {
+            headers
+                .iter()
+                .filter(|(name, _)| name == wanted)
+                .map(|(_, value)| value.as_slice())
+                .collect()
+        };
+        let first = |wanted: &str| values(wanted).first().copied().unwrap_or_default();
+        let authorization = values("authorization");
+        let signature = values(&policy.signed_requests.header);
         let request = Request {
-            path: path.unwrap_or_default(),
+            path: first(":path"),
             authorization: &authorization,
+            method: first(":method"),
+            scheme: first(":scheme"),
+            authority: first(":authority"),
+            signature: &signature,
         };
         // The VM runs one callback at a time, so the cache is never borrowed twice; were it
         // ever, the request is served uncached rather than trapping the VM.
@@ -183,26 +193,87 @@ impl HttpContext for Filter {
         drop(borrowed);
         match verdict {
             Verdict::Allow { headers } => {
-                for (name, value) in &headers {
-                    let _ =
-                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
-                }
-                if policy.strip_authorization && !authorization.is_empty() {
-                    let _ = hostcalls::set_map_value(
-                        MapType::HttpRequestHeaders,
-                        "authorization",
-                        None,
-                    );
-                }
-                self.metrics.allowed();
+                self.allow(&policy, headers.iter().map(|(n, v)| (*n, v.as_str())));
                 Action::Continue
             }
             Verdict::Deny { reason, token } => self.refuse(reason, token),
+            Verdict::NeedBody(pending) => {
+                // Refuse at once a body announced larger than a signed request may be.
+                let declared = first("content-length");
+                let too_large = std::str::from_utf8(declared)
+                    .ok()
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                    .is_some_and(|n| n > policy.signed_requests.max_body_bytes);
+                if too_large {
+                    return self.refuse(Reason::BodyTooLarge, Some(&pending.presented));
+                }
+                if end_of_stream {
+                    return self.finish(&policy, *pending, &[]);
+                }
+                self.pending = Some(pending);
+                // Held only until the body has arrived (Envoy buffers it meanwhile).
+                Action::Pause
+            }
         }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(policy), Some(_)) = (self.policy.clone(), self.pending.as_ref()) else {
+            return Action::Continue;
+        };
+        if body_size > policy.signed_requests.max_body_bytes {
+            let presented = self.pending.take().map(|p| p.presented);
+            return self.refuse(Reason::BodyTooLarge, presented.as_deref());
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Some(pending) = self.pending.take() else {
+            return Action::Continue;
+        };
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        // Continue here resumes the headers held back in on_http_request_headers.
+        self.finish(&policy, *pending, &body)
     }
 }
 
 impl Filter {
+    /// Verifies a pending request signature over the body and lets the request go on, or
+    /// refuses it.
+    fn finish(&mut self, policy: &Policy, pending: Pending, body: &[u8]) -> Action {
+        let presented = pending.presented.clone();
+        match pending.finish(
+            policy,
+            body,
+            self.crypto.as_ref(),
+            &mut SharedReplayStore,
+            now_seconds(),
+        ) {
+            Ok(headers) => {
+                self.allow(
+                    policy,
+                    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                );
+                Action::Continue
+            }
+            Err(reason) => self.refuse(reason, Some(&presented)),
+        }
+    }
+
+    /// Sets the claim headers, strips the token if configured, and counts the request.
+    fn allow<'h>(&self, policy: &Policy, headers: impl Iterator<Item = (&'h str, &'h str)>) {
+        for (name, value) in headers {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+        }
+        if policy.strip_authorization {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None);
+        }
+        self.metrics.allowed();
+    }
+
     /// Sends the refusal for `reason`, counts it and logs it with the token's fingerprint.
     fn refuse(&self, reason: Reason, token: Option<&str>) -> Action {
         self.metrics.refused(reason);

@@ -190,6 +190,9 @@ pub fn wasm_filter(config: &Value, wasm: &Path) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
                 "name": "tether",
+                // Envoy >= 1.35: a filter that pauses on the headers still receives the body
+                // (without it Envoy holds the body back too), which request signatures need.
+                "allow_on_headers_stop_iteration": true,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": config.to_string(),

@@ -1,0 +1,169 @@
+//! Replay protection for request signatures: a signature is accepted once.
+//!
+//! The record is shared by all of an Envoy's worker VMs (proxy-wasm shared data, in the
+//! glue) and bounded: it is split into buckets by the signature's hash, each holding at most
+//! [`BUCKET_ENTRIES`] live entries, each entry kept only until its signature's `iat` is too
+//! old to be accepted anyway. A full bucket refuses new signatures (fail closed) rather than
+//! forget one that could then be replayed.
+
+use crate::reject::Reason;
+
+/// Entries per bucket.
+pub const BUCKET_ENTRIES: usize = 64;
+/// Bytes of the signature hash kept per entry: 128 bits, collision-free in practice.
+const ID_BYTES: usize = 16;
+const ENTRY_BYTES: usize = ID_BYTES + 8;
+
+/// Where replayed signatures are recorded.
+pub trait ReplayStore {
+    /// Records the first use of signature `id` until `expires_at`; refuses a second use.
+    fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason>;
+}
+
+/// The bucket a signature id belongs to, among `buckets`.
+pub fn bucket_of(id: &[u8; 32], buckets: usize) -> usize {
+    let n = u32::from_be_bytes([id[0], id[1], id[2], id[3]]) as usize;
+    n % buckets.max(1)
+}
+
+/// One bucket: `(id prefix, expiry)` entries, encoded as fixed-size records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    entries: Vec<([u8; ID_BYTES], u64)>,
+}
+
+impl Bucket {
+    /// Decodes a bucket; malformed trailing bytes are ignored (they can only come from a
+    /// different Tether version, and dropping them only forgets).
+    pub fn decode(bytes: &[u8]) -> Self {
+        let entries = bytes
+            .chunks_exact(ENTRY_BYTES)
+            .filter_map(|chunk| {
+                let id: [u8; ID_BYTES] = chunk.get(..ID_BYTES)?.try_into().ok()?;
+                let expiry: [u8; 8] = chunk.get(ID_BYTES..)?.try_into().ok()?;
+                Some((id, u64::from_be_bytes(expiry)))
+            })
+            .collect();
+        Bucket { entries }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.entries.len() * ENTRY_BYTES);
+        for (id, expiry) in &self.entries {
+            out.extend_from_slice(id);
+            out.extend_from_slice(&expiry.to_be_bytes());
+        }
+        out
+    }
+
+    /// Drops expired entries, then records `id`: `Err(RequestSignatureReplayed)` if it is
+    /// already there, `Err(ReplayStoreFull)` if there is no room.
+    pub fn record(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason> {
+        self.entries.retain(|(_, expiry)| *expiry > now);
+        let prefix: [u8; ID_BYTES] = id[..ID_BYTES]
+            .try_into()
+            .map_err(|_| Reason::ReplayStoreFull)?;
+        if self.entries.iter().any(|(seen, _)| *seen == prefix) {
+            return Err(Reason::RequestSignatureReplayed);
+        }
+        if self.entries.len() >= BUCKET_ENTRIES {
+            return Err(Reason::ReplayStoreFull);
+        }
+        self.entries.push((prefix, expires_at));
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A replay store in the VM's memory: for tests, and for hosts without shared data.
+#[derive(Debug)]
+pub struct MemoryReplayStore {
+    buckets: Vec<Bucket>,
+}
+
+impl MemoryReplayStore {
+    pub fn new(buckets: usize) -> Self {
+        MemoryReplayStore {
+            buckets: vec![Bucket::default(); buckets.max(1)],
+        }
+    }
+}
+
+impl ReplayStore for MemoryReplayStore {
+    fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason> {
+        let index = bucket_of(id, self.buckets.len());
+        match self.buckets.get_mut(index) {
+            Some(bucket) => bucket.record(id, expires_at, now),
+            None => Err(Reason::ReplayStoreFull),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: u32) -> [u8; 32] {
+        let mut id = [0u8; 32];
+        id[4..8].copy_from_slice(&i.to_be_bytes());
+        id
+    }
+
+    #[test]
+    fn second_use_within_the_window_is_a_replay() {
+        let mut store = MemoryReplayStore::new(8);
+        assert_eq!(store.first_use(&id(1), 100, 10), Ok(()));
+        assert_eq!(
+            store.first_use(&id(1), 100, 50),
+            Err(Reason::RequestSignatureReplayed)
+        );
+        assert_eq!(store.first_use(&id(2), 100, 50), Ok(()));
+    }
+
+    #[test]
+    fn entries_expire_with_the_window() {
+        let mut bucket = Bucket::default();
+        bucket.record(&id(1), 100, 10).unwrap();
+        bucket.record(&id(2), 200, 10).unwrap();
+        bucket.record(&id(3), 300, 150).unwrap();
+        assert_eq!(bucket.len(), 2);
+    }
+
+    #[test]
+    fn full_bucket_fails_closed_until_entries_expire() {
+        let mut bucket = Bucket::default();
+        for i in 0..BUCKET_ENTRIES as u32 {
+            bucket.record(&id(i), 100, 0).unwrap();
+        }
+        assert_eq!(
+            bucket.record(&id(9999), 100, 0),
+            Err(Reason::ReplayStoreFull)
+        );
+        assert_eq!(bucket.record(&id(9999), 200, 100), Ok(()));
+    }
+
+    #[test]
+    fn buckets_round_trip_through_bytes() {
+        let mut bucket = Bucket::default();
+        bucket.record(&id(1), 100, 0).unwrap();
+        bucket.record(&id(2), u64::MAX, 0).unwrap();
+        let decoded = Bucket::decode(&bucket.encode());
+        assert_eq!(decoded, bucket);
+        assert_eq!(Bucket::decode(&[1, 2, 3]), Bucket::default());
+    }
+
+    #[test]
+    fn bucket_index_is_in_range() {
+        for i in 0..100 {
+            assert!(bucket_of(&[i as u8; 32], 7) < 7);
+        }
+        assert_eq!(bucket_of(&[9; 32], 0), 0);
+    }
+}

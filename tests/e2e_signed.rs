@@ -1,0 +1,451 @@
+//! End-to-end tests of request signatures (detached JWS, RFC 7515 Appendix F and RFC 7797)
+//! through the real Envoy: a client signs each request's body, method, URI and token; a
+//! captured request cannot be replayed or altered.
+//!
+//! Signatures are made here the way a client would: the JWS signing input is built by hand
+//! and signed by OpenSSL (ES256, EdDSA, RS256) or HMAC-SHA256 (HS256), independently of the
+//! filter's verification code.
+
+mod support;
+
+use std::sync::OnceLock;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::Mac as _;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use support::client::{HttpsRequest, Response};
+use support::echo::EchoBackend;
+use support::envoy::{Bootstrap, Envoy};
+use support::jwt::{Alg, Issuer, SigningKey};
+use support::pki::Pki;
+use support::scratch::ScratchDir;
+
+const ISSUER: &str = "https://idp.example.com";
+const AUDIENCE: &str = "https://orders.mesh.internal";
+const HEADER: &str = "x-jws-signature";
+/// The HS256 secret of the `legacy-erp` client: 32 bytes.
+const HMAC_SECRET: &[u8] = b"legacy-erp shared secret, 32 B!!";
+
+struct Fixtures {
+    pki: Pki,
+    issuer: Issuer,
+    /// alice-app's registered signing keys, by algorithm.
+    client_keys: Vec<SigningKey>,
+    /// A key of alice's own, to which a token can be bound with `cnf.jwk`.
+    holder_key: SigningKey,
+    echo: EchoBackend,
+    envoy: Envoy,
+    _dir: ScratchDir,
+}
+
+fn fixtures() -> &'static Fixtures {
+    static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        let dir = ScratchDir::new("e2e-signed");
+        let pki = Pki::generate(&dir.join("pki"));
+        let issuer = Issuer::generate(&dir.join("issuer"), ISSUER, AUDIENCE);
+        let keys_dir = dir.join("client");
+        std::fs::create_dir_all(&keys_dir).expect("client key dir");
+        let client_keys = vec![
+            SigningKey::generate(&keys_dir, Alg::Es256, "alice-es256", true),
+            SigningKey::generate(&keys_dir, Alg::EdDsa, "alice-eddsa", true),
+            SigningKey::generate(&keys_dir, Alg::Rs256, "alice-rs256", true),
+        ];
+        let holder_key = SigningKey::generate(&keys_dir, Alg::Es256, "holder", false);
+        let echo = EchoBackend::start();
+        let config = json!({
+            "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": issuer.jwks()}],
+            "clients": [
+                {"client_id": "alice-app",
+                 "jwks": {"keys": client_keys.iter().map(SigningKey::jwk).collect::<Vec<Value>>()}},
+                {"client_id": "legacy-erp",
+                 "hmac_keys": [{"kid": "erp-1", "k": URL_SAFE_NO_PAD.encode(HMAC_SECRET)}]}
+            ],
+            "signed_requests": {"header": HEADER, "max_age_seconds": 60, "max_body_bytes": 4096},
+            "rules": [
+                {"prefix": "/payments", "require": "mtls", "signed_request": true},
+                {"prefix": "/", "require": "bound"}
+            ],
+        });
+        let envoy = Envoy::start(&Bootstrap::new(&pki, echo.port(), Some(config)));
+        Fixtures {
+            pki,
+            issuer,
+            client_keys,
+            holder_key,
+            echo,
+            envoy,
+            _dir: dir,
+        }
+    })
+}
+
+fn client_key(alg: Alg) -> &'static SigningKey {
+    fixtures()
+        .client_keys
+        .iter()
+        .find(|k| k.alg == alg)
+        .expect("client key")
+}
+
+/// A token for `client_id`, bound to alice's certificate.
+fn token_for(client_id: &str) -> String {
+    let f = fixtures();
+    f.issuer
+        .token()
+        .bound_to(&f.pki.alice)
+        .claim("client_id", client_id)
+        .sign()
+}
+
+/// The protected header of a request signature, as a client would write it.
+fn protected(alg: &str, kid: Option<&str>, method: &str, path: &str, token: &str) -> Value {
+    let port = fixtures().envoy.https_port();
+    let mut header = json!({
+        "alg": alg,
+        "b64": false,
+        "crit": ["b64"],
+        "iat": support::now(),
+        "htm": method,
+        "htu": format!("https://localhost:{port}{path}"),
+        "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes())),
+    });
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    header
+}
+
+/// The detached compact JWS of `body` under `header`, signed with `key` or the HMAC secret.
+fn detached(header: &Value, body: &[u8], key: Option<&SigningKey>) -> String {
+    let header_b64 = URL_SAFE_NO_PAD.encode(header.to_string());
+    let mut input = format!("{header_b64}.").into_bytes();
+    if header.get("b64") == Some(&json!(false)) {
+        input.extend_from_slice(body);
+    } else {
+        input.extend_from_slice(URL_SAFE_NO_PAD.encode(body).as_bytes());
+    }
+    let signature = match key {
+        Some(key) => key.sign(&input),
+        None => {
+            let mut mac = hmac::Hmac::<Sha256>::new_from_slice(HMAC_SECRET).expect("hmac key");
+            mac.update(&input);
+            mac.finalize().into_bytes().to_vec()
+        }
+    };
+    format!("{header_b64}..{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+fn post(path: &str, token: &str, body: &[u8], signature: Option<&str>) -> Response {
+    let f = fixtures();
+    let mut request = HttpsRequest::new(f.envoy.https_port(), &f.pki.ca, path)
+        .cert(&f.pki.alice)
+        .bearer(token)
+        .method("POST")
+        .body(body);
+    if let Some(signature) = signature {
+        request = request.header(HEADER, signature);
+    }
+    request.send()
+}
+
+const BODY: &[u8] = b"{\"amount\":\"10.00\",\"to\":\"bob\"}";
+
+#[track_caller]
+fn assert_served(response: &Response) {
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(fixtures().echo.received(&response.test_id));
+    assert_eq!(
+        response.json()["body"],
+        String::from_utf8_lossy(BODY).as_ref()
+    );
+}
+
+#[track_caller]
+fn assert_signature_refused(response: &Response, reason: &str, description: &str) {
+    assert_eq!(response.status, 401, "{}", response.text());
+    assert_eq!(
+        response.header("www-authenticate"),
+        Some(
+            format!(
+                "Bearer realm=\"tether\", error=\"invalid_signature\", error_description=\"{description}\""
+            )
+            .as_str()
+        ),
+        "{reason}"
+    );
+    assert_eq!(response.json()["error"], "invalid_signature");
+    assert!(!fixtures().echo.received(&response.test_id));
+    let counter = format!("wasmcustom.tether.refused.{reason}");
+    assert!(fixtures().envoy.stat(&counter) >= 1, "{counter}");
+}
+
+#[test]
+fn signed_post_with_each_client_algorithm_is_served() {
+    let token = token_for("alice-app");
+    for alg in [Alg::Es256, Alg::EdDsa, Alg::Rs256] {
+        let key = client_key(alg);
+        let header = protected(alg.name(), Some(&key.kid), "POST", "/payments", &token);
+        let response = post(
+            "/payments",
+            &token,
+            BODY,
+            Some(&detached(&header, BODY, Some(key))),
+        );
+        assert_served(&response);
+    }
+}
+
+#[test]
+fn signed_post_with_the_encoded_payload_form_is_served() {
+    let token = token_for("alice-app");
+    let key = client_key(Alg::Es256);
+    let mut header = protected("ES256", Some(&key.kid), "POST", "/payments?x=1", &token);
+    let object = header.as_object_mut().expect("object");
+    object.remove("b64");
+    object.remove("crit");
+    let response = post(
+        "/payments?x=1",
+        &token,
+        BODY,
+        Some(&detached(&header, BODY, Some(key))),
+    );
+    assert_served(&response);
+}
+
+#[test]
+fn hmac_signed_post_of_a_shared_secret_client_is_served() {
+    let token = token_for("legacy-erp");
+    let header = protected("HS256", Some("erp-1"), "POST", "/payments", &token);
+    let response = post(
+        "/payments",
+        &token,
+        BODY,
+        Some(&detached(&header, BODY, None)),
+    );
+    assert_served(&response);
+}
+
+#[test]
+fn body_changed_by_one_byte_is_refused() {
+    let token = token_for("alice-app");
+    let key = client_key(Alg::Es256);
+    let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
+    let signature = detached(&header, BODY, Some(key));
+    let mut changed = BODY.to_vec();
+    changed[12] = b'9';
+    let response = post("/payments", &token, &changed, Some(&signature));
+    assert_signature_refused(
+        &response,
+        "request_signature_invalid",
+        "request signature is invalid",
+    );
+}
+
+#[test]
+fn signature_for_another_method_or_path_is_refused() {
+    let token = token_for("alice-app");
+    let key = client_key(Alg::Es256);
+    let put = protected("ES256", Some(&key.kid), "PUT", "/payments", &token);
+    let response = post(
+        "/payments",
+        &token,
+        BODY,
+        Some(&detached(&put, BODY, Some(key))),
+    );
+    assert_signature_refused(
+        &response,
+        "request_signature_mismatch",
+        "request signature does not match the request",
+    );
+    let other = protected("ES256", Some(&key.kid), "POST", "/payments/other", &token);
+    let response = post(
+        "/payments",
+        &token,
+        BODY,
+        Some(&detached(&other, BODY, Some(key))),
+    );
+    assert_signature_refused(
+        &response,
+        "request_signature_mismatch",
+        "request signature does not match the request",
+    );
+}
+
+#[test]
+fn signature_naming_another_token_is_refused() {
+    let f = fixtures();
+    let token = token_for("alice-app");
+    let other = f
+        .issuer
+        .token()
+        .bound_to(&f.pki.alice)
+        .claim("client_id", "alice-app")
+        .claim("jti", "another-token")
+        .sign();
+    assert_ne!(other, token);
+    let key = client_key(Alg::Es256);
+    let header = protected("ES256", Some(&key.kid), "POST", "/payments", &other);
+    let response = post(
+        "/payments",
+        &token,
+        BODY,
+        Some(&detached(&header, BODY, Some(key))),
+    );
+    assert_signature_refused(
+        &response,
+        "request_signature_mismatch",
+        "request signature does not match the request",
+    );
+}
+
+#[test]
+fn old_signature_is_refused() {
+    let token = token_for("alice-app");
+    let key = client_key(Alg::Es256);
+    let mut header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
+    header["iat"] = json!(support::now() - 120);
+    let response = post(
+        "/payments",
+        &token,
+        BODY,
+        Some(&detached(&header, BODY, Some(key))),
+    );
+    assert_signature_refused(
+        &response,
+        "request_signature_expired",
+        "request signature is expired or not yet valid",
+    );
+}
+
+#[test]
+fn replayed_signature_is_refused() {
+    let token = token_for("alice-app");
+    let key = client_key(Alg::EdDsa);
+    let header = protected("EdDSA", Some(&key.kid), "POST", "/payments", &token);
+    let signature = detached(&header, BODY, Some(key));
+    assert_served(&post("/payments", &token, BODY, Some(&signature)));
+    let replay = post("/payments", &token, BODY, Some(&signature));
+    assert_signature_refused(
+        &replay,
+        "request_signature_replayed",
+        "request signature was already used",
+    );
+}
+
+#[test]
+fn unknown_kid_is_refused() {
+    let token = token_for("alice-app");
+    let key = client_key(Alg::Es256);
+    let header = protected("ES256", Some("not-registered"), "POST", "/payments", &token);
+    let response = post(
+        "/payments",
+        &token,
+        BODY,
+        Some(&detached(&header, BODY, Some(key))),
+    );
+    assert_signature_refused(
+        &response,
+        "request_signature_key_unknown",
+        "no registered key for the request signature",
+    );
+}
+
+#[test]
+fn client_without_registered_keys_is_refused() {
+    let token = token_for("unregistered-app");
+    let key = client_key(Alg::Es256);
+    let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
+    let response = post(
+        "/payments",
+        &token,
+        BODY,
+        Some(&detached(&header, BODY, Some(key))),
+    );
+    assert_signature_refused(
+        &response,
+        "request_signature_key_unknown",
+        "no registered key for the request signature",
+    );
+}
+
+#[test]
+fn missing_signature_on_a_signed_route_is_refused() {
+    let response = post("/payments", &token_for("alice-app"), BODY, None);
+    assert_signature_refused(
+        &response,
+        "request_signature_missing",
+        "request signature is missing",
+    );
+}
+
+#[test]
+fn attached_payload_is_refused() {
+    let token = token_for("alice-app");
+    let key = client_key(Alg::Es256);
+    let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
+    let attached = detached(&header, BODY, Some(key)).replacen(
+        "..",
+        &format!(".{}.", URL_SAFE_NO_PAD.encode(BODY)),
+        1,
+    );
+    let response = post("/payments", &token, BODY, Some(&attached));
+    assert_signature_refused(
+        &response,
+        "request_signature_malformed",
+        "request signature is malformed",
+    );
+}
+
+/// A token bound to a key (RFC 7800 `cnf.jwk`) is accepted only with a signature by that key.
+#[test]
+fn key_bound_token_needs_a_signature_by_its_key() {
+    let f = fixtures();
+    let token = f
+        .issuer
+        .token()
+        .claim("cnf", json!({"jwk": f.holder_key.jwk()}))
+        .sign();
+    let without = post("/anything", &token, BODY, None);
+    assert_signature_refused(
+        &without,
+        "request_signature_missing",
+        "request signature is missing",
+    );
+    let header = protected("ES256", None, "POST", "/anything", &token);
+    let by_another_key = detached(&header, BODY, Some(client_key(Alg::Es256)));
+    let response = post("/anything", &token, BODY, Some(&by_another_key));
+    assert_signature_refused(
+        &response,
+        "request_signature_invalid",
+        "request signature is invalid",
+    );
+    let header = protected("ES256", None, "POST", "/anything", &token);
+    let response = post(
+        "/anything",
+        &token,
+        BODY,
+        Some(&detached(&header, BODY, Some(&f.holder_key))),
+    );
+    assert_served(&response);
+}
+
+#[test]
+fn oversized_body_is_refused_with_413() {
+    let token = token_for("alice-app");
+    let key = client_key(Alg::Es256);
+    let big = vec![b'x'; 8192];
+    let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
+    let response = post(
+        "/payments",
+        &token,
+        &big,
+        Some(&detached(&header, &big, Some(key))),
+    );
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert_eq!(response.json()["error"], "request_too_large");
+    assert!(!fixtures().echo.received(&response.test_id));
+}
