@@ -12,7 +12,8 @@ use base64::Engine as _;
 
 use crate::bind::jws::{HmacKey, MIN_HMAC_KEY_BYTES};
 use crate::cache::{DEFAULT_ENTRIES, MAX_ENTRIES};
-use crate::jwk::{parse_jwks, VerificationKey};
+use crate::jwk::parse_jwks;
+use crate::keyset::{KeySource, RemoteJwks, DEFAULT_REFRESH_SECONDS, DEFAULT_TIMEOUT_MS};
 use crate::policy::{Require, Rule, Rules};
 use crate::token::{Issuer, TimeLimits};
 
@@ -129,17 +130,92 @@ struct RawHmacKey {
     k: String,
 }
 
-/// A key set fetched from an Envoy cluster (parsed strictly so that a configuration using
-/// it is refused with a clear message while Tether cannot fetch key sets yet).
+/// A key set fetched from an Envoy cluster.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawRemoteJwks {
     cluster: String,
     authority: Option<String>,
     path: String,
-    refresh_seconds: Option<u64>,
-    timeout_ms: Option<u64>,
+    #[serde(default = "default_refresh_seconds")]
+    refresh_seconds: u64,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+}
+
+fn default_refresh_seconds() -> u64 {
+    DEFAULT_REFRESH_SECONDS
+}
+
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+
+impl RawRemoteJwks {
+    fn compile(self, at: &str) -> Result<RemoteJwks, String> {
+        if self.cluster.is_empty() {
+            return Err(format!("{at}.remote_jwks.cluster must not be empty"));
+        }
+        if !self.path.starts_with('/') {
+            return Err(format!("{at}.remote_jwks.path must start with '/'"));
+        }
+        if !(10..=86_400).contains(&self.refresh_seconds) {
+            return Err(format!(
+                "{at}.remote_jwks.refresh_seconds must be between 10 and 86400"
+            ));
+        }
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            return Err(format!(
+                "{at}.remote_jwks.timeout_ms must be between 1 and 60000"
+            ));
+        }
+        let authority = self.authority.unwrap_or_else(|| self.cluster.clone());
+        Ok(RemoteJwks {
+            cluster: self.cluster,
+            authority,
+            path: self.path,
+            refresh_seconds: self.refresh_seconds,
+            timeout_ms: self.timeout_ms,
+        })
+    }
+}
+
+/// Compiles an issuer's or client's key source: inline keys, or a remote set registered in
+/// `remote_sets` (the same source registered once).
+fn key_source(
+    at: &str,
+    jwks: Option<&Value>,
+    remote: Option<RawRemoteJwks>,
+    remote_sets: &mut Vec<RemoteJwks>,
+    notes: &mut Vec<String>,
+) -> Result<Option<KeySource>, String> {
+    match (jwks, remote) {
+        (Some(_), Some(_)) => Err(format!(
+            "{at} needs exactly one of \"jwks\" and \"remote_jwks\""
+        )),
+        (None, None) => Ok(None),
+        (None, Some(remote)) => {
+            let remote = remote.compile(at)?;
+            let index = match remote_sets.iter().position(|r| *r == remote) {
+                Some(index) => index,
+                None => {
+                    remote_sets.push(remote);
+                    remote_sets.len() - 1
+                }
+            };
+            Ok(Some(KeySource::Remote(index)))
+        }
+        (Some(jwks), None) => {
+            let set = parse_jwks(jwks).map_err(|e| format!("{at}.jwks: {e}"))?;
+            notes.extend(set.skipped.iter().map(|note| format!("{at}.jwks {note}")));
+            if set.keys.is_empty() {
+                return Err(format!(
+                    "{at}.jwks has no usable signature verification key"
+                ));
+            }
+            Ok(Some(KeySource::Inline(set.keys)))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -171,7 +247,7 @@ struct RawClaimHeader {
 #[derive(Debug)]
 pub struct Client {
     pub client_id: String,
-    pub keys: Vec<VerificationKey>,
+    pub keys: KeySource,
     pub hmac_keys: Vec<HmacKey>,
 }
 
@@ -203,6 +279,8 @@ pub struct Policy {
     pub token_cache_entries: usize,
     /// Clients that sign requests, by `client_id`.
     pub clients: Vec<Client>,
+    /// Key sets fetched from `jwks_uri`s, referred to by index from issuers and clients.
+    pub remote_sets: Vec<RemoteJwks>,
     pub signed_requests: SignedRequests,
     /// Things worth logging at start-up that are not errors (skipped JWKS keys).
     pub notes: Vec<String>,
@@ -250,7 +328,8 @@ impl Policy {
             return Err(format!("token_cache_entries must be at most {MAX_ENTRIES}"));
         }
         let mut notes = Vec::new();
-        let issuers = compile_issuers(raw.issuers, &mut notes)?;
+        let mut remote_sets = Vec::new();
+        let issuers = compile_issuers(raw.issuers, &mut remote_sets, &mut notes)?;
         let rules = Rules::new(
             raw.rules
                 .into_iter()
@@ -261,7 +340,7 @@ impl Policy {
                 })
                 .collect(),
         )?;
-        let clients = compile_clients(raw.clients, &mut notes)?;
+        let clients = compile_clients(raw.clients, &mut remote_sets, &mut notes)?;
         let signed_requests = compile_signed_requests(raw.signed_requests)?;
         let claims_to_headers = compile_claim_headers(raw.claims_to_headers)?;
         Ok(Policy {
@@ -275,63 +354,61 @@ impl Policy {
             strip_authorization: raw.strip_authorization,
             token_cache_entries: raw.token_cache_entries,
             clients,
+            remote_sets,
             signed_requests,
             notes,
         })
     }
 }
 
-fn compile_issuers(raw: Vec<RawIssuer>, notes: &mut Vec<String>) -> Result<Vec<Issuer>, String> {
+fn compile_issuers(
+    raw: Vec<RawIssuer>,
+    remote_sets: &mut Vec<RemoteJwks>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Issuer>, String> {
     if raw.is_empty() {
         return Err("issuers must name at least one issuer".into());
     }
     let mut issuers: Vec<Issuer> = Vec::with_capacity(raw.len());
     for (i, issuer) in raw.into_iter().enumerate() {
+        let at = format!("issuers[{i}]");
         if issuer.issuer.is_empty() {
-            return Err(format!("issuers[{i}].issuer must not be empty"));
+            return Err(format!("{at}.issuer must not be empty"));
         }
         if issuers.iter().any(|known| known.issuer == issuer.issuer) {
             return Err(format!(
-                "issuers[{i}].issuer {:?} is configured twice",
+                "{at}.issuer {:?} is configured twice",
                 issuer.issuer
             ));
         }
         // A token is accepted only by the audiences it was issued for (RFC 9068 §4).
         if issuer.audiences.is_empty() || issuer.audiences.iter().any(String::is_empty) {
             return Err(format!(
-                "issuers[{i}].audiences must list at least one non-empty audience"
+                "{at}.audiences must list at least one non-empty audience"
             ));
         }
-        let jwks = match (&issuer.jwks, &issuer.remote_jwks) {
-            (Some(jwks), None) => jwks,
-            (None, Some(_)) => {
-                return Err(format!(
-                    "issuers[{i}].remote_jwks: fetching key sets is not supported by this version of Tether; configure \"jwks\" inline"
-                ))
-            }
-            _ => return Err(format!("issuers[{i}] needs exactly one of \"jwks\" and \"remote_jwks\"")),
-        };
-        let set = parse_jwks(jwks).map_err(|e| format!("issuers[{i}].jwks: {e}"))?;
-        notes.extend(
-            set.skipped
-                .iter()
-                .map(|note| format!("issuers[{i}].jwks {note}")),
-        );
-        if set.keys.is_empty() {
-            return Err(format!(
-                "issuers[{i}].jwks has no usable signature verification key"
-            ));
-        }
+        let keys = key_source(
+            &at,
+            issuer.jwks.as_ref(),
+            issuer.remote_jwks,
+            remote_sets,
+            notes,
+        )?
+        .ok_or_else(|| format!("{at} needs exactly one of \"jwks\" and \"remote_jwks\""))?;
         issuers.push(Issuer {
             issuer: issuer.issuer,
             audiences: issuer.audiences.into_iter().collect(),
-            keys: set.keys,
+            keys,
         });
     }
     Ok(issuers)
 }
 
-fn compile_clients(raw: Vec<RawClient>, notes: &mut Vec<String>) -> Result<Vec<Client>, String> {
+fn compile_clients(
+    raw: Vec<RawClient>,
+    remote_sets: &mut Vec<RemoteJwks>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Client>, String> {
     let mut clients: Vec<Client> = Vec::with_capacity(raw.len());
     for (i, client) in raw.into_iter().enumerate() {
         let at = format!("clients[{i}]");
@@ -344,24 +421,13 @@ fn compile_clients(raw: Vec<RawClient>, notes: &mut Vec<String>) -> Result<Vec<C
                 client.client_id
             ));
         }
-        if client.remote_jwks.is_some() {
-            return Err(format!(
-                "{at}.remote_jwks: fetching key sets is not supported by this version of Tether; configure \"jwks\" inline"
-            ));
-        }
-        let keys = match &client.jwks {
-            Some(jwks) => {
-                let set = parse_jwks(jwks).map_err(|e| format!("{at}.jwks: {e}"))?;
-                notes.extend(set.skipped.iter().map(|note| format!("{at}.jwks {note}")));
-                if set.keys.is_empty() {
-                    return Err(format!(
-                        "{at}.jwks has no usable signature verification key"
-                    ));
-                }
-                set.keys
-            }
-            None => Vec::new(),
-        };
+        let keys = key_source(
+            &at,
+            client.jwks.as_ref(),
+            client.remote_jwks,
+            remote_sets,
+            notes,
+        )?;
         let mut hmac_keys: Vec<HmacKey> = Vec::new();
         for (j, key) in client.hmac_keys.unwrap_or_default().into_iter().enumerate() {
             let secret = URL_SAFE_NO_PAD
@@ -383,12 +449,14 @@ fn compile_clients(raw: Vec<RawClient>, notes: &mut Vec<String>) -> Result<Vec<C
                 secret,
             });
         }
-        if keys.is_empty() && hmac_keys.is_empty() {
-            return Err(format!("{at} needs \"jwks\" or \"hmac_keys\""));
+        if keys.is_none() && hmac_keys.is_empty() {
+            return Err(format!(
+                "{at} needs \"jwks\", \"remote_jwks\" or \"hmac_keys\""
+            ));
         }
         clients.push(Client {
             client_id: client.client_id,
-            keys,
+            keys: keys.unwrap_or(KeySource::Inline(Vec::new())),
             hmac_keys,
         });
     }
@@ -636,15 +704,59 @@ mod tests {
     }
 
     #[test]
-    fn remote_jwks_is_refused_clearly_until_supported() {
+    fn remote_jwks_are_registered_once_per_source_with_defaults() {
         let mut c = contract();
-        c["issuers"][0].as_object_mut().unwrap().insert(
-            "remote_jwks".into(),
-            json!({"cluster": "idp", "path": "/jwks"}),
-        );
-        assert!(parse(&c).unwrap_err().0.contains("exactly one"));
+        let remote = json!({"cluster": "idp", "path": "/.well-known/jwks.json"});
         c["issuers"][0].as_object_mut().unwrap().remove("jwks");
-        assert!(parse(&c).unwrap_err().0.contains("not supported"));
+        c["issuers"][0]["remote_jwks"] = remote.clone();
+        c["clients"] = json!([{"client_id": "batch-job", "remote_jwks": remote}]);
+        let policy = parse(&c).unwrap();
+        assert_eq!(policy.remote_sets.len(), 1);
+        let set = &policy.remote_sets[0];
+        assert_eq!(
+            (set.authority.as_str(), set.refresh_seconds, set.timeout_ms),
+            ("idp", 300, 2000)
+        );
+        assert!(matches!(policy.issuers[0].keys, KeySource::Remote(0)));
+        assert!(matches!(policy.clients[0].keys, KeySource::Remote(0)));
+    }
+
+    #[test]
+    fn jwks_and_remote_jwks_together_or_neither_are_errors() {
+        let mut c = contract();
+        c["issuers"][0]["remote_jwks"] = json!({"cluster": "idp", "path": "/jwks"});
+        assert!(parse(&c).unwrap_err().0.contains("exactly one"));
+        c["issuers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("remote_jwks");
+        c["issuers"][0].as_object_mut().unwrap().remove("jwks");
+        assert!(parse(&c).unwrap_err().0.contains("exactly one"));
+    }
+
+    #[test]
+    fn remote_jwks_fields_are_checked() {
+        for (remote, field) in [
+            (json!({"cluster": "idp", "path": "jwks"}), "path"),
+            (json!({"cluster": "", "path": "/jwks"}), "cluster"),
+            (
+                json!({"cluster": "idp", "path": "/jwks", "refresh_seconds": 1}),
+                "refresh_seconds",
+            ),
+            (
+                json!({"cluster": "idp", "path": "/jwks", "timeout_ms": 0}),
+                "timeout_ms",
+            ),
+            (
+                json!({"cluster": "idp", "path": "/jwks", "uri": "x"}),
+                "uri",
+            ),
+        ] {
+            let mut c = contract();
+            c["issuers"][0].as_object_mut().unwrap().remove("jwks");
+            c["issuers"][0]["remote_jwks"] = remote;
+            assert!(parse(&c).unwrap_err().0.contains(field), "{field}");
+        }
     }
 
     #[test]

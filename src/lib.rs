@@ -28,6 +28,7 @@ pub mod config;
 pub mod crypto;
 pub mod extract;
 pub mod jwk;
+pub mod keyset;
 pub mod policy;
 pub mod reject;
 pub mod replay;

@@ -139,6 +139,9 @@ reasons! {
     ReplayStoreFull => "replay_store_full", 503, Unavailable, "request signatures cannot be checked for replay right now";
     /// The body of a signed request is larger than `max_body_bytes`.
     BodyTooLarge => "body_too_large", 413, TooLarge, "request body exceeds the size limit";
+    /// A key set fetched from a `jwks_uri` could not be had in time (never fetched, or the
+    /// key server is down): fail closed.
+    KeySetUnavailable => "key_set_unavailable", 503, Unavailable, "the key set needed to verify the request is not available";
     /// The filter has no valid configuration (it failed closed). Envoy normally refuses
     /// such a configuration before any request arrives.
     NotConfigured => "not_configured", 503, Unavailable, "the filter has no valid configuration";

@@ -19,6 +19,7 @@ use crate::bind::Confirmation;
 use crate::crypto::SignatureVerifier;
 use crate::extract::MAX_TOKEN_BYTES;
 use crate::jwk::{Alg, VerificationKey};
+use crate::keyset::{KeySource, RemoteKeys};
 use crate::reject::Reason;
 
 /// The largest JOSE header Tether decodes (base64url characters).
@@ -33,7 +34,7 @@ const MAX_KEYS_TRIED: usize = 4;
 pub struct Issuer {
     pub issuer: String,
     pub audiences: HashSet<String>,
-    pub keys: Vec<VerificationKey>,
+    pub keys: KeySource,
 }
 
 /// The time limits applied to every token.
@@ -141,6 +142,7 @@ pub fn fingerprint(token: &str) -> String {
 pub fn verify(
     token: &str,
     issuers: &[Issuer],
+    remote: &RemoteKeys,
     limits: TimeLimits,
     crypto: &dyn SignatureVerifier,
     now: u64,
@@ -182,7 +184,8 @@ pub fn verify(
         .ok_or(Reason::IssuerUnknown)?;
 
     let signing_input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    let verified = candidate_keys(issuer, header.kid.as_deref(), alg)?
+    let keys = remote.resolve(&issuer.keys)?;
+    let verified = candidate_keys(keys, header.kid.as_deref(), alg)?
         .into_iter()
         .take(MAX_KEYS_TRIED)
         .any(|key| crypto.verify(key, signing_input, &signature));
@@ -197,6 +200,20 @@ pub fn verify(
         expires_at,
         confirmation,
     })
+}
+
+/// The remote key set of the issuer a token names (by its unverified `iss`), if its keys are
+/// fetched: where a refusal for want of keys may be cured by (re)fetching them.
+pub fn remote_key_set(token: &str, issuers: &[Issuer]) -> Option<usize> {
+    let payload = token.split('.').nth(1)?;
+    let claims: TokenClaims = decode_json(payload).ok()?;
+    let issuer = issuers
+        .iter()
+        .find(|i| Some(i.issuer.as_str()) == claims.iss.as_deref())?;
+    match issuer.keys {
+        KeySource::Remote(set) => Some(set),
+        KeySource::Inline(_) => None,
+    }
 }
 
 /// RFC 8725 §3.11 (explicit typing): a JWT of another declared type (a DPoP proof
@@ -219,17 +236,16 @@ fn check_type(typ: Option<&str>) -> Result<(), Reason> {
 /// token names a `kid`, of that `kid`. A known `kid` with another algorithm is an
 /// algorithm-confusion attempt and is refused as such.
 fn candidate_keys<'a>(
-    issuer: &'a Issuer,
+    keys: &'a [VerificationKey],
     kid: Option<&str>,
     alg: Alg,
 ) -> Result<Vec<&'a VerificationKey>, Reason> {
     let named: Vec<&VerificationKey> = match kid {
-        Some(kid) => issuer
-            .keys
+        Some(kid) => keys
             .iter()
             .filter(|k| k.kid.as_deref() == Some(kid))
             .collect(),
-        None => issuer.keys.iter().collect(),
+        None => keys.iter().collect(),
     };
     if named.is_empty() {
         return Err(Reason::KeyUnknown);
@@ -326,7 +342,7 @@ pub(crate) mod tests {
         let issuers = vec![Issuer {
             issuer: ISS.into(),
             audiences: HashSet::from([AUD.to_string()]),
-            keys: set.keys,
+            keys: KeySource::Inline(set.keys),
         }];
         Fixture { key, issuers }
     }
@@ -359,7 +375,15 @@ pub(crate) mod tests {
     #[test]
     fn valid_token_verifies_and_exposes_claims() {
         let f = fixture();
-        let token = verify(&sign(&f, claims()), &f.issuers, LIMITS, &InVm, NOW).unwrap();
+        let token = verify(
+            &sign(&f, claims()),
+            &f.issuers,
+            &RemoteKeys::default(),
+            LIMITS,
+            &InVm,
+            NOW,
+        )
+        .unwrap();
         assert_eq!(token.string_claim("sub"), Some("alice"));
         assert!(token.confirmation().x5t_s256.is_some());
     }
@@ -369,7 +393,15 @@ pub(crate) mod tests {
         let f = fixture();
         let token = sign(&f, claims());
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, &InVm, NOW + 300 + 31).unwrap_err(),
+            verify(
+                &token,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW + 300 + 31
+            )
+            .unwrap_err(),
             Reason::TokenExpired
         );
     }
@@ -378,7 +410,15 @@ pub(crate) mod tests {
     fn exp_in_past_but_within_skew_is_ok() {
         let f = fixture();
         let token = sign(&f, claims());
-        assert!(verify(&token, &f.issuers, LIMITS, &InVm, NOW + 300 + 29).is_ok());
+        assert!(verify(
+            &token,
+            &f.issuers,
+            &RemoteKeys::default(),
+            LIMITS,
+            &InVm,
+            NOW + 300 + 29
+        )
+        .is_ok());
     }
 
     #[test]
@@ -387,7 +427,15 @@ pub(crate) mod tests {
         let mut c = claims();
         c.invalid_before = Some(UnixTimeStamp::from_secs(NOW + 60));
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &sign(&f, c),
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::TokenNotYetValid
         );
     }
@@ -397,7 +445,15 @@ pub(crate) mod tests {
         let f = fixture();
         let mut c = claims();
         c.invalid_before = Some(UnixTimeStamp::from_secs(NOW + 20));
-        assert!(verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).is_ok());
+        assert!(verify(
+            &sign(&f, c),
+            &f.issuers,
+            &RemoteKeys::default(),
+            LIMITS,
+            &InVm,
+            NOW
+        )
+        .is_ok());
     }
 
     #[test]
@@ -407,7 +463,15 @@ pub(crate) mod tests {
         c.issued_at = Some(UnixTimeStamp::from_secs(NOW + 120));
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 400));
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &sign(&f, c),
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::TokenNotYetValid
         );
     }
@@ -418,7 +482,15 @@ pub(crate) mod tests {
         let mut c = claims();
         c.expires_at = None;
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &sign(&f, c),
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::ExpiryMissing
         );
     }
@@ -429,12 +501,28 @@ pub(crate) mod tests {
         let mut c = claims();
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 901));
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &sign(&f, c),
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::LifetimeTooLong
         );
         let mut c = claims();
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 900));
-        assert!(verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).is_ok());
+        assert!(verify(
+            &sign(&f, c),
+            &f.issuers,
+            &RemoteKeys::default(),
+            LIMITS,
+            &InVm,
+            NOW
+        )
+        .is_ok());
     }
 
     #[test]
@@ -444,7 +532,15 @@ pub(crate) mod tests {
         c.issued_at = None;
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 3600));
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &sign(&f, c),
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::LifetimeTooLong
         );
     }
@@ -454,13 +550,29 @@ pub(crate) mod tests {
         let f = fixture();
         let c = claims().with_issuer("https://evil.example.com");
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &sign(&f, c),
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::IssuerUnknown
         );
         let mut c = claims();
         c.issuer = None;
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &sign(&f, c),
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::IssuerUnknown
         );
     }
@@ -470,15 +582,39 @@ pub(crate) mod tests {
         let f = fixture();
         let c = claims().with_audience("https://other.mesh.internal");
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &sign(&f, c),
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::AudienceMismatch
         );
         let c = claims().with_audiences(HashSet::from(["https://other.mesh.internal", AUD]));
-        assert!(verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).is_ok());
+        assert!(verify(
+            &sign(&f, c),
+            &f.issuers,
+            &RemoteKeys::default(),
+            LIMITS,
+            &InVm,
+            NOW
+        )
+        .is_ok());
         let mut c = claims();
         c.audiences = None;
         assert_eq!(
-            verify(&sign(&f, c), &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &sign(&f, c),
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::AudienceMismatch
         );
     }
@@ -493,7 +629,15 @@ pub(crate) mod tests {
         payload["sub"] = json!("mallory");
         let forged = format!("{}.{}.{}", parts[0], b64(&payload), parts[2]);
         assert_eq!(
-            verify(&forged, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &forged,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::SignatureInvalid
         );
     }
@@ -504,7 +648,15 @@ pub(crate) mod tests {
         let other = ES256KeyPair::generate().with_key_id("k2");
         let token = other.sign(claims()).unwrap();
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &token,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::KeyUnknown
         );
     }
@@ -515,7 +667,15 @@ pub(crate) mod tests {
         let other = ES256KeyPair::generate().with_key_id("k1");
         let token = other.sign(claims()).unwrap();
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &token,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::SignatureInvalid
         );
     }
@@ -527,7 +687,15 @@ pub(crate) mod tests {
             .unwrap()
             .sign(claims())
             .unwrap();
-        assert!(verify(&token, &f.issuers, LIMITS, &InVm, NOW).is_ok());
+        assert!(verify(
+            &token,
+            &f.issuers,
+            &RemoteKeys::default(),
+            LIMITS,
+            &InVm,
+            NOW
+        )
+        .is_ok());
     }
 
     #[test]
@@ -539,7 +707,15 @@ pub(crate) mod tests {
             b64(&serde_json::to_value(claims()).unwrap())
         );
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &token,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::AlgorithmNotAllowed
         );
     }
@@ -554,7 +730,15 @@ pub(crate) mod tests {
             .authenticate(claims())
             .unwrap();
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &token,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::AlgorithmNotAllowed
         );
     }
@@ -567,7 +751,15 @@ pub(crate) mod tests {
             .sign(claims())
             .unwrap();
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &token,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::AlgorithmNotAllowed
         );
     }
@@ -586,7 +778,15 @@ pub(crate) mod tests {
         let forged_sig = attacker.sign(claims()).unwrap();
         let forged = format!("{signing_input}.{}", forged_sig.rsplit('.').next().unwrap());
         // jwt-simple does not even decode a header `jwk` object; either way it is refused.
-        let reason = verify(&forged, &f.issuers, LIMITS, &InVm, NOW).unwrap_err();
+        let reason = verify(
+            &forged,
+            &f.issuers,
+            &RemoteKeys::default(),
+            LIMITS,
+            &InVm,
+            NOW,
+        )
+        .unwrap_err();
         assert!(
             matches!(reason, Reason::SignatureInvalid | Reason::TokenMalformed),
             "{reason:?}"
@@ -607,7 +807,15 @@ pub(crate) mod tests {
             "eyJhbGciOiJFUzI1NiJ9..c",
             "eyJhbGciOiJFUzI1NiJ9.bm90IGpzb24.c",
         ] {
-            let reason = verify(garbage, &f.issuers, LIMITS, &InVm, NOW).unwrap_err();
+            let reason = verify(
+                garbage,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW,
+            )
+            .unwrap_err();
             assert!(
                 matches!(
                     reason,
@@ -618,7 +826,15 @@ pub(crate) mod tests {
         }
         let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
         assert_eq!(
-            verify(&huge, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &huge,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::TokenTooLarge
         );
     }
@@ -635,7 +851,15 @@ pub(crate) mod tests {
             b64(&serde_json::to_value(c).unwrap())
         );
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &token,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::TokenMalformed
         );
     }
@@ -669,14 +893,30 @@ pub(crate) mod tests {
         for typ in ["JWT", "at+jwt", "application/at+jwt", "AT+JWT"] {
             let token = with_header(&f, json!({"alg": "ES256", "kid": "k1", "typ": typ}), &c);
             assert!(
-                verify(&token, &f.issuers, LIMITS, &InVm, NOW).is_ok(),
+                verify(
+                    &token,
+                    &f.issuers,
+                    &RemoteKeys::default(),
+                    LIMITS,
+                    &InVm,
+                    NOW
+                )
+                .is_ok(),
                 "{typ}"
             );
         }
         for typ in ["dpop+jwt", "logout+jwt", "JOSE", ""] {
             let token = with_header(&f, json!({"alg": "ES256", "kid": "k1", "typ": typ}), &c);
             assert_eq!(
-                verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+                verify(
+                    &token,
+                    &f.issuers,
+                    &RemoteKeys::default(),
+                    LIMITS,
+                    &InVm,
+                    NOW
+                )
+                .unwrap_err(),
                 Reason::TokenTypeNotAllowed,
                 "{typ}"
             );
@@ -689,18 +929,42 @@ pub(crate) mod tests {
         let mut c = serde_json::to_value(claims()).unwrap();
         c["exp"] = json!((NOW + 300) as f64 + 0.5);
         let token = with_header(&f, json!({"alg": "ES256", "kid": "k1"}), &c);
-        let verified = verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap();
+        let verified = verify(
+            &token,
+            &f.issuers,
+            &RemoteKeys::default(),
+            LIMITS,
+            &InVm,
+            NOW,
+        )
+        .unwrap();
         assert_eq!(verified.expires_at(), NOW + 300);
         c["exp"] = json!(-1);
         let token = with_header(&f, json!({"alg": "ES256", "kid": "k1"}), &c);
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &token,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::TokenMalformed
         );
         c["exp"] = json!("1800000300");
         let token = with_header(&f, json!({"alg": "ES256", "kid": "k1"}), &c);
         assert_eq!(
-            verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+            verify(
+                &token,
+                &f.issuers,
+                &RemoteKeys::default(),
+                LIMITS,
+                &InVm,
+                NOW
+            )
+            .unwrap_err(),
             Reason::TokenMalformed
         );
     }
@@ -722,7 +986,15 @@ pub(crate) mod tests {
         ] {
             let token = sign_input(&f, &format!("{h}.{p}"));
             assert_eq!(
-                verify(&token, &f.issuers, LIMITS, &InVm, NOW).unwrap_err(),
+                verify(
+                    &token,
+                    &f.issuers,
+                    &RemoteKeys::default(),
+                    LIMITS,
+                    &InVm,
+                    NOW
+                )
+                .unwrap_err(),
                 Reason::TokenMalformed
             );
         }

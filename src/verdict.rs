@@ -10,9 +10,10 @@ use std::rc::Rc;
 use crate::bind::jws::{DetachedJws, SignedRequest, SigningKeys, Window};
 use crate::bind::mtls::PeerCertificate;
 use crate::cache::TokenCache;
-use crate::config::Policy;
+use crate::config::{Client, Policy};
 use crate::crypto::SignatureVerifier;
 use crate::extract;
+use crate::keyset::{KeySource, RemoteKeys};
 use crate::policy::{self, Require, Route};
 use crate::reject::Reason;
 use crate::replay::ReplayStore;
@@ -45,6 +46,14 @@ pub enum Verdict<'p, 'r> {
     },
     /// Everything but the request signature is verified: it needs the body.
     NeedBody(Box<Pending>),
+    /// A fetched key set is needed: not loaded yet, or it does not have the key the request
+    /// names (`reason`), which a refetch may cure. The glue fetches and decides again, or
+    /// refuses with `reason`.
+    NeedKeys {
+        set: usize,
+        reason: Reason,
+        token: Option<&'r str>,
+    },
 }
 
 /// A request waiting for its body, with everything already checked but the signature over
@@ -64,9 +73,11 @@ pub struct Pending {
 impl Pending {
     /// Verifies the signature over the whole body and records it against replay. Returns
     /// the headers to set on the allowed request.
+    #[allow(clippy::too_many_arguments)]
     pub fn finish(
         self,
         policy: &Policy,
+        remote: &RemoteKeys,
         body: &[u8],
         crypto: &dyn SignatureVerifier,
         replay: &mut dyn ReplayStore,
@@ -75,15 +86,7 @@ impl Pending {
         if body.len() > policy.signed_requests.max_body_bytes {
             return Err(Reason::BodyTooLarge);
         }
-        let keys = match self.client.and_then(|i| policy.clients.get(i)) {
-            Some(client) => SigningKeys::Client {
-                keys: &client.keys,
-                hmac_keys: &client.hmac_keys,
-            },
-            None => {
-                SigningKeys::Bound(self.token.confirmation().jwk.as_deref().unwrap_or_default())
-            }
-        };
+        let keys = signing_keys(policy, remote, &self.token, self.client)?;
         self.jws.verify_body(keys, body, crypto)?;
         // Recorded only once valid, so that a forged signature cannot block a genuine one.
         let expiry = self
@@ -92,6 +95,24 @@ impl Pending {
             .ok_or(Reason::RequestSignatureMalformed)?;
         replay.first_use(&self.jws.replay_id(), expiry, now)?;
         Ok(self.headers)
+    }
+}
+
+/// The keys a request signature is checked with: the token's `cnf.jwk`, or its client's.
+fn signing_keys<'a>(
+    policy: &'a Policy,
+    remote: &'a RemoteKeys,
+    token: &'a VerifiedToken,
+    client: Option<usize>,
+) -> Result<SigningKeys<'a>, Reason> {
+    match client.and_then(|i| policy.clients.get(i)) {
+        Some(client) => Ok(SigningKeys::Client {
+            keys: remote.resolve(&client.keys)?,
+            hmac_keys: &client.hmac_keys,
+        }),
+        None => Ok(SigningKeys::Bound(
+            token.confirmation().jwk.as_deref().unwrap_or_default(),
+        )),
     }
 }
 
@@ -133,6 +154,16 @@ pub fn decide<'p, 'r>(
     };
     let verified = match verify_and_prove(policy, route, token, peer, tokens, now) {
         Ok(verified) => verified,
+        Err(reason @ (Reason::KeySetUnavailable | Reason::KeyUnknown)) => {
+            return match token::remote_key_set(token, &policy.issuers) {
+                Some(set) => Verdict::NeedKeys {
+                    set,
+                    reason,
+                    token: Some(token),
+                },
+                None => deny(reason, Some(token)),
+            };
+        }
         Err(reason) => return deny(reason, Some(token)),
     };
     let headers = claim_headers(policy, &verified);
@@ -141,7 +172,7 @@ pub fn decide<'p, 'r>(
     if !route.signed_request && verified.confirmation().jwk.is_none() {
         return Verdict::Allow { headers };
     }
-    match signature_pending(policy, &request, path, token, verified, now) {
+    match signature_pending(policy, tokens.remote, &request, path, token, verified, now) {
         Ok(pending) => {
             let headers = headers
                 .into_iter()
@@ -149,12 +180,51 @@ pub fn decide<'p, 'r>(
                 .collect();
             Verdict::NeedBody(Box::new(Pending { headers, ..pending }))
         }
-        Err(reason) => deny(reason, Some(token)),
+        Err((reason, Some(set))) => Verdict::NeedKeys {
+            set,
+            reason,
+            token: Some(token),
+        },
+        Err((reason, None)) => deny(reason, Some(token)),
     }
 }
 
-/// Reads the request signature and runs every check that needs no body.
+/// Reads the request signature and runs every check that needs no body. A refusal that a
+/// (re)fetch of a remote key set may cure names that set.
 fn signature_pending(
+    policy: &Policy,
+    remote: &RemoteKeys,
+    request: &Request<'_, '_>,
+    path: &str,
+    token: &str,
+    verified: Rc<VerifiedToken>,
+    now: u64,
+) -> Result<Pending, (Reason, Option<usize>)> {
+    let pending =
+        signature_checks(policy, request, path, token, verified, now).map_err(|r| (r, None))?;
+    // The key must exist now; if the client's keys are fetched, a refetch may bring it.
+    let selected = signing_keys(policy, remote, &pending.token, pending.client)
+        .and_then(|keys| pending.jws.select_key(keys).map(|_| ()));
+    match selected {
+        Ok(()) => Ok(pending),
+        Err(reason) => {
+            let curable = matches!(
+                reason,
+                Reason::KeySetUnavailable | Reason::RequestSignatureKeyUnknown
+            );
+            let set = match pending.client.and_then(|i| policy.clients.get(i)) {
+                Some(Client {
+                    keys: KeySource::Remote(set),
+                    ..
+                }) if curable => Some(*set),
+                _ => None,
+            };
+            Err((reason, set))
+        }
+    }
+}
+
+fn signature_checks(
     policy: &Policy,
     request: &Request<'_, '_>,
     path: &str,
@@ -209,6 +279,8 @@ fn signature_pending(
 pub struct Tokens<'a> {
     pub crypto: &'a dyn SignatureVerifier,
     pub cache: &'a mut TokenCache,
+    /// This VM's decoded remote key sets.
+    pub remote: &'a RemoteKeys,
 }
 
 impl Tokens<'_> {
@@ -226,6 +298,7 @@ impl Tokens<'_> {
         let verified = Rc::new(token::verify(
             token,
             &policy.issuers,
+            self.remote,
             policy.limits,
             self.crypto,
             now,
@@ -365,6 +438,7 @@ mod tests {
         let mut tokens = Tokens {
             crypto: &InVm,
             cache: &mut cache,
+            remote: &RemoteKeys::default(),
         };
         decide(&f.policy, request, || peer, &mut tokens, NOW)
     }
@@ -394,6 +468,7 @@ mod tests {
         Tokens {
             crypto: &InVm,
             cache: Box::leak(Box::new(TokenCache::new(0))),
+            remote: Box::leak(Box::new(RemoteKeys::default())),
         }
     }
 
@@ -421,6 +496,7 @@ mod tests {
         let mut tokens = Tokens {
             crypto: &counting,
             cache: &mut cache,
+            remote: &RemoteKeys::default(),
         };
         let values = [auth.as_bytes()];
         let request = Request {
@@ -468,6 +544,7 @@ mod tests {
         let mut tokens = Tokens {
             crypto: &counting,
             cache: &mut cache,
+            remote: &RemoteKeys::default(),
         };
         let values = [auth.as_bytes()];
         let request = Request {

@@ -243,6 +243,32 @@ impl DetachedJws {
         Ok(())
     }
 
+    /// Chooses the key the signature must verify with: the algorithm comes from the key,
+    /// and `kid` names it unless only one key could.
+    pub fn select_key<'k>(&self, keys: SigningKeys<'k>) -> Result<JwsKey<'k>, Reason> {
+        match keys {
+            SigningKeys::Bound(keys) => {
+                let alg = Alg::from_name(&self.alg).ok_or(Reason::RequestSignatureInvalid)?;
+                let key = keys
+                    .iter()
+                    .find(|k| k.alg == alg)
+                    .ok_or(Reason::RequestSignatureInvalid)?;
+                Ok(JwsKey::Public(key))
+            }
+            SigningKeys::Client { hmac_keys, .. } if self.alg == "HS256" => {
+                let key = pick(hmac_keys, self.kid.as_deref(), |k| Some(k.kid.as_str()))?;
+                Ok(JwsKey::Hmac(&key.secret))
+            }
+            SigningKeys::Client { keys, .. } => {
+                let alg = Alg::from_name(&self.alg).ok_or(Reason::RequestSignatureInvalid)?;
+                let fitting: Vec<&VerificationKey> = keys.iter().filter(|k| k.alg == alg).collect();
+                Ok(JwsKey::Public(*pick(&fitting, self.kid.as_deref(), |k| {
+                    k.kid.as_deref()
+                })?))
+            }
+        }
+    }
+
     /// Chooses the key and verifies the signature over the body.
     pub fn verify_body(
         &self,
@@ -250,25 +276,7 @@ impl DetachedJws {
         body: &[u8],
         crypto: &dyn SignatureVerifier,
     ) -> Result<(), Reason> {
-        let key = match keys {
-            SigningKeys::Bound(keys) => {
-                let alg = Alg::from_name(&self.alg).ok_or(Reason::RequestSignatureInvalid)?;
-                let key = keys
-                    .iter()
-                    .find(|k| k.alg == alg)
-                    .ok_or(Reason::RequestSignatureInvalid)?;
-                JwsKey::Public(key)
-            }
-            SigningKeys::Client { hmac_keys, .. } if self.alg == "HS256" => {
-                let key = pick(hmac_keys, self.kid.as_deref(), |k| Some(k.kid.as_str()))?;
-                JwsKey::Hmac(&key.secret)
-            }
-            SigningKeys::Client { keys, .. } => {
-                let alg = Alg::from_name(&self.alg).ok_or(Reason::RequestSignatureInvalid)?;
-                let fitting: Vec<&VerificationKey> = keys.iter().filter(|k| k.alg == alg).collect();
-                JwsKey::Public(pick(&fitting, self.kid.as_deref(), |k| k.kid.as_deref())?)
-            }
-        };
+        let key = self.select_key(keys)?;
         if self.verify_with(key, body, crypto) {
             Ok(())
         } else {

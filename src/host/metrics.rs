@@ -1,5 +1,6 @@
-//! Envoy counters: `tether.allowed` and one `tether.refused.<reason>` per reason, shown
-//! in Envoy's `/stats` with the `wasmcustom.` prefix.
+//! Envoy counters: `tether.allowed`, one `tether.refused.<reason>` per reason, and
+//! `tether.jwks_fetch.success` / `.failure`, shown in Envoy's `/stats` with the
+//! `wasmcustom.` prefix.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -10,6 +11,8 @@ use crate::reject::Reason;
 #[derive(Default)]
 pub struct Metrics {
     allowed: Option<u32>,
+    fetch_success: Option<u32>,
+    fetch_failure: Option<u32>,
     /// Indexed like [`Reason::ALL`].
     refused: Vec<Option<u32>>,
 }
@@ -22,6 +25,8 @@ impl Metrics {
     pub fn define() -> Self {
         Metrics {
             allowed: counter("tether.allowed"),
+            fetch_success: counter("tether.jwks_fetch.success"),
+            fetch_failure: counter("tether.jwks_fetch.failure"),
             refused: Reason::ALL
                 .iter()
                 .map(|r| counter(&r.metric_name()))
@@ -31,6 +36,15 @@ impl Metrics {
 
     pub fn allowed(&self) {
         increment(self.allowed);
+    }
+
+    /// A key set fetched and accepted (`ok`), or a fetch that failed.
+    pub fn fetched(&self, ok: bool) {
+        increment(if ok {
+            self.fetch_success
+        } else {
+            self.fetch_failure
+        });
     }
 
     pub fn refused(&self, reason: Reason) {
