@@ -2,7 +2,8 @@
 //!
 //! Starts a backend on 127.0.0.1:18080 and Envoy with `envoy/demo.yaml` (mTLS on
 //! localhost:10443, Tether in front of the backend), makes a throw-away PKI in `build/demo/`,
-//! mints tokens with the DEMO-ONLY key `envoy/demo-issuer.key.pem`, and plays six scenes.
+//! mints tokens with the DEMO-ONLY key `envoy/demo-issuer.key.pem`, signs requests with the
+//! DEMO-ONLY client key `envoy/demo-client.key.pem`, and plays nine scenes.
 //! Exits non-zero if any scene does not end as the story says.
 
 #[path = "../tests/support/mod.rs"]
@@ -11,6 +12,7 @@ mod support;
 use support::client::{HttpsRequest, Response};
 use support::echo::EchoBackend;
 use support::envoy::{envoy_binary, Envoy};
+use support::jws::{self, Signer};
 use support::jwt::{Alg, Issuer, SigningKey};
 use support::pki::Pki;
 use support::repo_root;
@@ -116,6 +118,59 @@ fn main() {
         "GET /healthz, no certificate, no token",
         get("/healthz"),
         200,
+    );
+
+    // Signed requests: the payment app signs each request with its own key (a detached JWS
+    // over the body, bound to the method, the URI and the token).
+    let app_key = SigningKey::from_pem_file(
+        &root.join("envoy/demo-client.key.pem"),
+        Alg::Es256,
+        "demo-app-1",
+        true,
+    );
+    let app_token = idp
+        .token()
+        .claim("sub", "alice")
+        .claim("client_id", "demo-app")
+        .bound_to(&pki.alice)
+        .sign();
+    let body = br#"{"amount":"10.00","to":"bob"}"#;
+    let header = jws::protected(
+        "ES256",
+        Some("demo-app-1"),
+        "POST",
+        &format!("https://localhost:{HTTPS_PORT}/payments"),
+        &app_token,
+    );
+    let signature = jws::detached(&header, body, Signer::Key(&app_key));
+    let payment = |body: &[u8]| {
+        get("/payments")
+            .cert(&pki.alice)
+            .bearer(&app_token)
+            .method("POST")
+            .header("x-jws-signature", &signature)
+            .body(body)
+    };
+    scene(
+        7,
+        "Alice's payment app signs its request: body, method, URI and token",
+        "POST /payments {\"amount\":\"10.00\"}, client certificate: alice, x-jws-signature",
+        payment(body),
+        200,
+    );
+    scene(
+        8,
+        "The signed request is captured and replayed, byte for byte",
+        "the same POST /payments again, same token, same signature",
+        payment(body),
+        401,
+    );
+    scene(
+        9,
+        "The captured request is replayed with a tampered body",
+        "POST /payments {\"amount\":\"9999.00\"} with the original signature",
+        payment(br#"{"amount":"9999.00","to":"bob"}"#),
+        401,
     );
 
     // Envoy shows a wasm filter's own counters under "wasmcustom.".

@@ -12,13 +12,12 @@ use std::sync::OnceLock;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hmac::Mac as _;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use support::client::{HttpsRequest, Response};
 use support::echo::EchoBackend;
 use support::envoy::{Bootstrap, Envoy};
+use support::jws::{self, Signer};
 use support::jwt::{Alg, Issuer, SigningKey};
 use support::pki::Pki;
 use support::scratch::ScratchDir;
@@ -101,42 +100,22 @@ fn token_for(client_id: &str) -> String {
         .sign()
 }
 
-/// The protected header of a request signature, as a client would write it.
+/// The protected header of a request signature to this test's Envoy.
 fn protected(alg: &str, kid: Option<&str>, method: &str, path: &str, token: &str) -> Value {
     let port = fixtures().envoy.https_port();
-    let mut header = json!({
-        "alg": alg,
-        "b64": false,
-        "crit": ["b64"],
-        "iat": support::now(),
-        "htm": method,
-        "htu": format!("https://localhost:{port}{path}"),
-        "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes())),
-    });
-    if let Some(kid) = kid {
-        header["kid"] = json!(kid);
-    }
-    header
+    jws::protected(
+        alg,
+        kid,
+        method,
+        &format!("https://localhost:{port}{path}"),
+        token,
+    )
 }
 
-/// The detached compact JWS of `body` under `header`, signed with `key` or the HMAC secret.
+/// The detached JWS of `body`, signed with `key` or (`None`) the HMAC secret.
 fn detached(header: &Value, body: &[u8], key: Option<&SigningKey>) -> String {
-    let header_b64 = URL_SAFE_NO_PAD.encode(header.to_string());
-    let mut input = format!("{header_b64}.").into_bytes();
-    if header.get("b64") == Some(&json!(false)) {
-        input.extend_from_slice(body);
-    } else {
-        input.extend_from_slice(URL_SAFE_NO_PAD.encode(body).as_bytes());
-    }
-    let signature = match key {
-        Some(key) => key.sign(&input),
-        None => {
-            let mut mac = hmac::Hmac::<Sha256>::new_from_slice(HMAC_SECRET).expect("hmac key");
-            mac.update(&input);
-            mac.finalize().into_bytes().to_vec()
-        }
-    };
-    format!("{header_b64}..{}", URL_SAFE_NO_PAD.encode(signature))
+    let signer = key.map_or(Signer::Hmac(HMAC_SECRET), Signer::Key);
+    jws::detached(header, body, signer)
 }
 
 fn post(path: &str, token: &str, body: &[u8], signature: Option<&str>) -> Response {

@@ -4,6 +4,7 @@
 //! - [`pki`]: a throw-away certificate authority, a server certificate for `localhost` and
 //!   client certificates for "alice" and "mallory", made with the `openssl` CLI; the RFC 8705
 //!   §3.1 `x5t#S256` thumbprint of a client certificate, computed here independently of Envoy.
+//! - [`jws`]: request signatures (detached JWS over the body), made as a client makes them.
 //! - [`jwt`]: an issuer with keys for every supported algorithm, its public JWKS, a token minter
 //!   with full control over header and claims, and hand-made bad tokens.
 //! - [`echo`]: an HTTP/1.1 upstream that answers with what it received, so a test can see the
@@ -27,6 +28,7 @@ pub mod client;
 pub mod der;
 pub mod echo;
 pub mod envoy;
+pub mod jws;
 pub mod jwt;
 pub mod pki;
 pub mod scratch;
