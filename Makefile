@@ -7,7 +7,7 @@ WASM := dist/tether.wasm
 export TETHER_ENVOY := $(CURDIR)/$(ENVOY)
 export TETHER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: setup build fmt lint unit e2e test demo clean
+.PHONY: setup build fmt lint unit e2e test demo bench clean
 
 setup:
 	@scripts/setup.sh
@@ -33,6 +33,13 @@ test: fmt lint unit e2e
 
 demo: build
 	cargo run --quiet --locked --example demo
+
+# A benchmark, not a test: Tether beside Envoy's jwt_authn in one Envoy worker (bench/README.md).
+# Prints figures and writes bench/results/; never fails on a number. Quick run:
+# BENCH_SECONDS=2 BENCH_ROUNDS=1 BENCH_MEMORY_TOKENS=10000 make bench
+bench: build
+	@scripts/build-ceiling.sh
+	@scripts/bench.sh
 
 clean:
 	rm -rf target dist build

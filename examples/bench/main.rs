@@ -1,0 +1,261 @@
+//! `make bench`: Tether's throughput and latency beside Envoy's native `jwt_authn`, measured
+//! in one Envoy process with one worker under a real HTTPS load generator.
+//!
+//! One front Envoy (`--concurrency 1`) has one mutual-TLS listener per filter chain under
+//! test, all forwarding to the same back end (a second Envoy answering with a fixed 200):
+//!
+//! - `no_auth`: no filter but the router, the floor of every other row's cost;
+//! - `ceiling`: `dist/ceiling.wasm`, a wasm filter that only reads the `Authorization` header
+//!   and the peer-certificate digest (bench/ceiling): the most any wasm filter can reach;
+//! - `jwt_authn_cache` / `jwt_authn_nocache`: Envoy's `jwt_authn`, the same issuer and keys,
+//!   with and without its JWT cache;
+//! - `tether_cache` / `tether_nocache`: Tether, `require: mtls`, with `token_cache_entries`
+//!   4096 and 0.
+//!
+//! Each row is one listener and one token algorithm. `oha` sends the same token with the
+//! client certificate it is bound to, over keep-alive connections, at the same concurrency on
+//! every row; rows are interleaved in a shuffled order each round, and each row's figures are
+//! the median over the rounds with the spread beside them, so that drift shows.
+//!
+//! Before measuring, every row is checked to do what it says (the bench token passes, no
+//! token is refused by the authenticating filters, a token bound to another certificate is
+//! refused by Tether). After measuring, 100k distinct tokens go to the Tether listener with
+//! the cache, and Envoy's memory is read before, during and after.
+//!
+//! A benchmark, not a test: it prints figures and writes them to `bench/results/`, and fails
+//! only when it cannot measure (a tool missing, Envoy refusing to start, a row not behaving).
+//!
+//! Settings (environment): `BENCH_SECONDS` (10) per measurement, `BENCH_ROUNDS` (3),
+//! `BENCH_WARMUP` (3) seconds per row before the first round, `BENCH_CONCURRENCY` (32),
+//! `BENCH_MEMORY_TOKENS` (100000, 0 skips the memory run), `BENCH_SEED` (the row order),
+//! `BENCH_OHA` (the `oha` binary, default `build/tools/bin/oha`), `BENCH_CEILING_WASM`
+//! (default `dist/ceiling.wasm`), `BENCH_RESULTS` (default `bench/results`).
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod envoy;
+mod load;
+mod machine;
+mod report;
+mod tokens;
+mod variants;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use envoy::{front_bootstrap, probe_token_cache, start_backend, EnvoyProcess};
+use load::Bench;
+use machine::{clock_ticks_per_second, machine_info, print_machine, Tools};
+use report::{
+    evaluate_targets, print_memory, print_table, print_targets, report_json, summarize,
+    utc_timestamp,
+};
+use support::pki::Pki;
+use support::{now, repo_root};
+use tokens::{Keys, TOKEN_LIFETIME_SECONDS};
+use variants::{Listener, Variant};
+
+pub const ISSUER: &str = "https://idp.bench.internal";
+pub const AUDIENCE: &str = "https://backend.bench.internal";
+/// The entries of both caches when on: Tether's default, and the same for `jwt_authn`.
+pub const CACHE_ENTRIES: u64 = 4096;
+
+fn main() {
+    let settings = Settings::from_env();
+    let root = repo_root();
+    let tools = Tools::find(&root);
+    let work = root.join("build/bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap_or_else(|e| fail(&format!("create build/bench: {e}")));
+
+    println!("Tether benchmark (make bench): one Envoy, one worker, mTLS listeners side by side\n");
+    let machine = machine_info(&tools);
+    print_machine(&machine, &settings);
+
+    println!("\nSetting up (build/bench/):");
+    let pki = Pki::generate(&work.join("pki"));
+    let keys = Keys::generate(&work.join("keys"));
+    println!("  PKI (CA, server, client certificates alice and mallory); ES256, RS256, EdDSA keys");
+
+    let cache_supported = probe_token_cache(&work, &pki, &keys, &tools);
+    if cache_supported {
+        println!("  dist/tether.wasm accepts \"token_cache_entries\": cache on = {CACHE_ENTRIES}, off = 0");
+    } else {
+        println!(
+            "  dist/tether.wasm refuses \"token_cache_entries\" (this build has no token cache):\n  \
+             Tether's \"cache\" rows run without the field, its \"no cache\" rows are unavailable"
+        );
+    }
+
+    let backend = start_backend(&work);
+    let backend_port = backend.listener_ports()["backend"];
+    println!("  back end: a second Envoy (direct_response 200) on 127.0.0.1:{backend_port}");
+
+    let listeners = Listener::ALL
+        .iter()
+        .copied()
+        .filter(|l| cache_supported || *l != Listener::TetherNoCache)
+        .collect::<Vec<_>>();
+    let bootstrap = front_bootstrap(
+        &listeners,
+        backend_port,
+        &pki,
+        &keys,
+        &tools,
+        cache_supported,
+    );
+    let config = work.join("front.json");
+    write_json(&config, &bootstrap);
+    let front = EnvoyProcess::start("front", &config, &work, 1, listeners.len())
+        .unwrap_or_else(|log| fail(&format!("the front Envoy did not start:\n{log}")));
+    let ports = front.listener_ports();
+    println!(
+        "  front Envoy (--concurrency 1, pid {}), listeners: {}",
+        front.pid,
+        listeners
+            .iter()
+            .map(|l| format!("{} :{}", l.name(), ports[l.name()]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let variants: Vec<Variant> = Variant::all()
+        .into_iter()
+        .filter(|v| listeners.contains(&v.listener))
+        .collect();
+    let bench = Bench {
+        settings: &settings,
+        tools: &tools,
+        pki: &pki,
+        keys: &keys,
+        ports: &ports,
+        front_pid: front.pid,
+        backend_pid: backend.pid,
+        clock_ticks: clock_ticks_per_second(),
+    };
+
+    println!("\nChecking that every row does what it says (HTTP status seen by curl):");
+    bench.check(&variants);
+
+    bench.warm_up(&variants);
+    let (measurements, orders) = bench.rounds(&variants);
+
+    let memory = if settings.memory_tokens > 0 {
+        Some(bench.memory_run(&front, cache_supported))
+    } else {
+        None
+    };
+    drop(front);
+    drop(backend);
+
+    let rows = summarize(&variants, &measurements, cache_supported);
+    let targets = evaluate_targets(&rows);
+    println!();
+    print_table(&rows, &machine, &settings);
+    print_targets(&targets, cache_supported);
+    if let Some(memory) = &memory {
+        print_memory(memory);
+    }
+
+    let timestamp = utc_timestamp(now());
+    let report = report_json(
+        &timestamp,
+        &machine,
+        &settings,
+        &tools,
+        cache_supported,
+        &orders,
+        &rows,
+        &targets,
+        memory.as_ref(),
+    );
+    let results = &settings.results;
+    std::fs::create_dir_all(results)
+        .unwrap_or_else(|e| fail(&format!("create {}: {e}", results.display())));
+    let dated = results.join(format!("{}.json", timestamp.file));
+    write_json(&dated, &report);
+    write_json(&results.join("latest.json"), &report);
+    println!(
+        "\nWritten: {} and {}",
+        relative(&dated),
+        relative(&results.join("latest.json"))
+    );
+}
+
+pub struct Settings {
+    pub seconds: u64,
+    pub rounds: u64,
+    pub warmup: u64,
+    pub concurrency: u64,
+    pub memory_tokens: usize,
+    pub seed: u64,
+    pub results: PathBuf,
+}
+
+impl Settings {
+    pub fn from_env() -> Settings {
+        let number = |name: &str, default: u64| -> u64 {
+            match std::env::var(name) {
+                Ok(text) => text
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| fail(&format!("{name}={text:?} is not a number"))),
+                Err(_) => default,
+            }
+        };
+        let mut seconds = number("BENCH_SECONDS", 10).max(1);
+        // A measurement's token must outlive it (tokens live TOKEN_LIFETIME_SECONDS).
+        if seconds > TOKEN_LIFETIME_SECONDS - 60 {
+            eprintln!("BENCH_SECONDS capped at {}", TOKEN_LIFETIME_SECONDS - 60);
+            seconds = TOKEN_LIFETIME_SECONDS - 60;
+        }
+        let results = std::env::var_os("BENCH_RESULTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("bench/results"));
+        Settings {
+            seconds,
+            rounds: number("BENCH_ROUNDS", 3).max(1),
+            warmup: number("BENCH_WARMUP", 3),
+            concurrency: number("BENCH_CONCURRENCY", 32).max(1),
+            memory_tokens: usize::try_from(number("BENCH_MEMORY_TOKENS", 100_000))
+                .unwrap_or(usize::MAX),
+            seed: number("BENCH_SEED", now().unsigned_abs()),
+            results,
+        }
+    }
+}
+
+pub fn write_json(path: &Path, value: &Value) {
+    let text = serde_json::to_string_pretty(value).expect("JSON serializes");
+    std::fs::write(path, text + "\n")
+        .unwrap_or_else(|e| fail(&format!("write {}: {e}", path.display())));
+}
+
+/// Runs `program` with `args`; its stdout if it succeeded.
+pub fn command_output(program: &Path, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+pub fn fail(message: &str) -> ! {
+    eprintln!("bench: {message}");
+    std::process::exit(1);
+}
+
+pub fn relative(path: &Path) -> String {
+    path.strip_prefix(repo_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `make bench`: installs the benchmark's tools if missing (oha from crates.io into
+# build/tools, matplotlib into .venv), runs the driver (examples/bench.rs), then draws the chart.
+# Expects dist/tether.wasm, dist/ceiling.wasm and .venv/bin/envoy (the Makefile builds them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OHA_VERSION=1.16.0
+OHA=build/tools/bin/oha
+if ! "$OHA" --version 2>/dev/null | grep -qx "oha $OHA_VERSION"; then
+  echo "bench: installing oha $OHA_VERSION into build/tools (takes a few minutes, once)"
+  CARGO_INSTALL_ROOT="$PWD/build/tools" cargo install --quiet --locked --version "$OHA_VERSION" oha
+fi
+if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
+  echo "bench: installing matplotlib into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check matplotlib
+fi
+
+# The driver mints and signs up to 100k tokens: build it optimized, but without the release
+# profile's whole-program LTO, which only lengthens the build.
+CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+  BENCH_OHA="$PWD/$OHA" cargo run --quiet --release --locked --example bench
+.venv/bin/python bench/chart.py bench/results/latest.json bench/results/latest.png
