@@ -20,6 +20,11 @@ fmt: setup
 
 lint: setup
 	cargo clippy --all-targets --locked -- -D warnings
+	@# The proxy-wasm glue (src/host) only compiles for wasm32: lint it there when rustup's
+	@# target is installed (Debian's route has no clippy for it).
+	@if [ "$$(scripts/wasm-route.sh)" = rustup ]; then \
+	  CARGO_TARGET_DIR=target/wasm-clippy cargo clippy --locked --target wasm32-wasip1 --lib -- -D warnings; \
+	fi
 
 # Unit tests of the pure core on the host (no Envoy).
 unit: setup
