@@ -1,6 +1,8 @@
 """Draws the bar chart of a `make bench` result: requests/s per row (median, with the
 min-max spread of the rounds), each bar annotated with its ratio to jwt_authn and to the
-wasm ceiling.
+wasm ceiling; below it, a second panel for the signed-request rows (a 1 KiB POST unsigned,
+and signed with ES256, EdDSA and HS256), each annotated with its ratio to the unsigned POST
+and the front Envoy's extra CPU time per request. Either panel may be absent (BENCH_ONLY).
 
 Usage: chart.py RESULT.json OUT.png
 """
@@ -19,23 +21,88 @@ COLORS = {
     "jwt_authn": "#64b5f6",
     "tether": "#ef6c00",
 }
+UNSIGNED_COLOR = "#ffb74d"
+SIGNED_COLOR = "#e65100"
 
 
 def main(source, target):
     with open(source, encoding="utf-8") as f:
         result = json.load(f)
-    rows = result["rows"]
+    rows = result.get("rows") or []
+    signed = (result.get("signed_requests") or {}).get("rows") or []
     machine = result["machine"]
     method = result["method"]
 
-    labels = [row["label"] for row in rows]
-    medians = [row["rps"]["median"] for row in rows]
-    lower = [row["rps"]["median"] - row["rps"]["min"] for row in rows]
-    upper = [row["rps"]["max"] - row["rps"]["median"] for row in rows]
-    colors = [COLORS.get(row["filter"], "#607d8b") for row in rows]
+    panels = [len(rows) + 1.5] if rows else []
+    if signed:
+        panels.append(len(signed) + 1.5)
+    if not panels:
+        sys.exit("chart.py: no rows to draw")
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(11, 0.55 * sum(panels) + 1.4),
+        gridspec_kw={"height_ratios": panels},
+        squeeze=False,
+    )
+    axes = [a[0] for a in axes]
+    subtitle = (
+        f'{machine["envoy"]}, {machine["oha"]}, {method["concurrency"]} connections, '
+        f'{method["rounds"]} round(s) x {method["seconds_per_measurement"]} s; '
+        f'{machine["nproc"]} x {machine["cpu"]}, {machine["kernel"]}; {result["timestamp"]}'
+    )
+    footnotes = []
+    if rows:
+        token_panel(axes[0], rows)
+        axes[0].set_title(
+            "Tether vs Envoy jwt_authn: one Envoy worker, mTLS, HTTP/1.1 keep-alive\n" + subtitle,
+            fontsize=10,
+        )
+        footnotes.append(
+            "x jwt_authn: against jwt_authn ES256 in the same cache mode (with its cache for the "
+            "rows without one); x ceiling: against the wasm ceiling."
+        )
+    if signed:
+        section = result["signed_requests"]["method"]
+        ax = axes[-1]
+        signed_panel(ax, signed)
+        title = (
+            "Signed requests: POST 1 KiB, a fresh detached JWS (x-jws-signature) on every "
+            "request; one Envoy worker, mTLS"
+        )
+        detail = (
+            f'{section["load_generator"]}, {section["concurrency"]} connections, '
+            f'{section["rounds"]} round(s) x {section["seconds_per_measurement"]} s'
+        )
+        if not rows:
+            detail += (
+                f'; {machine["envoy"]}\n{machine["nproc"]} x {machine["cpu"]}, '
+                f'{machine["kernel"]}; {result["timestamp"]}'
+            )
+        ax.set_title(f"{title}\n{detail}", fontsize=10)
+        footnotes.append(
+            "Signed rows: x unsigned: req/s against the unsigned POST; +us/req: the front Envoy's "
+            "CPU time per request beyond the unsigned POST's (the cost of the signature)."
+        )
+    fig.text(
+        0.01,
+        0.005,
+        " ".join(footnotes) + " Reproduce: make bench",
+        fontsize=7,
+        color="#616161",
+        wrap=True,
+    )
+    fig.tight_layout(rect=(0, 0.025, 1, 1))
+    fig.savefig(target, dpi=110)
+    print(f"chart: {target}")
 
-    fig, ax = plt.subplots(figsize=(11, 0.55 * len(rows) + 2.2))
-    positions = list(range(len(rows)))[::-1]
+
+def bars(ax, labels, rps, colors):
+    """Horizontal bars, top to bottom, with the min-max whiskers; returns their positions."""
+    medians = [r["median"] for r in rps]
+    lower = [r["median"] - r["min"] for r in rps]
+    upper = [r["max"] - r["median"] for r in rps]
+    positions = list(range(len(labels)))[::-1]
     ax.barh(
         positions,
         medians,
@@ -46,8 +113,16 @@ def main(source, target):
     ax.set_yticks(positions)
     ax.set_yticklabels(labels)
     ax.set_xlabel("requests/s (median of rounds; whiskers: min-max)")
-    top = max(medians + [row["rps"]["max"] for row in rows]) if rows else 1
+    top = max(medians + [r["max"] for r in rps]) if rps else 1
     ax.set_xlim(0, top * 1.45)
+    ax.grid(axis="x", linestyle=":", alpha=0.6)
+    ax.set_axisbelow(True)
+    return positions, top
+
+
+def token_panel(ax, rows):
+    colors = [COLORS.get(row["filter"], "#607d8b") for row in rows]
+    positions, top = bars(ax, [row["label"] for row in rows], [row["rps"] for row in rows], colors)
     for pos, row in zip(positions, rows):
         notes = []
         if row.get("ratio_rps_vs_jwt_authn") is not None and row["filter"] != "jwt_authn":
@@ -62,33 +137,34 @@ def main(source, target):
         notes.append(f'p99 {row["p99_ms"]:.1f} ms')
         if row.get("note"):
             notes.append("(no token cache in this build)")
+        ax.text(row["rps"]["max"] + top * 0.01, pos, "   ".join(notes), va="center", fontsize=8)
+
+
+def signed_panel(ax, rows):
+    colors = [SIGNED_COLOR if row.get("algorithm") else UNSIGNED_COLOR for row in rows]
+    positions, top = bars(ax, [row["label"] for row in rows], [row["rps"] for row in rows], colors)
+    for pos, row in zip(positions, rows):
+        notes = []
+        if row.get("ratio_rps_vs_unsigned") is not None:
+            notes.append(f'{row["ratio_rps_vs_unsigned"]:.2f}x unsigned')
+        cost = row.get("signing_cost_envoy_cpu_us_per_request")
+        if cost is not None:
+            notes.append(f"{cost:+.0f} us/req CPU")
+        else:
+            notes.append(f'{row["envoy_cpu_us_per_request"]:.0f} us/req CPU')
+        notes.append(f'p99 {row["p99_ms"]:.1f} ms')
+        color = "black"
+        if row.get("non_200"):
+            notes.append(f'FAILED: {row["non_200"]} non-200 {row.get("statuses")}')
+            color = "#c62828"
         ax.text(
             row["rps"]["max"] + top * 0.01,
             pos,
             "   ".join(notes),
             va="center",
             fontsize=8,
+            color=color,
         )
-    ax.grid(axis="x", linestyle=":", alpha=0.6)
-    ax.set_axisbelow(True)
-    title = "Tether vs Envoy jwt_authn: one Envoy worker, mTLS, HTTP/1.1 keep-alive"
-    subtitle = (
-        f'{machine["envoy"]}, {machine["oha"]}, {method["concurrency"]} connections, '
-        f'{method["rounds"]} round(s) x {method["seconds_per_measurement"]} s; '
-        f'{machine["nproc"]} x {machine["cpu"]}, {machine["kernel"]}; {result["timestamp"]}'
-    )
-    ax.set_title(f"{title}\n{subtitle}", fontsize=10)
-    fig.text(
-        0.01,
-        0.005,
-        "x jwt_authn: against jwt_authn ES256 in the same cache mode (with its cache for the "
-        "rows without one); x ceiling: against the wasm ceiling. Reproduce: make bench",
-        fontsize=7,
-        color="#616161",
-    )
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    fig.savefig(target, dpi=110)
-    print(f"chart: {target}")
 
 
 if __name__ == "__main__":

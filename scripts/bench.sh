@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: installs the benchmark's tools if missing (oha from crates.io into
-# build/tools, matplotlib into .venv), runs the driver (examples/bench.rs), then draws the chart.
+# build/tools, matplotlib into .venv), builds bench/signload (the load generator of the
+# signed-request rows), runs the driver (examples/bench/), then draws the chart.
 # Expects dist/tether.wasm, dist/ceiling.wasm and .venv/bin/envoy (the Makefile builds them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +17,21 @@ if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check matplotlib
 fi
 
+# The signed-request rows send a different request every time, which oha cannot:
+# bench/signload does (its own crate, its own lock file, target dir bench/signload/target).
+echo "bench: building bench/signload"
+cargo build --quiet --release --locked --manifest-path bench/signload/Cargo.toml
+
+# BENCH_ONLY=signed is a partial run: its results go to build/bench-results/ (unless
+# BENCH_RESULTS says otherwise), not over bench/results/.
+if [[ -n "${BENCH_ONLY:-}" && -z "${BENCH_RESULTS:-}" ]]; then
+  export BENCH_RESULTS="$PWD/build/bench-results"
+fi
+RESULTS="${BENCH_RESULTS:-$PWD/bench/results}"
+
 # The driver mints and signs up to 100k tokens: build it optimized, but without the release
 # profile's whole-program LTO, which only lengthens the build.
 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-  BENCH_OHA="$PWD/$OHA" cargo run --quiet --release --locked --example bench
-.venv/bin/python bench/chart.py bench/results/latest.json bench/results/latest.png
+  BENCH_OHA="$PWD/$OHA" BENCH_SIGNLOAD="$PWD/bench/signload/target/release/signload" \
+  cargo run --quiet --release --locked --example bench
+.venv/bin/python bench/chart.py "$RESULTS/latest.json" "$RESULTS/latest.png"

@@ -22,6 +22,12 @@
 //! refused by Tether). After measuring, 100k distinct tokens go to the Tether listener with
 //! the cache, and Envoy's memory is read before, during and after.
 //!
+//! Then the signed-request rows (`signed.rs`): a separate front Envoy with one worker and one
+//! Tether listener, a 1 KiB POST unsigned (`/plain`) and with a fresh request signature on
+//! every request (`/signed`: ES256, EdDSA, HS256), sent by `bench/signload` since every
+//! request differs. Their table is printed after the first one, and their figures go into the
+//! results under `signed_requests`.
+//!
 //! A benchmark, not a test: it prints figures and writes them to `bench/results/`, and fails
 //! only when it cannot measure (a tool missing, Envoy refusing to start, a row not behaving).
 //!
@@ -29,7 +35,10 @@
 //! `BENCH_WARMUP` (3) seconds per row before the first round, `BENCH_CONCURRENCY` (32),
 //! `BENCH_MEMORY_TOKENS` (100000, 0 skips the memory run), `BENCH_SEED` (the row order),
 //! `BENCH_OHA` (the `oha` binary, default `build/tools/bin/oha`), `BENCH_CEILING_WASM`
-//! (default `dist/ceiling.wasm`), `BENCH_RESULTS` (default `bench/results`).
+//! (default `dist/ceiling.wasm`), `BENCH_RESULTS` (default `bench/results`),
+//! `BENCH_SIGNLOAD` (default `bench/signload/target/release/signload`), `BENCH_ONLY`
+//! (`signed`: only the signed-request rows, for iterating on them; the results then go to
+//! `build/bench-results/` unless `BENCH_RESULTS` says otherwise).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -38,6 +47,7 @@ mod envoy;
 mod load;
 mod machine;
 mod report;
+mod signed;
 mod tokens;
 mod variants;
 
@@ -51,8 +61,9 @@ use load::Bench;
 use machine::{clock_ticks_per_second, machine_info, print_machine, Tools};
 use report::{
     evaluate_targets, print_memory, print_table, print_targets, report_json, summarize,
-    utc_timestamp,
+    utc_timestamp, Row,
 };
+use signed::{ClientKeys, SignedBench};
 use support::pki::Pki;
 use support::{now, repo_root};
 use tokens::{Keys, TOKEN_LIFETIME_SECONDS};
@@ -80,7 +91,87 @@ fn main() {
     let keys = Keys::generate(&work.join("keys"));
     println!("  PKI (CA, server, client certificates alice and mallory); ES256, RS256, EdDSA keys");
 
-    let cache_supported = probe_token_cache(&work, &pki, &keys, &tools);
+    let backend = start_backend(&work);
+    let backend_port = backend.listener_ports()["backend"];
+    println!("  back end: a second Envoy (direct_response 200) on 127.0.0.1:{backend_port}");
+
+    let main_rows = if settings.only_signed {
+        println!("  BENCH_ONLY=signed: the token rows and the memory run are skipped");
+        None
+    } else {
+        Some(token_rows(&settings, &tools, &work, &pki, &keys, &backend))
+    };
+    let signed = signed_rows(&settings, &tools, &work, &pki, &keys, &backend);
+    drop(backend);
+
+    if let Some(main) = &main_rows {
+        println!();
+        print_table(&main.rows, &machine, &settings);
+        print_targets(&main.targets, main.cache_supported);
+        if let Some(memory) = &main.memory {
+            print_memory(memory);
+        }
+    }
+    signed::print_table(&signed.rows, &settings, signed.seconds);
+
+    let timestamp = utc_timestamp(now());
+    let empty = MainRows::default();
+    let main = main_rows.as_ref().unwrap_or(&empty);
+    let mut report = report_json(
+        &timestamp,
+        &machine,
+        &settings,
+        &tools,
+        main.cache_supported,
+        &main.orders,
+        &main.rows,
+        &main.targets,
+        main.memory.as_ref(),
+    );
+    report["signed_requests"] = signed::report_json(
+        &signed.rows,
+        &signed.check,
+        &signed.orders,
+        &settings,
+        signed.seconds,
+        &tools,
+        &signed.signload,
+    );
+    if settings.only_signed {
+        report["only"] = serde_json::json!("signed");
+    }
+    let results = &settings.results;
+    std::fs::create_dir_all(results)
+        .unwrap_or_else(|e| fail(&format!("create {}: {e}", results.display())));
+    let dated = results.join(format!("{}.json", timestamp.file));
+    write_json(&dated, &report);
+    write_json(&results.join("latest.json"), &report);
+    println!(
+        "\nWritten: {} and {}",
+        relative(&dated),
+        relative(&results.join("latest.json"))
+    );
+}
+
+/// The token rows: their front Envoy, checks, warm-up, rounds and memory run.
+#[derive(Default)]
+struct MainRows {
+    cache_supported: bool,
+    orders: Vec<Vec<String>>,
+    rows: Vec<Row>,
+    targets: Vec<report::Target>,
+    memory: Option<load::Memory>,
+}
+
+fn token_rows(
+    settings: &Settings,
+    tools: &Tools,
+    work: &Path,
+    pki: &Pki,
+    keys: &Keys,
+    backend: &EnvoyProcess,
+) -> MainRows {
+    let cache_supported = probe_token_cache(work, pki, keys, tools);
     if cache_supported {
         println!("  dist/tether.wasm accepts \"token_cache_entries\": cache on = {CACHE_ENTRIES}, off = 0");
     } else {
@@ -89,27 +180,17 @@ fn main() {
              Tether's \"cache\" rows run without the field, its \"no cache\" rows are unavailable"
         );
     }
-
-    let backend = start_backend(&work);
     let backend_port = backend.listener_ports()["backend"];
-    println!("  back end: a second Envoy (direct_response 200) on 127.0.0.1:{backend_port}");
 
     let listeners = Listener::ALL
         .iter()
         .copied()
         .filter(|l| cache_supported || *l != Listener::TetherNoCache)
         .collect::<Vec<_>>();
-    let bootstrap = front_bootstrap(
-        &listeners,
-        backend_port,
-        &pki,
-        &keys,
-        &tools,
-        cache_supported,
-    );
+    let bootstrap = front_bootstrap(&listeners, backend_port, pki, keys, tools, cache_supported);
     let config = work.join("front.json");
     write_json(&config, &bootstrap);
-    let front = EnvoyProcess::start("front", &config, &work, 1, listeners.len())
+    let front = EnvoyProcess::start("front", &config, work, 1, listeners.len())
         .unwrap_or_else(|log| fail(&format!("the front Envoy did not start:\n{log}")));
     let ports = front.listener_ports();
     println!(
@@ -127,10 +208,10 @@ fn main() {
         .filter(|v| listeners.contains(&v.listener))
         .collect();
     let bench = Bench {
-        settings: &settings,
-        tools: &tools,
-        pki: &pki,
-        keys: &keys,
+        settings,
+        tools,
+        pki,
+        keys,
         ports: &ports,
         front_pid: front.pid,
         backend_pid: backend.pid,
@@ -149,40 +230,83 @@ fn main() {
         None
     };
     drop(front);
-    drop(backend);
 
     let rows = summarize(&variants, &measurements, cache_supported);
     let targets = evaluate_targets(&rows);
-    println!();
-    print_table(&rows, &machine, &settings);
-    print_targets(&targets, cache_supported);
-    if let Some(memory) = &memory {
-        print_memory(memory);
-    }
-
-    let timestamp = utc_timestamp(now());
-    let report = report_json(
-        &timestamp,
-        &machine,
-        &settings,
-        &tools,
+    MainRows {
         cache_supported,
-        &orders,
-        &rows,
-        &targets,
-        memory.as_ref(),
+        orders,
+        rows,
+        targets,
+        memory,
+    }
+}
+
+/// The signed-request rows (`signed.rs`), on their own front Envoy.
+fn signed_rows(
+    settings: &Settings,
+    tools: &Tools,
+    work: &Path,
+    pki: &Pki,
+    keys: &Keys,
+    backend: &EnvoyProcess,
+) -> SignedRows {
+    let dir = work.join("signed");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(&format!("create {e}")));
+    let signload = SignedBench::signload_binary(&repo_root());
+    let client = ClientKeys::generate();
+    let backend_port = backend.listener_ports()["backend"];
+    let config = dir.join("front-signed.json");
+    write_json(
+        &config,
+        &signed::bootstrap(backend_port, pki, keys, &client, tools),
     );
-    let results = &settings.results;
-    std::fs::create_dir_all(results)
-        .unwrap_or_else(|e| fail(&format!("create {}: {e}", results.display())));
-    let dated = results.join(format!("{}.json", timestamp.file));
-    write_json(&dated, &report);
-    write_json(&results.join("latest.json"), &report);
+    let front = EnvoyProcess::start("front-signed", &config, &dir, 1, 1).unwrap_or_else(|log| {
+        fail(&format!(
+            "the signed-request front Envoy did not start:\n{log}"
+        ))
+    });
+    let port = front.listener_ports()[signed::LISTENER];
     println!(
-        "\nWritten: {} and {}",
-        relative(&dated),
-        relative(&results.join("latest.json"))
+        "\nSigned requests: a second front Envoy (--concurrency 1, pid {}), listener {} :{port}, \
+         Tether with /signed (signed_request) and /plain; client {} with ES256, EdDSA and HS256 \
+         keys; load by {}",
+        front.pid,
+        signed::LISTENER,
+        signed::CLIENT_ID,
+        relative(&signload)
     );
+    let bench = SignedBench {
+        settings,
+        pki,
+        keys,
+        client: &client,
+        front: &front,
+        backend_pid: backend.pid,
+        port,
+        clock_ticks: clock_ticks_per_second(),
+        signload: signload.clone(),
+        dir,
+    };
+    println!("\nChecking the signed-request listener (HTTP status seen by signload):");
+    let check = bench.check();
+    let (measurements, orders, seconds) = bench.rounds();
+    drop(front);
+    SignedRows {
+        rows: signed::summarize(&measurements),
+        check,
+        orders,
+        seconds,
+        signload,
+    }
+}
+
+struct SignedRows {
+    rows: Vec<signed::SignedSummary>,
+    check: Vec<Value>,
+    orders: Vec<Vec<String>>,
+    seconds: u64,
+    signload: PathBuf,
 }
 
 pub struct Settings {
@@ -193,6 +317,8 @@ pub struct Settings {
     pub memory_tokens: usize,
     pub seed: u64,
     pub results: PathBuf,
+    /// `BENCH_ONLY=signed`: only the signed-request rows.
+    pub only_signed: bool,
 }
 
 impl Settings {
@@ -212,9 +338,24 @@ impl Settings {
             eprintln!("BENCH_SECONDS capped at {}", TOKEN_LIFETIME_SECONDS - 60);
             seconds = TOKEN_LIFETIME_SECONDS - 60;
         }
+        let only_signed = match std::env::var("BENCH_ONLY") {
+            Ok(only) if only.trim() == "signed" => true,
+            Ok(only) if only.trim().is_empty() => false,
+            Ok(only) => fail(&format!(
+                "BENCH_ONLY={only:?}: the only choice is \"signed\""
+            )),
+            Err(_) => false,
+        };
+        // A partial run does not replace the results of a whole one.
         let results = std::env::var_os("BENCH_RESULTS")
             .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("bench/results"));
+            .unwrap_or_else(|| {
+                repo_root().join(if only_signed {
+                    "build/bench-results"
+                } else {
+                    "bench/results"
+                })
+            });
         Settings {
             seconds,
             rounds: number("BENCH_ROUNDS", 3).max(1),
@@ -224,6 +365,7 @@ impl Settings {
                 .unwrap_or(usize::MAX),
             seed: number("BENCH_SEED", now().unsigned_abs()),
             results,
+            only_signed,
         }
     }
 }

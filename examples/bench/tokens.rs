@@ -87,8 +87,14 @@ impl Keys {
 
     /// An access token signed with `alg`, bound to `client`, unique by `jti`.
     pub fn token(&self, alg: Alg, client: &ClientCert, jti: &str) -> String {
+        self.token_for(alg, client, jti, "bench-client")
+    }
+
+    /// The same, for the OAuth client `client_id` (the signed-request rows name a registered
+    /// client, whose keys verify the request signatures).
+    pub fn token_for(&self, alg: Alg, client: &ClientCert, jti: &str, client_id: &str) -> String {
         let custom = BoundClaims {
-            client_id: "bench-client".into(),
+            client_id: client_id.into(),
             cnf: Confirmation {
                 x5t_s256: client.x5t_s256(),
             },
