@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use support::client::{HttpsRequest, Response};
 use support::echo::EchoBackend;
 use support::envoy::{Bootstrap, Envoy};
+use support::jws::{self, Signer};
 use support::jwt::{Alg, Issuer, SigningKey};
 use support::pki::Pki;
 use support::scratch::ScratchDir;
@@ -91,6 +92,11 @@ fn envoy(s: &Setup, key_port: u16, timeout_ms: u64) -> Envoy {
         }],
         "rules": [{"prefix": "/", "require": "mtls"}],
     });
+    envoy_with(s, key_port, config)
+}
+
+/// Envoy with Tether configured by `config`, and the cluster `idp` pointing at `key_port`.
+fn envoy_with(s: &Setup, key_port: u16, config: Value) -> Envoy {
     let mut bootstrap = Bootstrap::new(&s.pki, s.echo.port(), Some(config)).to_json();
     bootstrap["static_resources"]["clusters"]
         .as_array_mut()
@@ -244,5 +250,59 @@ fn dead_key_server_fails_closed() {
     );
     assert!(!s.echo.received(&response.test_id));
     assert!(envoy.stat("wasmcustom.tether.refused.key_set_unavailable") >= 1);
+    envoy.stop();
+}
+
+/// A client's registered keys can be fetched too: its request signatures verify with them.
+#[test]
+fn client_key_set_is_fetched_for_request_signatures() {
+    let s = setup();
+    let keys_dir = s.dir.join("client");
+    std::fs::create_dir_all(&keys_dir).expect("dir");
+    let client_key = SigningKey::generate(&keys_dir, Alg::Es256, "batch-1", true);
+    // One key server; the issuer's and the client's sets are two sources (two paths).
+    let mut jwks = s.issuer.jwks();
+    jwks["keys"]
+        .as_array_mut()
+        .expect("keys")
+        .push(client_key.jwk());
+    let server = KeyServer::start(&jwks);
+    let remote = |path: &str| json!({"cluster": "idp", "path": path, "timeout_ms": 2000});
+    let config = json!({
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "remote_jwks": remote("/issuer.json")}],
+        "clients": [{"client_id": "batch-job", "remote_jwks": remote("/batch-job.json")}],
+        "rules": [{"prefix": "/", "require": "mtls", "signed_request": true}],
+    });
+    let envoy = envoy_with(&s, server.port, config);
+    let token = s
+        .issuer
+        .token()
+        .bound_to(&s.pki.alice)
+        .claim("client_id", "batch-job")
+        .sign();
+    let body = b"{\"batch\":42}";
+    let htu = format!("https://localhost:{}/jobs", envoy.https_port());
+    let header = jws::protected("ES256", Some("batch-1"), "POST", &htu, &token);
+    let signature = jws::detached(&header, body, Signer::Key(&client_key));
+    let post = |signature: &str| {
+        HttpsRequest::new(envoy.https_port(), &s.pki.ca, "/jobs")
+            .cert(&s.pki.alice)
+            .bearer(&token)
+            .method("POST")
+            .header("x-jws-signature", signature)
+            .body(body)
+            .send()
+    };
+    assert_status(&post(&signature), 200, None);
+    // The same signature again is a replay, whatever the key's origin.
+    assert_status(
+        &post(&signature),
+        401,
+        Some("request signature was already used"),
+    );
+    assert!(
+        server.hits.load(Ordering::SeqCst) >= 2,
+        "both key sets fetched"
+    );
     envoy.stop();
 }

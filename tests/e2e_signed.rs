@@ -428,3 +428,42 @@ fn oversized_body_is_refused_with_413() {
     assert_eq!(response.json()["error"], "request_too_large");
     assert!(!fixtures().echo.received(&response.test_id));
 }
+
+/// Hostile signature headers are refused, and the next good request is served: nothing in a
+/// signature can take the VM down.
+#[test]
+fn garbage_signatures_are_refused_and_the_next_request_is_served() {
+    let f = fixtures();
+    let token = token_for("alice-app");
+    let huge = "A".repeat(20_000);
+    for garbage in [
+        &b"..\xff\xfe"[..],
+        b"....",
+        b"e30..",
+        huge.as_bytes(),
+        b"\x01\x02\x03",
+    ] {
+        let response = HttpsRequest::new(f.envoy.https_port(), &f.pki.ca, "/payments")
+            .cert(&f.pki.alice)
+            .bearer(&token)
+            .method("POST")
+            .raw_header(HEADER, garbage)
+            .body(BODY)
+            .send();
+        assert!(
+            response.status == 401 || response.status == 400,
+            "{}: {}",
+            response.status,
+            response.text()
+        );
+        assert!(!f.echo.received(&response.test_id));
+    }
+    let key = client_key(Alg::Es256);
+    let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
+    assert_served(&post(
+        "/payments",
+        &token,
+        BODY,
+        Some(&detached(&header, BODY, Some(key))),
+    ));
+}
