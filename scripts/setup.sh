@@ -42,7 +42,9 @@ fi
 
 # jwcrypto: an independent JOSE implementation for the interoperability tests.
 JWCRYPTO_VERSION=1.6.1
-if ! .venv/bin/pip show jwcrypto 2>/dev/null | grep -qx "Version: $JWCRYPTO_VERSION"; then
+# (The output is captured first: grep -q would close the pipe early, and pipefail fail.)
+installed=$(.venv/bin/pip show jwcrypto 2>/dev/null || true)
+if ! grep -qx "Version: $JWCRYPTO_VERSION" <<<"$installed"; then
   echo "setup: installing jwcrypto==$JWCRYPTO_VERSION into .venv"
   .venv/bin/pip install -q --disable-pip-version-check "jwcrypto==$JWCRYPTO_VERSION"
 fi
