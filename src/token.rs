@@ -375,15 +375,7 @@ pub(crate) mod tests {
     #[test]
     fn valid_token_verifies_and_exposes_claims() {
         let f = fixture();
-        let token = verify(
-            &sign(&f, claims()),
-            &f.issuers,
-            &RemoteKeys::default(),
-            LIMITS,
-            &InVm,
-            NOW,
-        )
-        .unwrap();
+        let token = check(&f, &sign(&f, claims()), NOW).unwrap();
         assert_eq!(token.string_claim("sub"), Some("alice"));
         assert!(token.confirmation().x5t_s256.is_some());
     }
@@ -393,15 +385,7 @@ pub(crate) mod tests {
         let f = fixture();
         let token = sign(&f, claims());
         assert_eq!(
-            verify(
-                &token,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW + 300 + 31
-            )
-            .unwrap_err(),
+            check(&f, &token, NOW + 300 + 31).unwrap_err(),
             Reason::TokenExpired
         );
     }
@@ -410,15 +394,7 @@ pub(crate) mod tests {
     fn exp_in_past_but_within_skew_is_ok() {
         let f = fixture();
         let token = sign(&f, claims());
-        assert!(verify(
-            &token,
-            &f.issuers,
-            &RemoteKeys::default(),
-            LIMITS,
-            &InVm,
-            NOW + 300 + 29
-        )
-        .is_ok());
+        assert!(check(&f, &token, NOW + 300 + 29).is_ok());
     }
 
     #[test]
@@ -427,15 +403,7 @@ pub(crate) mod tests {
         let mut c = claims();
         c.invalid_before = Some(UnixTimeStamp::from_secs(NOW + 60));
         assert_eq!(
-            verify(
-                &sign(&f, c),
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &sign(&f, c), NOW).unwrap_err(),
             Reason::TokenNotYetValid
         );
     }
@@ -445,15 +413,7 @@ pub(crate) mod tests {
         let f = fixture();
         let mut c = claims();
         c.invalid_before = Some(UnixTimeStamp::from_secs(NOW + 20));
-        assert!(verify(
-            &sign(&f, c),
-            &f.issuers,
-            &RemoteKeys::default(),
-            LIMITS,
-            &InVm,
-            NOW
-        )
-        .is_ok());
+        assert!(check(&f, &sign(&f, c), NOW).is_ok());
     }
 
     #[test]
@@ -463,15 +423,7 @@ pub(crate) mod tests {
         c.issued_at = Some(UnixTimeStamp::from_secs(NOW + 120));
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 400));
         assert_eq!(
-            verify(
-                &sign(&f, c),
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &sign(&f, c), NOW).unwrap_err(),
             Reason::TokenNotYetValid
         );
     }
@@ -482,15 +434,7 @@ pub(crate) mod tests {
         let mut c = claims();
         c.expires_at = None;
         assert_eq!(
-            verify(
-                &sign(&f, c),
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &sign(&f, c), NOW).unwrap_err(),
             Reason::ExpiryMissing
         );
     }
@@ -501,28 +445,12 @@ pub(crate) mod tests {
         let mut c = claims();
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 901));
         assert_eq!(
-            verify(
-                &sign(&f, c),
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &sign(&f, c), NOW).unwrap_err(),
             Reason::LifetimeTooLong
         );
         let mut c = claims();
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 900));
-        assert!(verify(
-            &sign(&f, c),
-            &f.issuers,
-            &RemoteKeys::default(),
-            LIMITS,
-            &InVm,
-            NOW
-        )
-        .is_ok());
+        assert!(check(&f, &sign(&f, c), NOW).is_ok());
     }
 
     #[test]
@@ -532,15 +460,7 @@ pub(crate) mod tests {
         c.issued_at = None;
         c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 3600));
         assert_eq!(
-            verify(
-                &sign(&f, c),
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &sign(&f, c), NOW).unwrap_err(),
             Reason::LifetimeTooLong
         );
     }
@@ -550,29 +470,13 @@ pub(crate) mod tests {
         let f = fixture();
         let c = claims().with_issuer("https://evil.example.com");
         assert_eq!(
-            verify(
-                &sign(&f, c),
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &sign(&f, c), NOW).unwrap_err(),
             Reason::IssuerUnknown
         );
         let mut c = claims();
         c.issuer = None;
         assert_eq!(
-            verify(
-                &sign(&f, c),
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &sign(&f, c), NOW).unwrap_err(),
             Reason::IssuerUnknown
         );
     }
@@ -582,39 +486,15 @@ pub(crate) mod tests {
         let f = fixture();
         let c = claims().with_audience("https://other.mesh.internal");
         assert_eq!(
-            verify(
-                &sign(&f, c),
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &sign(&f, c), NOW).unwrap_err(),
             Reason::AudienceMismatch
         );
         let c = claims().with_audiences(HashSet::from(["https://other.mesh.internal", AUD]));
-        assert!(verify(
-            &sign(&f, c),
-            &f.issuers,
-            &RemoteKeys::default(),
-            LIMITS,
-            &InVm,
-            NOW
-        )
-        .is_ok());
+        assert!(check(&f, &sign(&f, c), NOW).is_ok());
         let mut c = claims();
         c.audiences = None;
         assert_eq!(
-            verify(
-                &sign(&f, c),
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &sign(&f, c), NOW).unwrap_err(),
             Reason::AudienceMismatch
         );
     }
@@ -629,15 +509,7 @@ pub(crate) mod tests {
         payload["sub"] = json!("mallory");
         let forged = format!("{}.{}.{}", parts[0], b64(&payload), parts[2]);
         assert_eq!(
-            verify(
-                &forged,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &forged, NOW).unwrap_err(),
             Reason::SignatureInvalid
         );
     }
@@ -647,18 +519,7 @@ pub(crate) mod tests {
         let f = fixture();
         let other = ES256KeyPair::generate().with_key_id("k2");
         let token = other.sign(claims()).unwrap();
-        assert_eq!(
-            verify(
-                &token,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
-            Reason::KeyUnknown
-        );
+        assert_eq!(check(&f, &token, NOW).unwrap_err(), Reason::KeyUnknown);
     }
 
     #[test]
@@ -667,15 +528,7 @@ pub(crate) mod tests {
         let other = ES256KeyPair::generate().with_key_id("k1");
         let token = other.sign(claims()).unwrap();
         assert_eq!(
-            verify(
-                &token,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &token, NOW).unwrap_err(),
             Reason::SignatureInvalid
         );
     }
@@ -687,15 +540,7 @@ pub(crate) mod tests {
             .unwrap()
             .sign(claims())
             .unwrap();
-        assert!(verify(
-            &token,
-            &f.issuers,
-            &RemoteKeys::default(),
-            LIMITS,
-            &InVm,
-            NOW
-        )
-        .is_ok());
+        assert!(check(&f, &token, NOW).is_ok());
     }
 
     #[test]
@@ -707,15 +552,7 @@ pub(crate) mod tests {
             b64(&serde_json::to_value(claims()).unwrap())
         );
         assert_eq!(
-            verify(
-                &token,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &token, NOW).unwrap_err(),
             Reason::AlgorithmNotAllowed
         );
     }
@@ -730,15 +567,7 @@ pub(crate) mod tests {
             .authenticate(claims())
             .unwrap();
         assert_eq!(
-            verify(
-                &token,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &token, NOW).unwrap_err(),
             Reason::AlgorithmNotAllowed
         );
     }
@@ -751,15 +580,7 @@ pub(crate) mod tests {
             .sign(claims())
             .unwrap();
         assert_eq!(
-            verify(
-                &token,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
+            check(&f, &token, NOW).unwrap_err(),
             Reason::AlgorithmNotAllowed
         );
     }
@@ -778,15 +599,7 @@ pub(crate) mod tests {
         let forged_sig = attacker.sign(claims()).unwrap();
         let forged = format!("{signing_input}.{}", forged_sig.rsplit('.').next().unwrap());
         // jwt-simple does not even decode a header `jwk` object; either way it is refused.
-        let reason = verify(
-            &forged,
-            &f.issuers,
-            &RemoteKeys::default(),
-            LIMITS,
-            &InVm,
-            NOW,
-        )
-        .unwrap_err();
+        let reason = check(&f, &forged, NOW).unwrap_err();
         assert!(
             matches!(reason, Reason::SignatureInvalid | Reason::TokenMalformed),
             "{reason:?}"
@@ -807,15 +620,7 @@ pub(crate) mod tests {
             "eyJhbGciOiJFUzI1NiJ9..c",
             "eyJhbGciOiJFUzI1NiJ9.bm90IGpzb24.c",
         ] {
-            let reason = verify(
-                garbage,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW,
-            )
-            .unwrap_err();
+            let reason = check(&f, garbage, NOW).unwrap_err();
             assert!(
                 matches!(
                     reason,
@@ -825,18 +630,7 @@ pub(crate) mod tests {
             );
         }
         let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
-        assert_eq!(
-            verify(
-                &huge,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
-            Reason::TokenTooLarge
-        );
+        assert_eq!(check(&f, &huge, NOW).unwrap_err(), Reason::TokenTooLarge);
     }
 
     #[test]
@@ -850,18 +644,19 @@ pub(crate) mod tests {
             b64(&header),
             b64(&serde_json::to_value(c).unwrap())
         );
-        assert_eq!(
-            verify(
-                &token,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
-            Reason::TokenMalformed
-        );
+        assert_eq!(check(&f, &token, NOW).unwrap_err(), Reason::TokenMalformed);
+    }
+
+    /// Verifies `token` with the fixture's issuer, in the VM, at `now`.
+    fn check(f: &Fixture, token: &str, now: u64) -> Result<VerifiedToken, Reason> {
+        verify(
+            token,
+            &f.issuers,
+            &RemoteKeys::default(),
+            LIMITS,
+            &InVm,
+            now,
+        )
     }
 
     /// A verified token with no claims but `exp`, for cache tests.
@@ -892,31 +687,12 @@ pub(crate) mod tests {
         let c = serde_json::to_value(claims()).unwrap();
         for typ in ["JWT", "at+jwt", "application/at+jwt", "AT+JWT"] {
             let token = with_header(&f, json!({"alg": "ES256", "kid": "k1", "typ": typ}), &c);
-            assert!(
-                verify(
-                    &token,
-                    &f.issuers,
-                    &RemoteKeys::default(),
-                    LIMITS,
-                    &InVm,
-                    NOW
-                )
-                .is_ok(),
-                "{typ}"
-            );
+            assert!(check(&f, &token, NOW).is_ok(), "{typ}");
         }
         for typ in ["dpop+jwt", "logout+jwt", "JOSE", ""] {
             let token = with_header(&f, json!({"alg": "ES256", "kid": "k1", "typ": typ}), &c);
             assert_eq!(
-                verify(
-                    &token,
-                    &f.issuers,
-                    &RemoteKeys::default(),
-                    LIMITS,
-                    &InVm,
-                    NOW
-                )
-                .unwrap_err(),
+                check(&f, &token, NOW).unwrap_err(),
                 Reason::TokenTypeNotAllowed,
                 "{typ}"
             );
@@ -929,44 +705,14 @@ pub(crate) mod tests {
         let mut c = serde_json::to_value(claims()).unwrap();
         c["exp"] = json!((NOW + 300) as f64 + 0.5);
         let token = with_header(&f, json!({"alg": "ES256", "kid": "k1"}), &c);
-        let verified = verify(
-            &token,
-            &f.issuers,
-            &RemoteKeys::default(),
-            LIMITS,
-            &InVm,
-            NOW,
-        )
-        .unwrap();
+        let verified = check(&f, &token, NOW).unwrap();
         assert_eq!(verified.expires_at(), NOW + 300);
         c["exp"] = json!(-1);
         let token = with_header(&f, json!({"alg": "ES256", "kid": "k1"}), &c);
-        assert_eq!(
-            verify(
-                &token,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
-            Reason::TokenMalformed
-        );
+        assert_eq!(check(&f, &token, NOW).unwrap_err(), Reason::TokenMalformed);
         c["exp"] = json!("1800000300");
         let token = with_header(&f, json!({"alg": "ES256", "kid": "k1"}), &c);
-        assert_eq!(
-            verify(
-                &token,
-                &f.issuers,
-                &RemoteKeys::default(),
-                LIMITS,
-                &InVm,
-                NOW
-            )
-            .unwrap_err(),
-            Reason::TokenMalformed
-        );
+        assert_eq!(check(&f, &token, NOW).unwrap_err(), Reason::TokenMalformed);
     }
 
     #[test]
@@ -985,18 +731,7 @@ pub(crate) mod tests {
             (b64(&json!({"alg": "ES256", "kid": "k1"})), payload),
         ] {
             let token = sign_input(&f, &format!("{h}.{p}"));
-            assert_eq!(
-                verify(
-                    &token,
-                    &f.issuers,
-                    &RemoteKeys::default(),
-                    LIMITS,
-                    &InVm,
-                    NOW
-                )
-                .unwrap_err(),
-                Reason::TokenMalformed
-            );
+            assert_eq!(check(&f, &token, NOW).unwrap_err(), Reason::TokenMalformed);
         }
     }
 
