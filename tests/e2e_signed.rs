@@ -131,6 +131,11 @@ fn post(path: &str, token: &str, body: &[u8], signature: Option<&str>) -> Respon
     request.send()
 }
 
+/// POSTs `BODY` to `path` with `token`, signed under `header` by `key`.
+fn signed_post(path: &str, token: &str, header: &Value, key: &SigningKey) -> Response {
+    post(path, token, BODY, Some(&detached(header, BODY, Some(key))))
+}
+
 const BODY: &[u8] = b"{\"amount\":\"10.00\",\"to\":\"bob\"}";
 
 #[track_caller]
@@ -168,12 +173,7 @@ fn signed_post_with_each_client_algorithm_is_served() {
     for alg in [Alg::Es256, Alg::EdDsa, Alg::Rs256] {
         let key = client_key(alg);
         let header = protected(alg.name(), Some(&key.kid), "POST", "/payments", &token);
-        let response = post(
-            "/payments",
-            &token,
-            BODY,
-            Some(&detached(&header, BODY, Some(key))),
-        );
+        let response = signed_post("/payments", &token, &header, key);
         assert_served(&response);
     }
 }
@@ -186,12 +186,7 @@ fn signed_post_with_the_encoded_payload_form_is_served() {
     let object = header.as_object_mut().expect("object");
     object.remove("b64");
     object.remove("crit");
-    let response = post(
-        "/payments?x=1",
-        &token,
-        BODY,
-        Some(&detached(&header, BODY, Some(key))),
-    );
+    let response = signed_post("/payments?x=1", &token, &header, key);
     assert_served(&response);
 }
 
@@ -229,24 +224,14 @@ fn signature_for_another_method_or_path_is_refused() {
     let token = token_for("alice-app");
     let key = client_key(Alg::Es256);
     let put = protected("ES256", Some(&key.kid), "PUT", "/payments", &token);
-    let response = post(
-        "/payments",
-        &token,
-        BODY,
-        Some(&detached(&put, BODY, Some(key))),
-    );
+    let response = signed_post("/payments", &token, &put, key);
     assert_signature_refused(
         &response,
         "request_signature_mismatch",
         "request signature does not match the request",
     );
     let other = protected("ES256", Some(&key.kid), "POST", "/payments/other", &token);
-    let response = post(
-        "/payments",
-        &token,
-        BODY,
-        Some(&detached(&other, BODY, Some(key))),
-    );
+    let response = signed_post("/payments", &token, &other, key);
     assert_signature_refused(
         &response,
         "request_signature_mismatch",
@@ -268,12 +253,7 @@ fn signature_naming_another_token_is_refused() {
     assert_ne!(other, token);
     let key = client_key(Alg::Es256);
     let header = protected("ES256", Some(&key.kid), "POST", "/payments", &other);
-    let response = post(
-        "/payments",
-        &token,
-        BODY,
-        Some(&detached(&header, BODY, Some(key))),
-    );
+    let response = signed_post("/payments", &token, &header, key);
     assert_signature_refused(
         &response,
         "request_signature_mismatch",
@@ -287,12 +267,7 @@ fn old_signature_is_refused() {
     let key = client_key(Alg::Es256);
     let mut header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
     header["iat"] = json!(support::now() - 120);
-    let response = post(
-        "/payments",
-        &token,
-        BODY,
-        Some(&detached(&header, BODY, Some(key))),
-    );
+    let response = signed_post("/payments", &token, &header, key);
     assert_signature_refused(
         &response,
         "request_signature_expired",
@@ -320,12 +295,7 @@ fn unknown_kid_is_refused() {
     let token = token_for("alice-app");
     let key = client_key(Alg::Es256);
     let header = protected("ES256", Some("not-registered"), "POST", "/payments", &token);
-    let response = post(
-        "/payments",
-        &token,
-        BODY,
-        Some(&detached(&header, BODY, Some(key))),
-    );
+    let response = signed_post("/payments", &token, &header, key);
     assert_signature_refused(
         &response,
         "request_signature_key_unknown",
@@ -338,12 +308,7 @@ fn client_without_registered_keys_is_refused() {
     let token = token_for("unregistered-app");
     let key = client_key(Alg::Es256);
     let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
-    let response = post(
-        "/payments",
-        &token,
-        BODY,
-        Some(&detached(&header, BODY, Some(key))),
-    );
+    let response = signed_post("/payments", &token, &header, key);
     assert_signature_refused(
         &response,
         "request_signature_key_unknown",
@@ -460,10 +425,5 @@ fn garbage_signatures_are_refused_and_the_next_request_is_served() {
     }
     let key = client_key(Alg::Es256);
     let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
-    assert_served(&post(
-        "/payments",
-        &token,
-        BODY,
-        Some(&detached(&header, BODY, Some(key))),
-    ));
+    assert_served(&signed_post("/payments", &token, &header, key));
 }
