@@ -40,19 +40,28 @@ impl KeyServer {
         let (served, counted) = (Arc::clone(&answer), Arc::clone(&hits));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(&stream);
-                let mut line = String::new();
-                // Read the request head; a GET has no body.
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                counted.fetch_add(1, Ordering::SeqCst);
-                let (status, body) = served.lock().expect("answer").clone();
-                let _ = write!(
-                    &stream,
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                let (served, counted) = (Arc::clone(&served), Arc::clone(&counted));
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(&stream);
+                    let mut line = String::new();
+                    let mut slow = false;
+                    // Read the request head; a GET has no body. A path naming "slow" is
+                    // answered after 800 ms.
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        slow |= line.starts_with("GET") && line.contains("slow");
+                        line.clear();
+                    }
+                    if slow {
+                        std::thread::sleep(Duration::from_millis(800));
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let (status, body) = served.lock().expect("answer").clone();
+                    let _ = write!(
+                        &stream,
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
             }
         });
         KeyServer { port, answer, hits }
@@ -254,6 +263,9 @@ fn dead_key_server_fails_closed() {
 }
 
 /// A client's registered keys can be fetched too: its request signatures verify with them.
+/// The client's key set arrives after the issuer's (its key server answers late), so the
+/// request, held for the issuer's keys, must wait again for the client's: a regression test
+/// for a request that was refused with 503 when its two key sets loaded one after the other.
 #[test]
 fn client_key_set_is_fetched_for_request_signatures() {
     let s = setup();
@@ -270,7 +282,7 @@ fn client_key_set_is_fetched_for_request_signatures() {
     let remote = |path: &str| json!({"cluster": "idp", "path": path, "timeout_ms": 2000});
     let config = json!({
         "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "remote_jwks": remote("/issuer.json")}],
-        "clients": [{"client_id": "batch-job", "remote_jwks": remote("/batch-job.json")}],
+        "clients": [{"client_id": "batch-job", "remote_jwks": remote("/batch-job-slow.json")}],
         "rules": [{"prefix": "/", "require": "mtls", "signed_request": true}],
     });
     let envoy = envoy_with(&s, server.port, config);

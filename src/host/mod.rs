@@ -321,7 +321,7 @@ enum Outcome {
 }
 
 /// Decides a request (in whatever context is current) and acts on everything but a wait
-/// for keys or for the body. `may_wait` is false when the request has waited already.
+/// for keys or for the body. `may_wait` is false once a held request's deadline has passed.
 fn decide_now(
     shared: &Shared,
     facts: &OwnedRequest,
@@ -417,12 +417,14 @@ fn resolve_waiting(shared: &Shared, check_deadlines: bool) {
             continue;
         }
         let peer = waiting.peer;
+        // A request may need a second key set after the first (the issuer's, then the
+        // client's): it may wait again, but never past its first deadline.
         let outcome = decide_now(
             shared,
             &waiting.facts,
             &mut || peer,
             waiting.end_of_stream,
-            false,
+            now_ms < waiting.deadline_ms,
         );
         let action = match outcome {
             Outcome::Done(action) => action,
@@ -434,8 +436,18 @@ fn resolve_waiting(shared: &Shared, check_deadlines: bool) {
                     continue;
                 }
             },
-            // Not reached: a second wait is refused inside decide_now.
-            Outcome::Wait(_) => refuse(Some(shared), Reason::KeySetUnavailable, None),
+            Outcome::Wait(set) => {
+                let seen_fetched_at = shared.remote.borrow().fetched_at(set);
+                shared.waiting.borrow_mut().insert(
+                    context_id,
+                    Waiting {
+                        set,
+                        seen_fetched_at,
+                        ..waiting
+                    },
+                );
+                continue;
+            }
         };
         if matches!(action, Action::Continue) {
             let _ = hostcalls::resume_http_request();
