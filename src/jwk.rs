@@ -140,6 +140,51 @@ pub fn parse_jwks(jwks: &Value) -> Result<KeySet, String> {
     Ok(set)
 }
 
+/// The most entries of a fetched JWKS that are examined: the document is at most 256 KiB, and
+/// no identity provider publishes more than a handful of keys.
+pub const MAX_FETCHED_ENTRIES: usize = 256;
+
+/// Parses a JWKS fetched from a `jwks_uri`, where the identity provider, not the operator,
+/// decides what is published: every key Tether cannot use (malformed, too short an RSA
+/// modulus, an `alg` that does not fit, only `x5c`, private material, or beyond the
+/// [`MAX_KEYS`]th usable key) is skipped with a note, so that one odd key never blocks a
+/// rotated-in good one (issue 7, finding 7). Only a document that is not a JWKS at all is an
+/// error; the caller requires at least one usable key.
+pub fn parse_fetched_jwks(jwks: &Value) -> Result<KeySet, String> {
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("a JWKS must be an object with a \"keys\" array")?;
+    let mut set = KeySet::default();
+    // JWKs used (an RSA JWK without `alg` gives one key per algorithm).
+    let mut used = 0;
+    for (i, jwk) in keys.iter().enumerate() {
+        if i == MAX_FETCHED_ENTRIES {
+            set.skipped.push(format!(
+                "keys[{i}] and later skipped: at most {MAX_FETCHED_ENTRIES} entries are read"
+            ));
+            break;
+        }
+        let parsed = match jwk.as_object() {
+            Some(jwk) => parse_jwk(jwk),
+            None => Err("not a JSON object".into()),
+        };
+        match parsed {
+            Ok(Parsed::Keys(_)) if used == MAX_KEYS => set.skipped.push(format!(
+                "keys[{i}] skipped: at most {MAX_KEYS} keys are used"
+            )),
+            Ok(Parsed::Keys(keys)) => {
+                used += 1;
+                set.keys.extend(keys);
+            }
+            Ok(Parsed::Skipped(why)) | Err(why) => {
+                set.skipped.push(format!("keys[{i}] skipped: {why}"));
+            }
+        }
+    }
+    Ok(set)
+}
+
 /// Parses one public JWK that must be usable, such as a token's `cnf.jwk` (RFC 7800 §3.2):
 /// unlike a JWKS, where unsupported keys are skipped, an unusable key here is an error.
 pub fn parse_one(jwk: &Value) -> Result<Vec<VerificationKey>, String> {
@@ -481,5 +526,63 @@ mod tests {
         assert!(parse_jwks(&json!({"keys": [weak_rsa]})).is_err());
         assert!(parse_jwks(&json!({"keys": "nope"})).is_err());
         assert!(parse_jwks(&json!([])).is_err());
+    }
+
+    const A3_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const A3_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+
+    /// Regression test for issue 7, finding 7: each of these in a fetched key set rejected
+    /// the whole document, so a rotated-in good key was never picked up.
+    #[test]
+    fn fetched_set_skips_each_unusable_key_and_keeps_the_good_one() {
+        let mut weak = vec![0xc5u8; 128];
+        weak[127] = 0x01;
+        let odd_keys = [
+            json!({"kty": "RSA", "kid": "weak", "n": URL_SAFE_NO_PAD.encode(&weak), "e": "AQAB"}),
+            json!({"kty": "EC", "crv": "P-256", "alg": "RS256", "kid": "misfit", "x": A3_X, "y": A3_Y}),
+            json!({"kty": "RSA", "kid": "x5c-only", "x5c": ["MIIB"]}),
+            json!({"kty": "EC", "crv": "P-256", "kid": "private", "x": A3_X, "y": A3_Y,
+                   "d": "jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI"}),
+            json!("not an object"),
+        ];
+        let good = json!({"kty": "EC", "crv": "P-256", "kid": "rotated", "x": A3_X, "y": A3_Y});
+        for odd in &odd_keys {
+            // The strict parse of inline configuration refuses each of them...
+            assert!(parse_jwks(&json!({"keys": [odd, good]})).is_err(), "{odd}");
+            // ...the fetched one skips it and keeps the good key.
+            let set = parse_fetched_jwks(&json!({"keys": [odd, good]})).unwrap();
+            assert_eq!(set.keys.len(), 1, "{odd}");
+            assert_eq!(set.keys[0].kid.as_deref(), Some("rotated"));
+            assert_eq!(set.skipped.len(), 1, "{odd}");
+        }
+        assert!(parse_fetched_jwks(&json!({"keys": "nope"})).is_err());
+        assert!(parse_fetched_jwks(&json!([])).is_err());
+    }
+
+    #[test]
+    fn fetched_set_uses_at_most_64_keys_and_reads_a_bounded_number_of_entries() {
+        let key = |i: usize| json!({"kty": "EC", "crv": "P-256", "kid": format!("k{i}"), "x": A3_X, "y": A3_Y});
+        let many: Vec<Value> = (0..65).map(key).collect();
+        let set = parse_fetched_jwks(&json!({"keys": many})).unwrap();
+        assert_eq!(set.keys.len(), MAX_KEYS);
+        assert_eq!(
+            set.skipped,
+            vec!["keys[64] skipped: at most 64 keys are used"]
+        );
+        // An RSA key without `alg` is one JWK, however many algorithms it verifies.
+        let mut rsa = rfc7638_key();
+        rsa.as_object_mut().unwrap().remove("alg");
+        let mut mixed: Vec<Value> = (0..63).map(key).collect();
+        mixed.push(rsa);
+        assert_eq!(
+            parse_fetched_jwks(&json!({"keys": mixed}))
+                .unwrap()
+                .keys
+                .len(),
+            63 + 6
+        );
+        let junk: Vec<Value> = (0..300).map(|_| json!({})).collect();
+        let set = parse_fetched_jwks(&json!({"keys": junk})).unwrap();
+        assert_eq!(set.skipped.len(), MAX_FETCHED_ENTRIES + 1);
     }
 }

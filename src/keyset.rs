@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
-use crate::jwk::{parse_jwks, VerificationKey};
+use crate::jwk::{parse_fetched_jwks, VerificationKey};
 use crate::reject::Reason;
 
 /// Default for `remote_jwks.refresh_seconds`.
@@ -24,6 +24,41 @@ pub const EARLY_REFETCH_INTERVAL_SECONDS: u64 = 30;
 pub const RETRY_SECONDS: u64 = 5;
 /// The largest key set document read.
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+/// How far in the future a shared record's times may lie before the record is implausible:
+/// a fetch is claimed for at most `timeout_ms` (60 s at most) plus a second, and the clocks
+/// of one Envoy's workers agree.
+pub const MAX_FUTURE_SECONDS: u64 = 61;
+
+/// The prefix of the shared-data keys of one Tether plugin configuration: a hash of the
+/// plugin's root id and its configuration.
+///
+/// Envoy scopes shared data by `vm_id` only, so every plugin in the same VM id reads and
+/// writes the same keys. Namespacing keeps two Tether configurations apart, and keeps Tether
+/// clear of any other plugin's keys; it is not a secret (see the README on `vm_id`).
+pub fn namespace(root_id: &[u8], configuration: &[u8]) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"tether.namespace.v1\0")
+        .chain_update(root_id)
+        .chain_update(b"\0")
+        .chain_update(configuration)
+        .finalize();
+    format!("tether.{}", hex(&digest[..8]))
+}
+
+/// The prefix of the replay record's keys: the root id only, not the configuration, so that
+/// pushing a new configuration does not forget the signatures already seen (which could then
+/// be replayed once more).
+pub fn replay_namespace(root_id: &[u8]) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"tether.replay.v1\0")
+        .chain_update(root_id)
+        .finalize();
+    format!("tether.{}", hex(&digest[..8]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Where a key set comes from.
 #[derive(Debug)]
@@ -44,15 +79,14 @@ pub struct RemoteJwks {
 }
 
 impl RemoteJwks {
-    /// The shared-data key of this key set: the same source is fetched once, whichever
-    /// issuers or clients use it.
-    pub fn shared_key(&self) -> String {
+    /// The shared-data key of this key set under `namespace`: the same source is fetched
+    /// once, whichever issuers or clients use it.
+    pub fn shared_key(&self, namespace: &str) -> String {
         let digest = Sha256::digest(format!(
             "{}\n{}\n{}",
             self.cluster, self.authority, self.path
         ));
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        format!("tether.jwks.{hex}")
+        format!("{namespace}.jwks.{}", hex(&digest[..8]))
     }
 }
 
@@ -94,9 +128,21 @@ impl SharedRecord {
         }
     }
 
-    /// Whether a VM should fetch now: never fetched, stale, or an early refetch asked for
-    /// after the last fetch; and nobody is fetching or backing off.
+    /// Whether the record's times could have been written by Tether: none lies further in
+    /// the future than a fetch's claim. A record written by someone else (another plugin in
+    /// the same `vm_id`) with a far-future `fetched_at` would otherwise never be refreshed
+    /// (issue 7, finding 5).
+    pub fn plausible(&self, now: u64) -> bool {
+        let limit = now.saturating_add(MAX_FUTURE_SECONDS);
+        self.fetched_at <= limit && self.busy_until <= limit && self.refetch_requested_at <= limit
+    }
+
+    /// Whether a VM should fetch now: never fetched, stale, an early refetch asked for after
+    /// the last fetch, or an implausible record; and nobody is fetching or backing off.
     pub fn due(&self, source: &RemoteJwks, now: u64) -> bool {
+        if !self.plausible(now) {
+            return true;
+        }
         if now < self.busy_until {
             return false;
         }
@@ -144,24 +190,36 @@ impl RemoteKeys {
         self.sets.get(i).map_or(0, |s| s.fetched_at)
     }
 
-    /// Decodes a shared record newer than what this VM has. A document that does not parse
-    /// leaves the last good keys in place.
-    pub fn install(&mut self, i: usize, record: &SharedRecord) -> Result<bool, String> {
+    /// Decodes a shared record newer than what this VM has, at `now`. An implausible record
+    /// or a document that is not a usable JWKS leaves the last good keys in place (and the
+    /// caller asks for a refetch).
+    pub fn install(&mut self, i: usize, record: &SharedRecord, now: u64) -> Result<bool, String> {
         let Some(set) = self.sets.get_mut(i) else {
             return Ok(false);
         };
         if record.fetched_at == 0 || record.fetched_at <= set.fetched_at {
             return Ok(false);
         }
-        let keys = decode_document(&record.document)?;
-        set.keys = Some(Rc::new(keys));
+        if !record.plausible(now) {
+            return Err("the shared record's times lie in the future".into());
+        }
+        let document = decode_document(&record.document)?;
+        set.keys = Some(Rc::new(document.keys));
         set.fetched_at = record.fetched_at;
         Ok(true)
     }
 }
 
-/// Parses a fetched JWKS document: it must hold at least one usable key.
-pub fn decode_document(document: &[u8]) -> Result<Vec<VerificationKey>, String> {
+/// A fetched JWKS document, decoded.
+pub struct Document {
+    pub keys: Vec<VerificationKey>,
+    /// Why each key that could not be used was skipped.
+    pub skipped: Vec<String>,
+}
+
+/// Parses a fetched JWKS document: unusable keys are skipped, and at least one usable key
+/// must remain.
+pub fn decode_document(document: &[u8]) -> Result<Document, String> {
     if document.len() > MAX_DOCUMENT_BYTES {
         return Err(format!(
             "key set document larger than {MAX_DOCUMENT_BYTES} bytes"
@@ -169,11 +227,17 @@ pub fn decode_document(document: &[u8]) -> Result<Vec<VerificationKey>, String> 
     }
     let json: serde_json::Value =
         serde_json::from_slice(document).map_err(|e| format!("key set is not JSON: {e}"))?;
-    let set = parse_jwks(&json)?;
+    let set = parse_fetched_jwks(&json)?;
     if set.keys.is_empty() {
-        return Err("key set has no usable signature verification key".into());
+        return Err(format!(
+            "key set has no usable signature verification key ({} skipped)",
+            set.skipped.len()
+        ));
     }
-    Ok(set.keys)
+    Ok(Document {
+        keys: set.keys,
+        skipped: set.skipped,
+    })
 }
 
 #[cfg(test)]
@@ -241,24 +305,85 @@ mod tests {
             document: DOCUMENT.as_bytes().to_vec(),
             ..Default::default()
         };
-        assert_eq!(keys.install(0, &good), Ok(true));
+        assert_eq!(keys.install(0, &good, 10), Ok(true));
         assert_eq!(keys.resolve(&source).unwrap().len(), 1);
-        assert_eq!(keys.install(0, &good), Ok(false));
+        assert_eq!(keys.install(0, &good, 10), Ok(false));
         let bad = SharedRecord {
             fetched_at: 20,
             document: b"{}".to_vec(),
             ..Default::default()
         };
-        assert!(keys.install(0, &bad).is_err());
+        assert!(keys.install(0, &bad, 20).is_err());
         assert_eq!(keys.resolve(&source).unwrap().len(), 1);
         assert_eq!(keys.fetched_at(0), 10);
     }
 
     #[test]
-    fn shared_key_names_the_source() {
+    fn shared_key_names_the_source_under_the_namespace() {
         let mut other = source();
         other.path = "/other".into();
-        assert_ne!(source().shared_key(), other.shared_key());
-        assert!(source().shared_key().starts_with("tether.jwks."));
+        let ns = namespace(b"", b"{}");
+        assert_ne!(source().shared_key(&ns), other.shared_key(&ns));
+        assert!(source().shared_key(&ns).starts_with(&format!("{ns}.jwks.")));
+    }
+
+    #[test]
+    fn namespaces_differ_by_configuration_and_root_id() {
+        let a = namespace(b"", b"{\"issuers\":[]}");
+        assert_eq!(a, namespace(b"", b"{\"issuers\":[]}"));
+        assert_ne!(a, namespace(b"", b"{\"issuers\": []}"));
+        assert_ne!(a, namespace(b"other", b"{\"issuers\":[]}"));
+        // The root id and the configuration cannot trade bytes.
+        assert_ne!(namespace(b"a", b"b"), namespace(b"", b"a\0b"));
+        assert!(a.starts_with("tether.") && a.len() == "tether.".len() + 16);
+        // The replay record's namespace survives a configuration change.
+        assert_eq!(replay_namespace(b""), replay_namespace(b""));
+        assert_ne!(replay_namespace(b""), replay_namespace(b"other"));
+        assert_ne!(replay_namespace(b""), namespace(b"", b""));
+    }
+
+    /// Regression test for issue 7, finding 5: a record injected with a far-future
+    /// `fetched_at` (or `busy_until`) was never refreshed, and its keys were served.
+    #[test]
+    fn implausible_records_are_not_installed_and_are_refetched() {
+        let s = source();
+        let now = 1_000;
+        let injected = SharedRecord {
+            fetched_at: u64::MAX / 2,
+            document: DOCUMENT.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        assert!(!injected.plausible(now));
+        assert!(injected.due(&s, now));
+        let mut keys = RemoteKeys::new(1);
+        assert!(keys.install(0, &injected, now).is_err());
+        assert!(keys.resolve(&KeySource::Remote(0)).is_err());
+        let blocking = SharedRecord {
+            fetched_at: now,
+            busy_until: now + 3_600,
+            ..Default::default()
+        };
+        assert!(blocking.due(&s, now));
+        // A fetch's own claim is plausible, and holds.
+        let claimed = SharedRecord {
+            fetched_at: now,
+            busy_until: now + MAX_FUTURE_SECONDS,
+            ..Default::default()
+        };
+        assert!(claimed.plausible(now) && !claimed.due(&s, now));
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_usable_jwks_is_not_installed() {
+        let mut keys = RemoteKeys::new(1);
+        for document in [&b"not json"[..], b"{}", b"{\"keys\": []}", b"[1]"] {
+            let record = SharedRecord {
+                fetched_at: 10,
+                document: document.to_vec(),
+                ..Default::default()
+            };
+            assert!(keys.install(0, &record, 10).is_err());
+        }
+        assert_eq!(keys.fetched_at(0), 0);
     }
 }

@@ -22,6 +22,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod abi;
 pub mod bind;
 pub mod cache;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod crypto;
 pub mod extract;
 pub mod jwk;
 pub mod keyset;
+pub mod lifecycle;
 pub mod policy;
 pub mod reject;
 pub mod replay;

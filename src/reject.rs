@@ -16,6 +16,8 @@ pub enum ErrorCode {
     InvalidSignature,
     /// The body is larger than a signed route accepts (413): no challenge is sent.
     TooLarge,
+    /// The body did not arrive in time (408): no challenge is sent.
+    Timeout,
     /// The filter itself cannot decide (503): no challenge is sent.
     Unavailable,
     /// The access token, or its proof of possession, is not acceptable (401).
@@ -26,7 +28,9 @@ impl ErrorCode {
     /// The code as it appears in `error="..."`, if any.
     pub fn as_str(self) -> Option<&'static str> {
         match self {
-            ErrorCode::None | ErrorCode::TooLarge | ErrorCode::Unavailable => None,
+            ErrorCode::None | ErrorCode::TooLarge | ErrorCode::Timeout | ErrorCode::Unavailable => {
+                None
+            }
             ErrorCode::InvalidRequest => Some("invalid_request"),
             ErrorCode::InvalidToken => Some("invalid_token"),
             ErrorCode::InvalidSignature => Some("invalid_signature"),
@@ -139,6 +143,15 @@ reasons! {
     ReplayStoreFull => "replay_store_full", 503, Unavailable, "request signatures cannot be checked for replay right now";
     /// The body of a signed request is larger than `max_body_bytes`.
     BodyTooLarge => "body_too_large", 413, TooLarge, "request body exceeds the size limit";
+    /// The body of a request held for its signature did not arrive within `body_timeout_ms`
+    /// of the headers (a stalled or deliberately slow client).
+    BodyTimeout => "body_timeout", 408, Timeout, "request body did not arrive in time";
+    /// This worker already holds as many requests as it may (waiting for a key set or a
+    /// body): fail closed rather than grow without bound.
+    HeldRequestsFull => "held_requests_full", 503, Unavailable, "too many requests are waiting to be checked";
+    /// The proxy did not provide what the check needs (a header map or a body it should
+    /// have): fail closed.
+    HostError => "host_error", 503, Unavailable, "the proxy could not provide the request to the filter";
     /// A key set fetched from a `jwks_uri` could not be had in time (never fetched, or the
     /// key server is down): fail closed.
     KeySetUnavailable => "key_set_unavailable", 503, Unavailable, "the key set needed to verify the request is not available";
@@ -154,7 +167,7 @@ impl Reason {
     /// The `WWW-Authenticate` value for this refusal (RFC 6750 §3), if it has one.
     pub fn www_authenticate(self) -> Option<String> {
         match self.error_code() {
-            ErrorCode::Unavailable | ErrorCode::TooLarge => None,
+            ErrorCode::Unavailable | ErrorCode::TooLarge | ErrorCode::Timeout => None,
             ErrorCode::None => Some(format!("Bearer realm=\"{REALM}\"")),
             ErrorCode::InvalidRequest | ErrorCode::InvalidToken | ErrorCode::InvalidSignature => {
                 Some(format!(
@@ -173,6 +186,7 @@ impl Reason {
         let error = match self.error_code() {
             ErrorCode::Unavailable => "temporarily_unavailable",
             ErrorCode::TooLarge => "request_too_large",
+            ErrorCode::Timeout => "request_timeout",
             code => code.as_str().unwrap_or("missing_token"),
         };
         serde_json::json!({ "error": error, "error_description": self.description() }).to_string()

@@ -86,6 +86,8 @@ impl Pending {
         if body.len() > policy.signed_requests.max_body_bytes {
             return Err(Reason::BodyTooLarge);
         }
+        // Again now: the body may have taken until after the signature's window.
+        self.jws.check_window(window(policy), now)?;
         let keys = signing_keys(policy, remote, &self.token, self.client)?;
         self.jws.verify_body(keys, body, crypto)?;
         // Recorded only once valid, so that a forged signature cannot block a genuine one.
@@ -93,7 +95,7 @@ impl Pending {
             .jws
             .replay_expiry(window(policy))
             .ok_or(Reason::RequestSignatureMalformed)?;
-        replay.first_use(&self.jws.replay_id(), expiry, now)?;
+        replay.first_use(&self.jws.replay_id(body), expiry, now)?;
         Ok(self.headers)
     }
 }

@@ -5,10 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -18,59 +15,12 @@ use support::echo::EchoBackend;
 use support::envoy::{Bootstrap, Envoy};
 use support::jws::{self, Signer};
 use support::jwt::{Alg, Issuer, SigningKey};
+use support::keyserver::{Behaviour, KeyServer};
 use support::pki::Pki;
 use support::scratch::ScratchDir;
 
 const ISSUER: &str = "https://idp.example.com";
 const AUDIENCE: &str = "https://orders.mesh.internal";
-
-/// A key server: answers every request with the current status and JWKS document.
-struct KeyServer {
-    port: u16,
-    answer: Arc<Mutex<(u16, String)>>,
-    hits: Arc<AtomicUsize>,
-}
-
-impl KeyServer {
-    fn start(jwks: &Value) -> KeyServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind key server");
-        let port = listener.local_addr().expect("address").port();
-        let answer = Arc::new(Mutex::new((200, jwks.to_string())));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (served, counted) = (Arc::clone(&answer), Arc::clone(&hits));
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (served, counted) = (Arc::clone(&served), Arc::clone(&counted));
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(&stream);
-                    let mut line = String::new();
-                    let mut slow = false;
-                    // Read the request head; a GET has no body. A path naming "slow" is
-                    // answered after 800 ms.
-                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                        slow |= line.starts_with("GET") && line.contains("slow");
-                        line.clear();
-                    }
-                    if slow {
-                        std::thread::sleep(Duration::from_millis(800));
-                    }
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    let (status, body) = served.lock().expect("answer").clone();
-                    let _ = write!(
-                        &stream,
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                });
-            }
-        });
-        KeyServer { port, answer, hits }
-    }
-
-    fn serve(&self, status: u16, jwks: &Value) {
-        *self.answer.lock().expect("answer") = (status, jwks.to_string());
-    }
-}
 
 struct Setup {
     pki: Pki,
@@ -106,26 +56,9 @@ fn envoy(s: &Setup, key_port: u16, timeout_ms: u64) -> Envoy {
 
 /// Envoy with Tether configured by `config`, and the cluster `idp` pointing at `key_port`.
 fn envoy_with(s: &Setup, key_port: u16, config: Value) -> Envoy {
-    let mut bootstrap = Bootstrap::new(&s.pki, s.echo.port(), Some(config)).to_json();
-    bootstrap["static_resources"]["clusters"]
-        .as_array_mut()
-        .expect("clusters")
-        .push(json!({
-            "name": "idp",
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": "idp", "endpoints": [{"lb_endpoints": [{
-                "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": key_port}}}
-            }]}]},
-        }));
-    let workdir = ScratchDir::new("envoy-remote");
-    let path = workdir.join("envoy.json");
-    std::fs::write(&path, bootstrap.to_string()).expect("write bootstrap");
-    let envoy = Envoy::start_with_file(&path, workdir.path(), workdir.path())
-        .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
-    // The scratch directory must outlive Envoy: leak it for the test's duration.
-    std::mem::forget(workdir);
-    envoy
+    let mut bootstrap = Bootstrap::new(&s.pki, s.echo.port(), Some(config));
+    bootstrap.clusters.push(("idp".into(), key_port));
+    Envoy::start(&bootstrap)
 }
 
 fn call(s: &Setup, envoy: &Envoy, token: &str) -> Response {
@@ -163,7 +96,7 @@ fn token_verifies_with_the_fetched_key_set() {
     // The first request may have to wait for the first fetch: it is held, not refused.
     let response = call(&s, &envoy, &token(&s, s.issuer.key(Alg::Es256)));
     assert_status(&response, 200, None);
-    assert!(server.hits.load(Ordering::SeqCst) >= 1);
+    assert!(server.hits() >= 1);
     assert!(envoy.stat("wasmcustom.tether.jwks_fetch.success") >= 1);
     // A forged token is still refused with the fetched keys.
     let response = call(
@@ -185,7 +118,7 @@ fn rotated_key_is_picked_up_by_an_early_refetch_at_most_every_30_seconds() {
         200,
         None,
     );
-    let hits_before = server.hits.load(Ordering::SeqCst);
+    let hits_before = server.hits();
 
     // The identity provider rotates: a new key with a new kid is published.
     let keys_dir = s.dir.join("rotated");
@@ -199,11 +132,7 @@ fn rotated_key_is_picked_up_by_an_early_refetch_at_most_every_30_seconds() {
     server.serve(200, &jwks);
     let response = call(&s, &envoy, &token(&s, &rotated));
     assert_status(&response, 200, None);
-    assert_eq!(
-        server.hits.load(Ordering::SeqCst),
-        hits_before + 1,
-        "one early refetch"
-    );
+    assert_eq!(server.hits(), hits_before + 1, "one early refetch");
 
     // Another unknown kid right after: no second refetch within 30 s, refused at once.
     let unknown = SigningKey::generate(&keys_dir, Alg::Es256, "rotated-2", true);
@@ -211,7 +140,7 @@ fn rotated_key_is_picked_up_by_an_early_refetch_at_most_every_30_seconds() {
     let response = call(&s, &envoy, &token(&s, &unknown));
     assert_status(&response, 401, Some("no trusted key matches the token"));
     assert!(started.elapsed() < Duration::from_secs(1));
-    assert_eq!(server.hits.load(Ordering::SeqCst), hits_before + 1);
+    assert_eq!(server.hits(), hits_before + 1);
     envoy.stop();
 }
 
@@ -312,9 +241,68 @@ fn client_key_set_is_fetched_for_request_signatures() {
         401,
         Some("request signature was already used"),
     );
-    assert!(
-        server.hits.load(Ordering::SeqCst) >= 2,
-        "both key sets fetched"
-    );
+    assert!(server.hits() >= 2, "both key sets fetched");
     envoy.stop();
+}
+
+/// Polls `call` until it answers 200 or `within` has passed; the last response.
+fn until_served(within: Duration, call: impl Fn() -> Response) -> Response {
+    let deadline = Instant::now() + within;
+    loop {
+        let response = call();
+        if response.status == 200 || Instant::now() > deadline {
+            return response;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[track_caller]
+fn assert_no_trap(envoy: &Envoy) {
+    let log = envoy.log();
+    for sign in ["panicked", "Uncaught RuntimeError", "unreachable"] {
+        assert!(!log.contains(sign), "the VM trapped ({sign}):\n{log}");
+    }
+}
+
+/// A key server that fails in the middle of its answer: Tether must take it as a failed
+/// fetch, answer 503 with its own body meanwhile, and serve again once the key server
+/// recovers. Regression test for issue 7, finding 3: the VM read `:status` from a response
+/// that did not exist, trapped, and answered every later request with an empty 503.
+fn key_server_failure_is_a_failed_fetch(behaviour: Behaviour, timeout_ms: u64) {
+    let s = setup();
+    let server = KeyServer::start_with(behaviour);
+    let envoy = envoy(&s, server.port, timeout_ms);
+    let token = token(&s, s.issuer.key(Alg::Es256));
+    let response = call(&s, &envoy, &token);
+    assert_status(
+        &response,
+        503,
+        Some("the key set needed to verify the request is not available"),
+    );
+    assert_no_trap(&envoy);
+    assert!(envoy.stat("wasmcustom.tether.jwks_fetch.failure") >= 1);
+    // A second request (maybe on the other worker) is answered by Tether too.
+    assert_status(
+        &call(&s, &envoy, &token),
+        503,
+        Some("the key set needed to verify the request is not available"),
+    );
+    assert_no_trap(&envoy);
+    // The key server recovers: the next fetch, after the 5 s back-off, succeeds.
+    server.serve(200, &s.issuer.jwks());
+    let response = until_served(Duration::from_secs(15), || call(&s, &envoy, &token));
+    assert_status(&response, 200, None);
+    assert_no_trap(&envoy);
+    envoy.stop();
+}
+
+#[test]
+fn key_server_reset_after_its_headers_does_not_trap_the_vm() {
+    key_server_failure_is_a_failed_fetch(Behaviour::ResetAfterHeaders, 1000);
+}
+
+#[test]
+fn key_server_stalling_past_the_timeout_does_not_trap_the_vm() {
+    key_server_failure_is_a_failed_fetch(Behaviour::Stall { ms: 4000 }, 500);
 }

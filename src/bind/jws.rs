@@ -201,9 +201,21 @@ impl DetachedJws {
         }
     }
 
-    /// A stable identifier of this signature for the replay store: SHA-256 of its bytes.
-    pub fn replay_id(&self) -> [u8; 32] {
-        Sha256::digest(&self.signature).into()
+    /// The replay record's key: what was signed, never the signature bytes. An ECDSA
+    /// signature `(r, s)` has a twin `(r, n - s)` that verifies too (and RSA-PSS and others
+    /// can be re-signed by the key holder at will), so a key over signature bytes would let
+    /// each captured request be used once more per variant (issue 7, finding 4).
+    ///
+    /// SHA-256 over a version tag, the protected header as sent (it names the key, `iat`,
+    /// `htm`, `htu` and `ath`) and the SHA-256 of the body: the signing input, with the body
+    /// hashed first so that its length never matters twice.
+    pub fn replay_id(&self, body: &[u8]) -> [u8; 32] {
+        let mut id = Sha256::new();
+        id.update(b"tether.replay.jws.v1\0");
+        id.update(self.header_b64.as_bytes());
+        id.update(b".");
+        id.update(Sha256::digest(body));
+        id.finalize().into()
     }
 
     /// When the replay store may forget this signature: after that its `iat` is too old
@@ -223,11 +235,7 @@ impl DetachedJws {
         now: u64,
     ) -> Result<(), Reason> {
         let binding = self.binding()?;
-        if binding.iat.saturating_add(window.max_age_seconds) < now
-            || binding.iat > now.saturating_add(window.clock_skew_seconds)
-        {
-            return Err(Reason::RequestSignatureExpired);
-        }
+        check_iat(binding.iat, window, now)?;
         if binding.htm != request.method {
             return Err(Reason::RequestSignatureMismatch);
         }
@@ -241,6 +249,13 @@ impl DetachedJws {
             return Err(Reason::RequestSignatureMismatch);
         }
         Ok(())
+    }
+
+    /// Checks `iat` against the window at `now`. Run on the headers, and again when the
+    /// signature is decided: a body sent after the window has passed must not revive a
+    /// signature whose replay record has already expired (issue 7, finding 2).
+    pub fn check_window(&self, window: Window, now: u64) -> Result<(), Reason> {
+        check_iat(self.binding()?.iat, window, now)
     }
 
     /// Chooses the key the signature must verify with: the algorithm comes from the key,
@@ -313,6 +328,16 @@ impl DetachedJws {
         }
         input
     }
+}
+
+/// `iat` at most `max_age_seconds` old and at most `clock_skew_seconds` ahead of `now`.
+fn check_iat(iat: u64, window: Window, now: u64) -> Result<(), Reason> {
+    if iat.saturating_add(window.max_age_seconds) < now
+        || iat > now.saturating_add(window.clock_skew_seconds)
+    {
+        return Err(Reason::RequestSignatureExpired);
+    }
+    Ok(())
 }
 
 /// Picks the key named by `kid`, or the only key when the signature names none.
@@ -811,10 +836,65 @@ mod tests {
     }
 
     #[test]
-    fn replay_id_is_stable_and_expiry_follows_iat() {
+    fn replay_expiry_follows_iat() {
         let c = client();
         let jws = DetachedJws::parse(sign(&c, request_header(), BODY).as_bytes()).unwrap();
-        assert_eq!(jws.replay_id(), jws.replay_id());
         assert_eq!(jws.replay_expiry(WINDOW), Some(NOW + 61));
+    }
+
+    /// `(r, n - s)`: the other valid ECDSA signature of the same message.
+    fn malleate(jws: &str) -> String {
+        let (header, signature) = jws.split_once("..").unwrap();
+        let bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        let sig = p256::ecdsa::Signature::from_slice(&bytes).unwrap();
+        let (r, s) = sig.split_scalars();
+        let twin = p256::ecdsa::Signature::from_scalars(r, -s).unwrap();
+        assert_ne!(twin.to_bytes(), sig.to_bytes());
+        format!("{header}..{}", URL_SAFE_NO_PAD.encode(twin.to_bytes()))
+    }
+
+    /// Regression test for issue 7, finding 4: the replay id of a malleated ECDSA signature
+    /// was a new one, so each captured request could be used once more.
+    #[test]
+    fn malleated_ecdsa_signature_has_the_same_replay_id() {
+        let c = client();
+        let genuine = sign(&c, request_header(), BODY);
+        let twin = malleate(&genuine);
+        // Both verify (RFC 7518 §3.4 does not require low-s), so only the id can stop it.
+        assert_eq!(check(&c, &genuine, &REQUEST, BODY, NOW), Ok(()));
+        assert_eq!(check(&c, &twin, &REQUEST, BODY, NOW), Ok(()));
+        let id = |jws: &str| DetachedJws::parse(jws.as_bytes()).unwrap().replay_id(BODY);
+        assert_eq!(id(&genuine), id(&twin));
+    }
+
+    #[test]
+    fn replay_id_changes_with_the_header_or_the_body() {
+        let c = client();
+        let first = sign(&c, request_header(), BODY);
+        let mut later = request_header();
+        later["iat"] = json!(NOW + 1);
+        let second = sign(&c, later, BODY);
+        let parse = |jws: &str| DetachedJws::parse(jws.as_bytes()).unwrap();
+        assert_ne!(
+            parse(&first).replay_id(BODY),
+            parse(&second).replay_id(BODY)
+        );
+        assert_ne!(
+            parse(&first).replay_id(BODY),
+            parse(&first).replay_id(b"{}")
+        );
+    }
+
+    /// Regression test for issue 7, finding 2: `iat` is checked again when the signature is
+    /// decided, after the body.
+    #[test]
+    fn window_is_checked_again_at_decision_time() {
+        let c = client();
+        let jws = DetachedJws::parse(sign(&c, request_header(), BODY).as_bytes()).unwrap();
+        assert_eq!(jws.check_window(WINDOW, NOW + 60), Ok(()));
+        assert_eq!(
+            jws.check_window(WINDOW, NOW + 61),
+            Err(Reason::RequestSignatureExpired)
+        );
     }
 }

@@ -5,16 +5,15 @@
 //! the fetch (compare-and-swap on the record) and sends it with `dispatch_http_call` to the
 //! configured Envoy cluster. The answer is checked (HTTP 200, a JWKS with a usable key)
 //! before it replaces the last good document; a failure keeps the last good one and backs
-//! off.
+//! off. A failure is any answer that is not that: no response at all (a reset, a timeout),
+//! a status, a body too large or not a key set. None of them may trap the VM.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
-
+use super::hostcalls::{self, Buffer, Level, Map};
 use super::{log, Shared};
-use crate::config::Policy;
+use crate::abi::Status;
 use crate::keyset::{
     decode_document, SharedRecord, EARLY_REFETCH_INTERVAL_SECONDS, MAX_DOCUMENT_BYTES,
     RETRY_SECONDS,
@@ -30,7 +29,7 @@ pub struct KeySets {
 }
 
 fn read(key: &str) -> Option<(SharedRecord, Option<u32>)> {
-    let (bytes, cas) = hostcalls::get_shared_data(key).ok()?;
+    let (bytes, cas) = hostcalls::shared_data(key).ok()?;
     Some((
         SharedRecord::decode(bytes.as_deref().unwrap_or_default()),
         cas,
@@ -46,7 +45,7 @@ fn update(key: &str, change: impl Fn(&mut SharedRecord) -> bool) -> bool {
         if !change(&mut record) {
             return false;
         }
-        match hostcalls::set_shared_data(key, Some(&record.encode()), cas) {
+        match hostcalls::set_shared_data(key, &record.encode(), cas) {
             Ok(()) => return true,
             Err(Status::CasMismatch) => continue,
             Err(_) => return false,
@@ -59,25 +58,42 @@ impl KeySets {
     /// Decodes newer shared documents, and starts the fetches that are due.
     pub fn refresh(&mut self, shared: &Shared, now: u64) {
         for (i, source) in shared.policy.remote_sets.iter().enumerate() {
-            let key = source.shared_key();
+            let key = source.shared_key(&shared.namespace);
             let Some((record, _)) = read(&key) else {
                 continue;
             };
-            if let Err(error) = shared.remote.borrow_mut().install(i, &record) {
+            if let Err(error) = shared.remote.borrow_mut().install(i, &record, now) {
+                // Tether writes only checked documents with plausible times: this record was
+                // written by something else. Fetch it again rather than trust or keep it.
                 log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     &format!(
-                        "tether: key set from cluster {:?} not usable: {error}",
+                        "tether: shared record of the key set from cluster {:?} refused: {error}; fetching it again",
                         source.cluster
                     ),
                 );
+                update(&key, |r| {
+                    r.refetch_requested_at = r.fetched_at.saturating_add(1);
+                    r.busy_until = 0;
+                    true
+                });
             }
+            let Some((record, _)) = read(&key) else {
+                continue;
+            };
             if !record.due(source, now) || self.in_flight.values().any(|s| *s == i) {
                 continue;
             }
             let busy_for = source.timeout_ms.div_ceil(1000) + 1;
             let claimed = update(&key, |r| {
                 let due = r.due(source, now);
+                if !r.plausible(now) {
+                    // Times no fetch of Tether's wrote: start over from a clean record.
+                    *r = SharedRecord {
+                        document: std::mem::take(&mut r.document),
+                        ..SharedRecord::default()
+                    };
+                }
                 r.busy_until = now + busy_for;
                 due
             });
@@ -91,13 +107,21 @@ impl KeySets {
                 ("accept", "application/json"),
             ];
             let timeout = Duration::from_millis(source.timeout_ms);
-            match hostcalls::dispatch_http_call(&source.cluster, headers, None, vec![], timeout) {
+            // The SDK's call: it registers the call with the dispatcher that routes the answer
+            // back (see `hostcalls`).
+            match proxy_wasm::hostcalls::dispatch_http_call(
+                &source.cluster,
+                headers,
+                None,
+                vec![],
+                timeout,
+            ) {
                 Ok(token) => {
                     self.in_flight.insert(token, i);
                 }
                 Err(_) => {
                     log(
-                        LogLevel::Warn,
+                        Level::Warn,
                         &format!(
                             "tether: cannot fetch the key set from cluster {:?}",
                             source.cluster
@@ -114,36 +138,40 @@ impl KeySets {
     }
 
     /// Takes a fetch's answer: a good key set replaces the shared document, a bad one or a
-    /// failure keeps the last good one and backs off.
-    pub fn on_response(&mut self, shared: &Shared, token: u32, body_size: usize, now: u64) {
+    /// failure keeps the last good one and backs off. `headers` is the number of response
+    /// headers: 0 when there is no response at all (Envoy reports a reset or a timeout so).
+    pub fn on_response(
+        &mut self,
+        shared: &Shared,
+        token: u32,
+        headers: usize,
+        body_size: usize,
+        now: u64,
+    ) {
         let Some(i) = self.in_flight.remove(&token) else {
             return;
         };
         let Some(source) = shared.policy.remote_sets.get(i) else {
             return;
         };
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
-        let body = if body_size > MAX_DOCUMENT_BYTES {
-            None
-        } else {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
-        };
-        let checked = match (status.as_deref(), body) {
-            (Some(b"200"), Some(body)) => decode_document(&body).map(|_| body),
-            (Some(status), _) => Err(format!("HTTP status {}", String::from_utf8_lossy(status))),
-            (None, _) => Err("no response (timeout or connection failure)".to_string()),
-        };
-        let key = source.shared_key();
+        let checked = check_answer(headers, body_size)
+            .and_then(|body| decode_document(&body).map(|document| (body, document.skipped)));
+        let key = source.shared_key(&shared.namespace);
         match checked {
-            Ok(document) => {
+            Ok((document, skipped)) => {
                 shared.metrics.fetched(true);
+                if !skipped.is_empty() {
+                    shared.metrics.keys_skipped(skipped.len());
+                    for note in &skipped {
+                        log(
+                            Level::Warn,
+                            &format!("tether: key set from cluster {:?}: {note}", source.cluster),
+                        );
+                    }
+                }
                 update(&key, |r| {
                     // Strictly newer, so that every VM (and waiting request) sees a change.
-                    r.fetched_at = now.max(r.fetched_at + 1);
+                    r.fetched_at = now.max(r.fetched_at.saturating_add(1));
                     r.busy_until = 0;
                     r.document = document.clone();
                     true
@@ -152,7 +180,7 @@ impl KeySets {
             Err(error) => {
                 shared.metrics.fetched(false);
                 log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     &format!("tether: key set fetch from cluster {:?} failed: {error}; keeping the last good key set", source.cluster),
                 );
                 update(&key, |r| {
@@ -162,19 +190,43 @@ impl KeySets {
             }
         }
         if let Some((record, _)) = read(&key) {
-            let _ = shared.remote.borrow_mut().install(i, &record);
+            let _ = shared.remote.borrow_mut().install(i, &record, now);
         }
+    }
+}
+
+/// The body of a fetch's answer if it is an HTTP 200 of at most [`MAX_DOCUMENT_BYTES`].
+fn check_answer(headers: usize, body_size: usize) -> Result<Vec<u8>, String> {
+    if headers == 0 {
+        return Err("no response (connection reset, refused, or timed out)".into());
+    }
+    let status = match hostcalls::header(Map::HttpCallResponseHeaders, ":status") {
+        Ok(Some(status)) => status,
+        Ok(None) | Err(_) => return Err("no response status".into()),
+    };
+    if status != b"200" {
+        return Err(format!("HTTP status {}", String::from_utf8_lossy(&status)));
+    }
+    if body_size > MAX_DOCUMENT_BYTES {
+        return Err(format!(
+            "key set document of {body_size} bytes is larger than {MAX_DOCUMENT_BYTES}"
+        ));
+    }
+    match hostcalls::buffer(Buffer::HttpCallResponseBody, 0, body_size) {
+        Ok(Some(body)) => Ok(body),
+        Ok(None) => Ok(Vec::new()),
+        Err(status) => Err(format!("response body unreadable ({status:?})")),
     }
 }
 
 /// Asks for an early refetch of key set `set` (an unknown `kid`): at most one per
 /// [`EARLY_REFETCH_INTERVAL_SECONDS`] per key set, across all VMs. Returns whether it was
 /// granted (then the request waits for it).
-pub fn request_refetch(policy: &Policy, set: usize, now: u64) -> bool {
-    let Some(source) = policy.remote_sets.get(set) else {
+pub fn request_refetch(shared: &Shared, set: usize, now: u64) -> bool {
+    let Some(source) = shared.policy.remote_sets.get(set) else {
         return false;
     };
-    update(&source.shared_key(), |r| {
+    update(&source.shared_key(&shared.namespace), |r| {
         let allowed = r.refetch_requested_at == 0
             || now >= r.refetch_requested_at + EARLY_REFETCH_INTERVAL_SECONDS;
         if allowed {

@@ -1,10 +1,8 @@
-//! Envoy counters: `tether.allowed`, one `tether.refused.<reason>` per reason, and
-//! `tether.jwks_fetch.success` / `.failure`, shown in Envoy's `/stats` with the
-//! `wasmcustom.` prefix.
+//! Envoy counters: `tether.allowed`, one `tether.refused.<reason>` per reason, and the key
+//! set fetches (`tether.jwks_fetch.success`, `.failure`, `.key_skipped`), shown in Envoy's
+//! `/stats` with the `wasmcustom.` prefix.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
-
+use super::hostcalls;
 use crate::reject::Reason;
 
 /// Counter ids, defined once per VM at configure time.
@@ -13,12 +11,13 @@ pub struct Metrics {
     allowed: Option<u32>,
     fetch_success: Option<u32>,
     fetch_failure: Option<u32>,
+    key_skipped: Option<u32>,
     /// Indexed like [`Reason::ALL`].
     refused: Vec<Option<u32>>,
 }
 
 fn counter(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Counter, name).ok()
+    hostcalls::define_counter(name).ok()
 }
 
 impl Metrics {
@@ -27,6 +26,7 @@ impl Metrics {
             allowed: counter("tether.allowed"),
             fetch_success: counter("tether.jwks_fetch.success"),
             fetch_failure: counter("tether.jwks_fetch.failure"),
+            key_skipped: counter("tether.jwks_fetch.key_skipped"),
             refused: Reason::ALL
                 .iter()
                 .map(|r| counter(&r.metric_name()))
@@ -35,26 +35,43 @@ impl Metrics {
     }
 
     pub fn allowed(&self) {
-        increment(self.allowed);
+        increment(self.allowed, 1);
     }
 
     /// A key set fetched and accepted (`ok`), or a fetch that failed.
     pub fn fetched(&self, ok: bool) {
-        increment(if ok {
-            self.fetch_success
-        } else {
-            self.fetch_failure
-        });
+        increment(
+            if ok {
+                self.fetch_success
+            } else {
+                self.fetch_failure
+            },
+            1,
+        );
+    }
+
+    /// Keys of a fetched key set that could not be used and were skipped.
+    pub fn keys_skipped(&self, count: usize) {
+        increment(self.key_skipped, i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn refused(&self, reason: Reason) {
         let index = Reason::ALL.iter().position(|r| *r == reason);
-        increment(index.and_then(|i| self.refused.get(i).copied().flatten()));
+        increment(
+            index.and_then(|i| self.refused.get(i).copied().flatten()),
+            1,
+        );
+    }
+
+    /// Counts a refusal by a VM without a configuration (no counters defined yet): Envoy
+    /// gives the existing id when a counter is defined again.
+    pub fn count_unconfigured(reason: Reason) {
+        increment(counter(&reason.metric_name()), 1);
     }
 }
 
-fn increment(id: Option<u32>) {
+fn increment(id: Option<u32>, by: i64) {
     if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
+        let _ = hostcalls::increment_counter(id, by);
     }
 }

@@ -2,9 +2,11 @@
 //! once, gathers each request's facts, asks [`crate::verdict::decide`], and acts.
 //!
 //! A request may be held: while its body arrives (request signatures), or while a fetched
-//! key set it needs is loaded or refreshed. The root context fetches key sets (`keysets`)
-//! and decides held requests again when their keys arrive or their wait runs out.
+//! key set it needs is loaded or refreshed. Its life is [`crate::lifecycle::Held`], a pure
+//! state machine; this module feeds it the events (headers, body, trailers, keys, ticks) and
+//! carries out its steps. Every host call goes through [`hostcalls`], which never panics.
 
+mod hostcalls;
 mod keysets;
 mod metrics;
 mod replay;
@@ -12,21 +14,21 @@ mod replay;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, ContextType};
 
 use crate::bind::mtls::PeerCertificate;
 use crate::cache::TokenCache;
 use crate::config::Policy;
 use crate::crypto::native::{ForeignFunction, Native};
 use crate::crypto::{InVm, SignatureVerifier};
-use crate::keyset::RemoteKeys;
+use crate::keyset::{namespace, replay_namespace, RemoteKeys};
+use crate::lifecycle::{Decision, Held, Limits, Step};
 use crate::reject::Reason;
 use crate::token::fingerprint;
 use crate::verdict::{decide, Pending, Request, Tokens, Verdict};
+use hostcalls::{Buffer, Level, Map};
 use keysets::KeySets;
 use metrics::Metrics;
 use replay::SharedReplayStore;
@@ -36,29 +38,31 @@ mod entry {
     use super::*;
 
     proxy_wasm::main! {{
-        proxy_wasm::set_log_level(LogLevel::Info);
         proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
     }}
 }
 
-fn log(level: LogLevel, message: &str) {
-    // Logging must never fail a request.
-    let _ = hostcalls::log(level, message);
+fn log(level: Level, message: &str) {
+    hostcalls::log(level, message);
 }
 
-/// Envoy's foreign functions, called through the proxy-wasm ABI.
+/// Envoy's foreign functions.
 struct Envoy;
 
 impl ForeignFunction for Envoy {
     fn call(&self, name: &str, arguments: &[u8]) -> Option<Vec<u8>> {
-        hostcalls::call_foreign_function(name, Some(arguments))
+        hostcalls::call_foreign_function(name, arguments)
             .ok()
             .flatten()
     }
 }
 
-/// How often the root context looks at key sets and held requests.
-const TICK: Duration = Duration::from_millis(250);
+/// How often the root context looks at key sets and held requests (milliseconds).
+const TICK_MS: u32 = 250;
+
+/// The most requests one worker VM holds at once (for a key set or a body); beyond it a
+/// request is refused with 503 `held_requests_full` rather than grow the table without bound.
+pub const MAX_HELD_REQUESTS: usize = 1024;
 
 /// What the root context and all of its requests share (one VM, one thread).
 struct Shared {
@@ -67,25 +71,25 @@ struct Shared {
     crypto: Box<dyn SignatureVerifier>,
     cache: RefCell<TokenCache>,
     remote: RefCell<RemoteKeys>,
-    /// Requests held until a key set they need is (re)loaded, by context id.
-    waiting: RefCell<HashMap<u32, Waiting>>,
-    /// Requests decided by the root context that still need their body, by context id.
-    pending: RefCell<HashMap<u32, Box<Pending>>>,
+    /// Requests held until they are decided, by context id.
+    held: RefCell<HashMap<u32, HeldRequest>>,
+    /// The prefix of this configuration's shared-data keys (key sets).
+    namespace: String,
+    /// The replay record, shared by this plugin's VMs across configurations.
+    replay: SharedReplayStore,
 }
 
-/// A request held for a key set, with the facts to decide it again.
-struct Waiting {
-    set: usize,
-    /// Give up (and refuse) after this time, in milliseconds since the epoch.
-    deadline_ms: u128,
-    /// The key set's `fetched_at` when the request started waiting: it is decided again once
-    /// a newer one is loaded.
-    seen_fetched_at: u64,
+/// A held request: its life, and what it takes to decide it.
+struct HeldRequest {
+    held: Held,
     facts: OwnedRequest,
     peer: Option<PeerCertificate>,
-    end_of_stream: bool,
-    /// The body's size, once it has all arrived.
-    body_complete: Option<usize>,
+    /// The request signature waiting for the body.
+    pending: Option<Box<Pending>>,
+    /// The claim headers to set once it is allowed.
+    headers: Vec<(String, String)>,
+    /// The presented token's fingerprint, for the log (never the token).
+    token_fp: Option<String>,
 }
 
 /// A request's facts, owned, to decide it again later.
@@ -101,13 +105,22 @@ struct OwnedRequest {
 }
 
 impl OwnedRequest {
-    /// Reads every header line once: a repeated `Authorization` header must be seen as such
-    /// (Envoy's single-header accessor returns only the first of some).
-    fn read(signature_header: &str) -> Self {
-        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+    /// Reads every header line once (a repeated `Authorization` header must be seen as
+    /// such), and removes every header an upstream could take for a claim header: the
+    /// claim headers are Tether's to set, on every request, whatever the route.
+    fn read(policy: &Policy) -> Result<Self, Reason> {
+        let headers =
+            hostcalls::header_pairs(Map::RequestHeaders).map_err(|_| Reason::HostError)?;
         let mut facts = OwnedRequest::default();
         for (name, value) in headers {
-            match name.as_str() {
+            let Ok(name) = std::str::from_utf8(&name) else {
+                continue;
+            };
+            if policy.spoofs_claim_header(name) {
+                let _ = hostcalls::remove_request_header(name);
+                continue;
+            }
+            match name {
                 ":path" => facts.path = value,
                 ":method" => facts.method = value,
                 ":scheme" => facts.scheme = value,
@@ -118,11 +131,11 @@ impl OwnedRequest {
                         .ok()
                         .and_then(|n| n.trim().parse().ok())
                 }
-                other if other == signature_header => facts.signature.push(value),
+                other if other == policy.signed_requests.header => facts.signature.push(value),
                 _ => {}
             }
         }
-        facts
+        Ok(facts)
     }
 }
 
@@ -130,36 +143,37 @@ impl OwnedRequest {
 #[derive(Default)]
 struct Root {
     shared: Option<Rc<Shared>>,
-    keysets: Option<KeySets>,
+    keysets: KeySets,
 }
 
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
         token: u32,
-        _headers: usize,
+        headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
-        if let (Some(shared), Some(keysets)) = (&self.shared, &mut self.keysets) {
-            keysets.on_response(shared, token, body_size, now_seconds());
-            resolve_waiting(shared, false);
+        if let Some(shared) = &self.shared {
+            self.keysets
+                .on_response(shared, token, headers, body_size, now_seconds());
+            resolve_held(shared);
         }
     }
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(Some(bytes)) => bytes,
-            _ => Vec::new(),
-        };
+        let bytes = hostcalls::buffer(Buffer::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let policy = match Policy::from_json(&bytes) {
             Ok(policy) => policy,
             Err(error) => {
                 // Returning false makes Envoy refuse the configuration: fail closed.
                 log(
-                    LogLevel::Critical,
+                    Level::Critical,
                     &format!("tether: configuration rejected: {error}"),
                 );
                 self.shared = None;
@@ -167,19 +181,40 @@ impl RootContext for Root {
             }
         };
         for note in &policy.notes {
-            log(LogLevel::Warn, &format!("tether: {note}"));
+            log(Level::Warn, &format!("tether: {note}"));
         }
         // Detected once per VM: the host's verifier must pass a known-answer test.
         let crypto: Box<dyn SignatureVerifier> = match Native::detect(Envoy) {
             Some(native) => {
-                log(LogLevel::Info, "tether: signatures: RS256/RS384/RS512/ES256/ES384 by Envoy's native verify_signature, EdDSA and PS* in the VM");
+                log(Level::Info, "tether: signatures: RS256/RS384/RS512/ES256/ES384 by Envoy's native verify_signature, EdDSA and PS* in the VM");
                 Box::new(native)
             }
             None => {
-                log(LogLevel::Warn, "tether: signatures: Envoy's verify_signature is not available; every signature is verified in the VM");
+                log(Level::Warn, "tether: signatures: Envoy's verify_signature is not available; every signature is verified in the VM");
                 Box::new(InVm)
             }
         };
+        let root_id = hostcalls::property(&["plugin_root_id"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let vm_id = hostcalls::property(&["plugin_vm_id"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if vm_id.is_empty() {
+            log(Level::Warn, "tether: vm_config.vm_id is empty: any other Wasm plugin with an empty vm_id shares Tether's key sets and replay record; give Tether a vm_id of its own");
+        }
+        let namespace = namespace(&root_id, &bytes);
+        let replay = SharedReplayStore::new(replay_namespace(&root_id));
+        // Every bucket exists before this VM serves a request, so that every write to one is
+        // a compare-and-swap (issue 7, finding 8). Envoy configures a plugin on its main
+        // thread before any worker serves with it.
+        replay.create_buckets();
+        log(
+            Level::Info,
+            &format!("tether: shared data namespace {namespace}"),
+        );
         let remote_sets = policy.remote_sets.len();
         let shared = Rc::new(Shared {
             cache: RefCell::new(TokenCache::new(policy.token_cache_entries)),
@@ -187,23 +222,25 @@ impl RootContext for Root {
             policy: Rc::new(policy),
             metrics: Metrics::define(),
             crypto,
-            waiting: RefCell::default(),
-            pending: RefCell::default(),
+            held: RefCell::default(),
+            namespace,
+            replay,
         });
-        if remote_sets > 0 {
-            // The first fetch starts on the first tick, not here: a VM configured on Envoy's
-            // main thread may be gone before an answer could reach it.
-            self.keysets = Some(KeySets::default());
-            self.set_tick_period(TICK);
+        // The first fetch starts on the first tick, not here: a VM configured on Envoy's main
+        // thread may be gone before an answer could reach it. The tick also times out held
+        // requests.
+        if hostcalls::set_tick_period_ms(TICK_MS).is_err() {
+            log(Level::Critical, "tether: cannot set the tick period");
+            return false;
         }
         self.shared = Some(shared);
         true
     }
 
     fn on_tick(&mut self) {
-        if let (Some(shared), Some(keysets)) = (&self.shared, &mut self.keysets) {
-            keysets.refresh(shared, now_seconds());
-            resolve_waiting(shared, true);
+        if let Some(shared) = &self.shared {
+            self.keysets.refresh(shared, now_seconds());
+            resolve_held(shared);
         }
     }
 
@@ -211,7 +248,6 @@ impl RootContext for Root {
         Some(Box::new(Filter {
             context_id,
             shared: self.shared.clone(),
-            pending: None,
         }))
     }
 
@@ -224,8 +260,6 @@ impl RootContext for Root {
 struct Filter {
     context_id: u32,
     shared: Option<Rc<Shared>>,
-    /// A request whose signature waits for the body.
-    pending: Option<Box<Pending>>,
 }
 
 impl Context for Filter {}
@@ -235,104 +269,119 @@ impl HttpContext for Filter {
         let Some(shared) = self.shared.clone() else {
             return refuse(None, Reason::NotConfigured, None);
         };
-        // The claim headers are Tether's to set: a client's copy is removed on every
-        // request, whatever the route, so that it can never be spoofed upstream.
-        for mapping in &shared.policy.claims_to_headers {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &mapping.header, None);
-        }
-        let facts = OwnedRequest::read(&shared.policy.signed_requests.header);
-        match decide_now(
+        let facts = match OwnedRequest::read(&shared.policy) {
+            Ok(facts) => facts,
+            Err(reason) => return refuse(Some(&shared), reason, None),
+        };
+        let limits = Limits {
+            body_timeout_ms: shared.policy.signed_requests.body_timeout_ms,
+            max_body_bytes: shared.policy.signed_requests.max_body_bytes,
+        };
+        let request = HeldRequest {
+            held: Held::new(now_millis(), end_of_stream, facts.content_length, limits),
+            facts,
+            peer: None,
+            pending: None,
+            headers: Vec::new(),
+            token_fp: None,
+        };
+        drive(
             &shared,
-            &facts,
-            &mut || peer_certificate(),
-            end_of_stream,
+            self.context_id,
+            request,
+            Step::Decide { may_wait: true },
             true,
-        ) {
-            Outcome::Done(action) => action,
-            Outcome::Body(pending) => {
-                self.pending = Some(pending);
-                // Held only until the body has arrived (Envoy buffers it meanwhile).
-                Action::Pause
-            }
-            Outcome::Wait(set) => {
-                let policy = &shared.policy;
-                let timeout = policy.remote_sets.get(set).map_or(0, |s| s.timeout_ms);
-                let waiting = Waiting {
-                    set,
-                    deadline_ms: now_millis() + u128::from(timeout),
-                    seen_fetched_at: shared.remote.borrow().fetched_at(set),
-                    facts,
-                    peer: peer_certificate(),
-                    end_of_stream,
-                    body_complete: end_of_stream.then_some(0),
-                };
-                shared.waiting.borrow_mut().insert(self.context_id, waiting);
-                Action::Pause
-            }
-        }
+        )
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
-        };
-        let max = shared.policy.signed_requests.max_body_bytes;
-        // Still waiting for keys: keep the body, note when it is complete.
-        if let Some(waiting) = shared.waiting.borrow_mut().get_mut(&self.context_id) {
-            if end_of_stream {
-                waiting.body_complete = Some(body_size);
-            }
-            return Action::Pause;
-        }
-        if self.pending.is_none() {
-            self.pending = shared.pending.borrow_mut().remove(&self.context_id);
-        }
-        let Some(presented) = self.pending.as_ref().map(|p| p.presented.clone()) else {
-            return Action::Continue;
-        };
-        if body_size > max {
-            self.pending = None;
-            return refuse(Some(&shared), Reason::BodyTooLarge, Some(&presented));
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        match self.pending.take() {
-            // Continue here resumes the headers held back in on_http_request_headers.
-            Some(pending) => finish(&shared, *pending, body_size),
-            None => Action::Continue,
-        }
+        self.event(|held| held.on_body(body_size, end_of_stream))
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        // Trailers end the body; they never release a held request (issue 7, finding 1).
+        self.event(Held::on_trailers)
     }
 
     fn on_log(&mut self) {
-        // A held request that ended (client gone) must not linger in the shared tables.
+        // A held request that ended (client gone) must not linger.
         if let Some(shared) = &self.shared {
-            shared.waiting.borrow_mut().remove(&self.context_id);
-            shared.pending.borrow_mut().remove(&self.context_id);
+            shared.held.borrow_mut().remove(&self.context_id);
         }
     }
 }
 
-/// What to do with a request after deciding on its headers.
-enum Outcome {
-    Done(Action),
-    Body(Box<Pending>),
-    Wait(usize),
+impl Filter {
+    /// Feeds an event of the request's own stream to its life, if it is held.
+    fn event(&mut self, event: impl FnOnce(&mut Held) -> Step) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let Some(mut request) = shared.held.borrow_mut().remove(&self.context_id) else {
+            return Action::Continue;
+        };
+        let step = event(&mut request.held);
+        drive(&shared, self.context_id, request, step, true)
+    }
 }
 
-/// Decides a request (in whatever context is current) and acts on everything but a wait
-/// for keys or for the body. `may_wait` is false once a held request's deadline has passed.
-fn decide_now(
+/// Carries out a held request's steps until it pauses or is decided. `in_callback`: the
+/// request's own callback is running, so letting it go on is answering `Continue`; from
+/// the root context it is resuming the request.
+fn drive(
     shared: &Shared,
-    facts: &OwnedRequest,
-    peer: &mut dyn FnMut() -> Option<PeerCertificate>,
-    end_of_stream: bool,
-    may_wait: bool,
-) -> Outcome {
+    context_id: u32,
+    mut request: HeldRequest,
+    mut step: Step,
+    in_callback: bool,
+) -> Action {
+    loop {
+        step = match step {
+            Step::Decide { may_wait } => {
+                let decision = decide_again(shared, &mut request, may_wait);
+                request.held.decided(decision, now_millis())
+            }
+            Step::Verify => {
+                let result = verify_body(shared, &mut request);
+                request.held.verified(result)
+            }
+            Step::Continue => {
+                allow(shared, &request.headers);
+                if !in_callback {
+                    let _ = hostcalls::resume_request();
+                }
+                return Action::Continue;
+            }
+            Step::Refuse(reason) => {
+                if reason == Reason::BodyTimeout && request.held.body_never_seen() {
+                    log(Level::Warn, "tether: a held request's body never reached the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy 1.35 or later)");
+                }
+                return refuse(Some(shared), reason, request.token_fp.as_deref());
+            }
+            Step::Pause => {
+                let mut held = shared.held.borrow_mut();
+                if held.len() >= MAX_HELD_REQUESTS {
+                    drop(held);
+                    return refuse(
+                        Some(shared),
+                        Reason::HeldRequestsFull,
+                        request.token_fp.as_deref(),
+                    );
+                }
+                held.insert(context_id, request);
+                return Action::Pause;
+            }
+        };
+    }
+}
+
+/// Decides a request on its headers (again, after a wait for keys).
+fn decide_again(shared: &Shared, request: &mut HeldRequest, may_wait: bool) -> Decision {
     let policy = &shared.policy;
+    let facts = &request.facts;
     let authorization: Vec<&[u8]> = facts.authorization.iter().map(Vec::as_slice).collect();
     let signature: Vec<&[u8]> = facts.signature.iter().map(Vec::as_slice).collect();
-    let request = Request {
+    let facts_view = Request {
         path: &facts.path,
         authorization: &authorization,
         method: &facts.method,
@@ -341,207 +390,178 @@ fn decide_now(
         signature: &signature,
     };
     let now = now_seconds();
+    // The connection's certificate is read once, when a binding first needs it.
+    let mut peer = request.peer;
+    let mut read_peer = || {
+        if peer.is_none() {
+            peer = peer_certificate();
+        }
+        peer
+    };
     // The VM runs one callback at a time, so these are never borrowed twice; were they,
     // the request is served uncached rather than trapping the VM.
     let mut spare = TokenCache::new(0);
     let mut cache = shared.cache.try_borrow_mut();
     let remote = shared.remote.try_borrow();
     let empty = RemoteKeys::default();
+    let remote = remote.as_deref().unwrap_or(&empty);
     let mut tokens = Tokens {
         crypto: shared.crypto.as_ref(),
         cache: cache.as_deref_mut().unwrap_or(&mut spare),
-        remote: remote.as_deref().unwrap_or(&empty),
+        remote,
     };
-    let verdict = decide(policy, request, peer, &mut tokens, now);
-    match verdict {
+    let verdict = decide(policy, facts_view, &mut read_peer, &mut tokens, now);
+    let fp = |token: Option<&str>| token.map(fingerprint);
+    let decision = match verdict {
         Verdict::Allow { headers } => {
-            allow(shared, headers.iter().map(|(n, v)| (*n, v.as_str())));
-            Outcome::Done(Action::Continue)
+            request.headers = headers
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value))
+                .collect();
+            Decision::Allow
         }
-        Verdict::Deny { reason, token } => Outcome::Done(refuse(Some(shared), reason, token)),
+        Verdict::Deny { reason, token } => {
+            request.token_fp = fp(token);
+            Decision::Deny(reason)
+        }
         Verdict::NeedBody(pending) => {
-            if facts
-                .content_length
-                .is_some_and(|n| n > policy.signed_requests.max_body_bytes)
-            {
-                return Outcome::Done(refuse(
-                    Some(shared),
-                    Reason::BodyTooLarge,
-                    Some(&pending.presented),
-                ));
-            }
-            if end_of_stream {
-                return Outcome::Done(finish(shared, *pending, 0));
-            }
-            Outcome::Body(pending)
+            request.token_fp = Some(fingerprint(&pending.presented));
+            request.pending = Some(pending);
+            Decision::NeedBody
         }
         Verdict::NeedKeys { set, reason, token } => {
+            request.token_fp = fp(token);
             let wait = may_wait
                 && match reason {
                     // Not loaded yet: wait for the first fetch.
                     Reason::KeySetUnavailable => true,
                     // An unknown `kid`: one early refetch, rate-limited per key set.
-                    _ => keysets::request_refetch(policy, set, now),
+                    _ => keysets::request_refetch(shared, set, now),
                 };
-            if wait {
-                Outcome::Wait(set)
-            } else {
-                Outcome::Done(refuse(Some(shared), reason, token))
+            match policy.remote_sets.get(set) {
+                Some(source) if wait => Decision::NeedKeys {
+                    set,
+                    seen_fetched_at: remote.fetched_at(set),
+                    timeout_ms: source.timeout_ms,
+                },
+                _ => Decision::Deny(reason),
             }
         }
-    }
-}
-
-/// Decides held requests again: those whose key set has been (re)loaded, and, on a tick,
-/// those whose wait has run out.
-fn resolve_waiting(shared: &Shared, check_deadlines: bool) {
-    let now_ms = now_millis();
-    let ready: Vec<u32> = {
-        let remote = shared.remote.borrow();
-        shared
-            .waiting
-            .borrow()
-            .iter()
-            .filter(|(_, w)| {
-                remote.fetched_at(w.set) > w.seen_fetched_at
-                    || (check_deadlines && now_ms >= w.deadline_ms)
-            })
-            .map(|(id, _)| *id)
-            .collect()
     };
-    for context_id in ready {
-        let Some(waiting) = shared.waiting.borrow_mut().remove(&context_id) else {
-            continue;
-        };
-        if hostcalls::set_effective_context(context_id).is_err() {
-            continue;
-        }
-        let peer = waiting.peer;
-        // A request may need a second key set after the first (the issuer's, then the
-        // client's): it may wait again, but never past its first deadline.
-        let outcome = decide_now(
-            shared,
-            &waiting.facts,
-            &mut || peer,
-            waiting.end_of_stream,
-            now_ms < waiting.deadline_ms,
-        );
-        let action = match outcome {
-            Outcome::Done(action) => action,
-            Outcome::Body(pending) => match waiting.body_complete {
-                Some(size) => finish(shared, *pending, size),
-                None => {
-                    // The body is still coming: its callback finishes the request.
-                    shared.pending.borrow_mut().insert(context_id, pending);
-                    continue;
-                }
-            },
-            Outcome::Wait(set) => {
-                let seen_fetched_at = shared.remote.borrow().fetched_at(set);
-                shared.waiting.borrow_mut().insert(
-                    context_id,
-                    Waiting {
-                        set,
-                        seen_fetched_at,
-                        ..waiting
-                    },
-                );
-                continue;
-            }
-        };
-        if matches!(action, Action::Continue) {
-            let _ = hostcalls::resume_http_request();
-        }
-    }
+    request.peer = peer;
+    decision
 }
 
-/// Verifies a pending request signature over the body (of `body_size` bytes, already
-/// buffered by Envoy) and lets the request go on, or refuses it.
-fn finish(shared: &Shared, pending: Pending, body_size: usize) -> Action {
-    let presented = pending.presented.clone();
-    let body = if body_size == 0 {
+/// Verifies a held request's signature over its whole body (buffered by Envoy) and records
+/// it against replay.
+fn verify_body(shared: &Shared, request: &mut HeldRequest) -> Result<(), Reason> {
+    let pending = request.pending.take().ok_or(Reason::HostError)?;
+    let size = request.held.complete_body().ok_or(Reason::HostError)?;
+    let body = if size == 0 {
         Vec::new()
     } else {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        // One byte more than the limit: a body that grew past it is refused, not cut.
+        let max = shared.policy.signed_requests.max_body_bytes;
+        hostcalls::buffer(Buffer::RequestBody, 0, size.min(max.saturating_add(1)))
+            .map_err(|_| Reason::HostError)?
+            .ok_or(Reason::HostError)?
     };
-    let remote = shared.remote.borrow();
-    let result = pending.finish(
+    let remote = shared.remote.try_borrow().map_err(|_| Reason::HostError)?;
+    let headers = pending.finish(
         &shared.policy,
         &remote,
         &body,
         shared.crypto.as_ref(),
-        &mut SharedReplayStore,
+        &mut &shared.replay,
         now_seconds(),
-    );
-    match result {
-        Ok(headers) => {
-            allow(
-                shared,
-                headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-            );
-            Action::Continue
+    )?;
+    request.headers = headers;
+    Ok(())
+}
+
+/// Decides again the held requests that are due: those whose key set has been (re)loaded,
+/// and those whose wait or body deadline has run out.
+fn resolve_held(shared: &Shared) {
+    let now_ms = now_millis();
+    let due: Vec<(u32, Step)> = {
+        let remote = shared.remote.borrow();
+        let mut held = shared.held.borrow_mut();
+        held.iter_mut()
+            .filter_map(|(id, request)| {
+                let step = request.held.due(now_ms, |set| remote.fetched_at(set))?;
+                Some((*id, step))
+            })
+            .collect()
+    };
+    for (context_id, step) in due {
+        let Some(request) = shared.held.borrow_mut().remove(&context_id) else {
+            continue;
+        };
+        // The request's stream may be gone; then there is nothing to decide.
+        if hostcalls::set_effective_context(context_id).is_err() {
+            continue;
         }
-        Err(reason) => refuse(Some(shared), reason, Some(&presented)),
+        drive(shared, context_id, request, step, false);
     }
 }
 
 /// Sets the claim headers, strips the token if configured, and counts the request.
-fn allow<'h>(shared: &Shared, headers: impl Iterator<Item = (&'h str, &'h str)>) {
+fn allow(shared: &Shared, headers: &[(String, String)]) {
     for (name, value) in headers {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+        let _ = hostcalls::set_request_header(name, value);
     }
     if shared.policy.strip_authorization {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None);
+        let _ = hostcalls::remove_request_header("authorization");
     }
     shared.metrics.allowed();
 }
 
 /// Sends the refusal for `reason`, counts it and logs it with the token's fingerprint.
-fn refuse(shared: Option<&Shared>, reason: Reason, token: Option<&str>) -> Action {
-    if let Some(shared) = shared {
-        shared.metrics.refused(reason);
+fn refuse(shared: Option<&Shared>, reason: Reason, token_fp: Option<&str>) -> Action {
+    match shared {
+        Some(shared) => shared.metrics.refused(reason),
+        None => Metrics::count_unconfigured(reason),
     }
-    let fp = token.map_or_else(|| "-".to_string(), fingerprint);
     log(
-        LogLevel::Info,
+        Level::Info,
         &format!(
-            "tether: refused reason={} status={} token_fp={fp}",
+            "tether: refused reason={} status={} token_fp={}",
             reason.name(),
-            reason.status()
+            reason.status(),
+            token_fp.unwrap_or("-")
         ),
     );
     let challenge = reason.www_authenticate();
-    let mut headers = vec![
-        ("content-type", "application/json"),
-        ("cache-control", "no-store"),
+    let mut headers: Vec<(&str, &[u8])> = vec![
+        ("content-type", b"application/json"),
+        ("cache-control", b"no-store"),
     ];
     if let Some(challenge) = challenge.as_deref() {
-        headers.push(("www-authenticate", challenge));
+        headers.push(("www-authenticate", challenge.as_bytes()));
     }
     let body = reason.body();
-    let _ =
-        hostcalls::send_http_response(u32::from(reason.status()), headers, Some(body.as_bytes()));
+    if hostcalls::send_response(reason.status(), &headers, body.as_bytes()).is_err() {
+        log(
+            Level::Warn,
+            "tether: the refusal could not be sent; the request stays held until it ends",
+        );
+    }
     Action::Pause
 }
 
 /// The connection's client certificate, from Envoy's `sha256_peer_certificate_digest`.
 fn peer_certificate() -> Option<PeerCertificate> {
-    let digest =
-        hostcalls::get_property(vec!["connection", "sha256_peer_certificate_digest"]).ok()??;
+    let digest = hostcalls::property(&["connection", "sha256_peer_certificate_digest"]).ok()??;
     PeerCertificate::from_hex_digest(&digest)
 }
 
 /// The host's clock, in seconds since the Unix epoch.
 fn now_seconds() -> u64 {
-    u64::try_from(now_millis() / 1000).unwrap_or(u64::MAX)
+    now_millis() / 1000
 }
 
-fn now_millis() -> u128 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis())
+/// The host's clock, in milliseconds since the Unix epoch (0 if the host cannot tell: every
+/// time check then fails closed, `exp` first).
+fn now_millis() -> u64 {
+    hostcalls::now_nanos().map_or(0, |n| n / 1_000_000)
 }

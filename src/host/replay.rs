@@ -2,8 +2,8 @@
 //! VMs. Buckets are separate shared-data keys, updated with compare-and-swap so that two
 //! workers seeing the same signature at once cannot both accept it.
 
-use proxy_wasm::hostcalls;
-
+use super::hostcalls;
+use crate::abi::Status;
 use crate::reject::Reason;
 use crate::replay::{bucket_of, Bucket, ReplayStore};
 
@@ -15,20 +15,59 @@ pub const BUCKETS: usize = 8192;
 /// Compare-and-swap attempts before giving up (fail closed).
 const ATTEMPTS: usize = 8;
 
-pub struct SharedReplayStore;
+/// The replay record under one namespace.
+pub struct SharedReplayStore {
+    namespace: String,
+}
 
-impl ReplayStore for SharedReplayStore {
+impl SharedReplayStore {
+    pub fn new(namespace: String) -> Self {
+        SharedReplayStore { namespace }
+    }
+
+    fn key(&self, bucket: usize) -> String {
+        format!("{}.replay.{bucket}", self.namespace)
+    }
+
+    /// Creates every bucket that does not exist yet, empty.
+    ///
+    /// Envoy's shared data has no atomic "create if absent": a write to a missing key
+    /// succeeds whatever compare-and-swap token it carries. When the first write to a bucket
+    /// also recorded a signature, two workers seeing the same fresh signature at once could
+    /// both create the bucket, and both accept it (issue 7, finding 8). Created here, at
+    /// configure time, every later write is a compare-and-swap on an existing key.
+    ///
+    /// A marker key, written once all buckets exist, spares later VMs the walk.
+    pub fn create_buckets(&self) {
+        let marker = format!("{}.replay.created", self.namespace);
+        if let Ok((Some(_), _)) = hostcalls::shared_data(&marker) {
+            return;
+        }
+        for bucket in 0..BUCKETS {
+            let key = self.key(bucket);
+            if let Ok((None, _)) = hostcalls::shared_data(&key) {
+                let _ = hostcalls::set_shared_data(&key, &[], None);
+            }
+        }
+        let _ = hostcalls::set_shared_data(&marker, b"1", None);
+    }
+}
+
+impl ReplayStore for &SharedReplayStore {
     fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason> {
-        let key = format!("tether.replay.{}", bucket_of(id, BUCKETS));
+        let key = self.key(bucket_of(id, BUCKETS));
         for _ in 0..ATTEMPTS {
-            let (bytes, cas) =
-                hostcalls::get_shared_data(&key).map_err(|_| Reason::ReplayStoreFull)?;
-            let mut bucket = Bucket::decode(bytes.as_deref().unwrap_or_default());
+            let (bytes, cas) = hostcalls::shared_data(&key).map_err(|_| Reason::ReplayStoreFull)?;
+            // Every bucket was created at configure time; one missing now was never created
+            // (a host that dropped it): fail closed rather than write without a token.
+            let (Some(bytes), Some(cas)) = (bytes, cas) else {
+                return Err(Reason::ReplayStoreFull);
+            };
+            let mut bucket = Bucket::decode(&bytes);
             bucket.record(id, expires_at, now)?;
-            // A missing key has no CAS: the first writer creates it.
-            match hostcalls::set_shared_data(&key, Some(&bucket.encode()), cas) {
+            match hostcalls::set_shared_data(&key, &bucket.encode(), Some(cas)) {
                 Ok(()) => return Ok(()),
-                Err(proxy_wasm::types::Status::CasMismatch) => continue,
+                Err(Status::CasMismatch) => continue,
                 Err(_) => return Err(Reason::ReplayStoreFull),
             }
         }

@@ -3,7 +3,8 @@
 //! forwarded, added or removed.
 //!
 //! It is deliberately minimal: one thread per connection, one request per connection
-//! (`Connection: close`), bodies by `Content-Length` only. Anything else gets a 5xx, so a test
+//! (`Connection: close`), bodies by `Content-Length` or chunked (a streamed HTTP/2 body; the
+//! trailer section, if any, is reported as `trailers`). Anything else gets a 5xx, so a test
 //! notices rather than passes by accident.
 
 use std::collections::{BTreeMap, HashSet};
@@ -79,6 +80,7 @@ impl EchoBackend {
                     "path": request.path,
                     "headers": request.headers,
                     "body": String::from_utf8_lossy(&request.body),
+                    "trailers": request.trailers,
                 });
                 ("200 OK", body)
             }
@@ -101,6 +103,8 @@ struct Request {
     /// Lower-case names; repeated headers keep every value, in order.
     headers: BTreeMap<String, Vec<String>>,
     body: Vec<u8>,
+    /// The trailer section of a chunked body: lower-case names.
+    trailers: BTreeMap<String, Vec<String>>,
 }
 
 fn read_request(stream: TcpStream) -> Result<Request, String> {
@@ -142,24 +146,85 @@ fn read_request(stream: TcpStream) -> Result<Request, String> {
             .push(value.trim().to_string());
     }
 
-    if headers.contains_key("transfer-encoding") {
-        return Err("chunked request bodies are not supported by the echo backend".into());
-    }
-    let length = match headers.get("content-length").map(|v| v.as_slice()) {
-        None => 0,
-        Some([one]) => one
-            .parse::<usize>()
-            .map_err(|_| format!("bad content-length {one:?}"))?,
-        Some(_) => return Err("several content-length headers".into()),
+    let mut trailers = BTreeMap::new();
+    let body = match headers.get("transfer-encoding").map(|v| v.as_slice()) {
+        None => {
+            let length = match headers.get("content-length").map(|v| v.as_slice()) {
+                None => 0,
+                Some([one]) => one
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad content-length {one:?}"))?,
+                Some(_) => return Err("several content-length headers".into()),
+            };
+            let mut body = vec![0; length];
+            reader
+                .read_exact(&mut body)
+                .map_err(|e| format!("reading the body: {e}"))?;
+            body
+        }
+        Some([chunked]) if chunked.eq_ignore_ascii_case("chunked") => {
+            if headers.contains_key("content-length") {
+                return Err("both content-length and transfer-encoding".into());
+            }
+            read_chunked(&mut reader, &mut trailers)?
+        }
+        Some(other) => return Err(format!("unsupported transfer-encoding {other:?}")),
     };
-    let mut body = vec![0; length];
-    reader
-        .read_exact(&mut body)
-        .map_err(|e| format!("reading the body: {e}"))?;
     Ok(Request {
         method,
         path,
         headers,
         body,
+        trailers,
     })
+}
+
+/// A chunked body (RFC 9112 §7.1), at most [`MAX_HEAD_BYTES`] long, and its trailer section.
+fn read_chunked(
+    reader: &mut BufReader<TcpStream>,
+    trailers: &mut BTreeMap<String, Vec<String>>,
+) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reading a chunk size: {e}"))?;
+        let size = line.trim_end().split(';').next().unwrap_or_default();
+        let size =
+            usize::from_str_radix(size, 16).map_err(|_| format!("bad chunk size line {line:?}"))?;
+        if size == 0 {
+            break;
+        }
+        if body.len() + size > MAX_HEAD_BYTES {
+            return Err("chunked body too large for the echo backend".into());
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader
+            .read_exact(&mut body[start..])
+            .map_err(|e| format!("reading a chunk: {e}"))?;
+        let mut crlf = [0; 2];
+        reader
+            .read_exact(&mut crlf)
+            .map_err(|e| format!("reading a chunk end: {e}"))?;
+    }
+    loop {
+        line.clear();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the trailer section: {e}"))?;
+        let field = line.trim_end_matches(['\r', '\n']);
+        if field.is_empty() {
+            return Ok(body);
+        }
+        let (name, value) = field
+            .split_once(':')
+            .ok_or_else(|| format!("bad trailer line {field:?}"))?;
+        trailers
+            .entry(name.trim().to_ascii_lowercase())
+            .or_default()
+            .push(value.trim().to_string());
+    }
 }

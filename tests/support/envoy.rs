@@ -79,6 +79,18 @@ pub struct Bootstrap {
     pub server_key: PathBuf,
     /// The filter module; `None` means [`wasm_module`], looked up only if the filter is in.
     pub wasm: Option<PathBuf>,
+    /// Offer HTTP/2 by ALPN (`h2`, then `http/1.1`); otherwise HTTP/1.1 only.
+    pub http2: bool,
+    /// Let HTTP/1.1 requests carry trailers (`http_protocol_options.enable_trailers`).
+    pub enable_trailers: bool,
+    /// The Wasm filter's `allow_on_headers_stop_iteration` (true, as the README asks).
+    pub allow_on_headers_stop_iteration: bool,
+    /// Envoy's `--concurrency` (worker threads); `None` leaves Envoy's default (one per core).
+    pub concurrency: Option<u32>,
+    /// More plain-HTTP clusters on 127.0.0.1, by name and port (key servers).
+    pub clusters: Vec<(String, u16)>,
+    /// More HTTP filters, before Tether's (another plugin in the same Envoy).
+    pub filters_before: Vec<Value>,
 }
 
 impl Bootstrap {
@@ -91,16 +103,25 @@ impl Bootstrap {
             server_cert: pki.server_cert.clone(),
             server_key: pki.server_key.clone(),
             wasm: None,
+            http2: false,
+            enable_trailers: false,
+            allow_on_headers_stop_iteration: true,
+            concurrency: None,
+            clusters: Vec::new(),
+            filters_before: Vec::new(),
         }
     }
 
     /// The Envoy bootstrap (v3 API) as JSON.
     pub fn to_json(&self) -> Value {
         let file = |path: &Path| json!({"filename": path});
-        let mut http_filters = Vec::new();
+        let mut http_filters = self.filters_before.clone();
         if let Some(config) = &self.tether {
             let wasm = self.wasm.clone().unwrap_or_else(wasm_module);
-            http_filters.push(wasm_filter(config, &wasm));
+            let mut filter = wasm_filter(config, &wasm);
+            filter["typed_config"]["config"]["allow_on_headers_stop_iteration"] =
+                json!(self.allow_on_headers_stop_iteration);
+            http_filters.push(filter);
         }
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
@@ -108,6 +129,22 @@ impl Bootstrap {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
             }
         }));
+        let mut echo = static_cluster("echo", self.upstream_port, 2000);
+        if self.enable_trailers || self.http2 {
+            // Trailers reach the HTTP/1.1 echo backend (chunked) only when the cluster allows.
+            echo["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http_protocol_options": {"enable_trailers": true}},
+                }
+            });
+        }
+        let mut clusters = vec![echo];
+        clusters.extend(
+            self.clusters
+                .iter()
+                .map(|(name, port)| static_cluster(name, *port, 1000)),
+        );
         json!({
             "admin": {"address": socket_address(0)},
             "static_resources": {
@@ -126,6 +163,7 @@ impl Bootstrap {
                                         "private_key": file(&self.server_key),
                                     }],
                                     "validation_context": {"trusted_ca": file(&self.ca)},
+                                    "alpn_protocols": if self.http2 { json!(["h2", "http/1.1"]) } else { json!(["http/1.1"]) },
                                 },
                             },
                         },
@@ -138,6 +176,7 @@ impl Bootstrap {
                                 // it refuses what normalization leaves ambiguous (%2F, %5C).
                                 "normalize_path": true,
                                 "merge_slashes": true,
+                                "http_protocol_options": {"enable_trailers": self.enable_trailers},
                                 "route_config": {
                                     "virtual_hosts": [{
                                         "name": "all",
@@ -153,17 +192,7 @@ impl Bootstrap {
                         }],
                     }],
                 }],
-                "clusters": [{
-                    "name": "echo",
-                    "type": "STATIC",
-                    "connect_timeout": "2s",
-                    "load_assignment": {
-                        "cluster_name": "echo",
-                        "endpoints": [{"lb_endpoints": [{
-                            "endpoint": {"address": socket_address(self.upstream_port)}
-                        }]}],
-                    },
-                }],
+                "clusters": clusters,
             },
         })
     }
@@ -175,6 +204,19 @@ impl Bootstrap {
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         path
     }
+}
+
+/// A plain-HTTP cluster named `name` with one endpoint, 127.0.0.1:`port`.
+fn static_cluster(name: &str, port: u16, connect_timeout_ms: u64) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": format!("{}s", connect_timeout_ms as f64 / 1000.0),
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(port)}}]}],
+        },
+    })
 }
 
 fn socket_address(port: u16) -> Value {
@@ -198,6 +240,9 @@ pub fn wasm_filter(config: &Value, wasm: &Path) -> Value {
                     "value": config.to_string(),
                 },
                 "vm_config": {
+                    // Tether's own VM: shared data is scoped by vm_id, and another plugin
+                    // must not share Tether's key sets and replay record (README).
+                    "vm_id": "tether",
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": wasm}},
                 },
@@ -242,7 +287,12 @@ impl Envoy {
     pub fn try_start(bootstrap: &Bootstrap) -> Result<Envoy, String> {
         let scratch = ScratchDir::new("envoy");
         let config = bootstrap.write(scratch.path());
-        let mut envoy = Envoy::start_with_file(&config, scratch.path(), scratch.path())?;
+        let mut envoy = Envoy::start_with_args(
+            &config,
+            scratch.path(),
+            scratch.path(),
+            bootstrap.concurrency,
+        )?;
         envoy.owned_dir = Some(scratch);
         Ok(envoy)
     }
@@ -253,6 +303,16 @@ impl Envoy {
     ///
     /// Returns the log text if Envoy exits or does not become ready in time.
     pub fn start_with_file(config: &Path, cwd: &Path, workdir: &Path) -> Result<Envoy, String> {
+        Envoy::start_with_args(config, cwd, workdir, None)
+    }
+
+    /// [`start_with_file`](Self::start_with_file), with `--concurrency` if given.
+    pub fn start_with_args(
+        config: &Path,
+        cwd: &Path,
+        workdir: &Path,
+        concurrency: Option<u32>,
+    ) -> Result<Envoy, String> {
         let log = workdir.join("envoy.log");
         let admin_file = workdir.join("admin-address");
         // A log left by an earlier run (the demo reuses its directory) would confuse readers.
@@ -267,6 +327,7 @@ impl Envoy {
             .arg(config)
             // Several Envoys run at once (one per test binary, more for special configs).
             .arg("--disable-hot-restart")
+            .args(concurrency.map(|n| format!("--concurrency={n}")))
             .args(LOG_ARGS)
             .arg("--admin-address-path")
             .arg(&admin_file)

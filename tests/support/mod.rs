@@ -28,8 +28,10 @@ pub mod client;
 pub mod der;
 pub mod echo;
 pub mod envoy;
+pub mod frames;
 pub mod jws;
 pub mod jwt;
+pub mod keyserver;
 pub mod pki;
 pub mod scratch;
 

@@ -1,0 +1,421 @@
+//! One held request's life, from its headers to its decision: the pure part of the glue.
+//!
+//! Tether holds a request while it waits for something the decision needs: a fetched key set
+//! (not loaded yet, or refetched for an unknown `kid`), or the body, over which the request
+//! signature is verified. Whatever arrives meanwhile (body chunks, trailers, the keys, the
+//! clock's ticks) is an event; each event returns a [`Step`] for the glue to carry out.
+//!
+//! The rule every path keeps: **nothing of a held request goes on until it is decided**.
+//! Trailers end the body, they never release the request (issue 7, finding 1: proxy-wasm's
+//! default answer to trailers let a held request through unchecked). A body that does not
+//! arrive by its deadline is refused (`body_timeout`), and one that arrives late is verified
+//! at the time it arrives, so a signature cannot outlive its window (finding 2).
+
+use crate::reject::Reason;
+
+/// How long a held request may wait, and how much body it may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest the body of a request held for it may take, from the headers.
+    pub body_timeout_ms: u64,
+    /// The largest body held for a request signature.
+    pub max_body_bytes: usize,
+}
+
+/// What the request waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// A fetched key set: decided again once the set is newer than `seen_fetched_at`, or when
+    /// the wait runs out.
+    AwaitingKeys { set: usize, seen_fetched_at: u64 },
+    /// The whole body, to verify the request signature over it.
+    AwaitingBody,
+    /// Decided (allowed or refused): nothing is held any more.
+    Decided,
+}
+
+/// What the decision found, as far as the request's life goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny(Reason),
+    /// Everything is verified but the request signature, which needs the body.
+    NeedBody,
+    /// Key set `set`, whose copy in this VM was fetched at `seen_fetched_at`, must be
+    /// (re)loaded first; the request may wait for it `timeout_ms` (the set's).
+    NeedKeys {
+        set: usize,
+        seen_fetched_at: u64,
+        timeout_ms: u64,
+    },
+}
+
+/// What the glue does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Let the request go on (from a request's own callback: `Continue`; from the root
+    /// context: resume it).
+    Continue,
+    /// Keep holding it.
+    Pause,
+    /// The body is complete: verify the request signature over it now, and report with
+    /// [`Held::verified`].
+    Verify,
+    /// Decide the request again now (its key set changed, or its wait ran out; `may_wait`
+    /// says whether it may wait again), and report with [`Held::decided`].
+    Decide { may_wait: bool },
+    /// Refuse it.
+    Refuse(Reason),
+}
+
+/// What is known of the body so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Body {
+    /// Bytes buffered so far.
+    buffered: usize,
+    /// The body is complete (end of stream, or trailers).
+    complete: bool,
+    /// A body or trailers callback reached the filter: Envoy hands a held request's body
+    /// over only with `allow_on_headers_stop_iteration`.
+    seen: bool,
+}
+
+/// One request's life. Created on the headers; the glue keeps it while it is not decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    stage: Stage,
+    body: Body,
+    /// The body's announced length (`content-length`), if any.
+    announced: Option<usize>,
+    limits: Limits,
+    /// When a wait for keys ends (set when the first one starts).
+    keys_deadline_ms: Option<u64>,
+    /// When the body must have arrived.
+    body_deadline_ms: u64,
+}
+
+impl Held {
+    /// A request whose headers arrived at `now_ms` (with `end_of_stream` if it has no body),
+    /// before its first decision.
+    pub fn new(now_ms: u64, end_of_stream: bool, announced: Option<usize>, limits: Limits) -> Held {
+        Held {
+            stage: Stage::Decided,
+            body: Body {
+                complete: end_of_stream,
+                ..Body::default()
+            },
+            announced,
+            limits,
+            keys_deadline_ms: None,
+            body_deadline_ms: now_ms.saturating_add(limits.body_timeout_ms),
+        }
+    }
+
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// Whether the request is still held (not decided).
+    pub fn is_held(&self) -> bool {
+        self.stage != Stage::Decided
+    }
+
+    /// Whether neither body nor trailers ever reached the filter: at a body timeout, a sign
+    /// that Envoy holds the body back (`allow_on_headers_stop_iteration` is not set).
+    pub fn body_never_seen(&self) -> bool {
+        !self.body.seen
+    }
+
+    /// The body's size once complete; `None` while it is still arriving.
+    pub fn complete_body(&self) -> Option<usize> {
+        self.body.complete.then_some(self.body.buffered)
+    }
+
+    /// The request has been decided (on its headers, or again).
+    pub fn decided(&mut self, decision: Decision, now_ms: u64) -> Step {
+        match decision {
+            Decision::Allow => self.finish(Step::Continue),
+            Decision::Deny(reason) => self.finish(Step::Refuse(reason)),
+            Decision::NeedBody => {
+                let max = self.limits.max_body_bytes;
+                if self.body.buffered > max || self.announced.is_some_and(|n| n > max) {
+                    return self.finish(Step::Refuse(Reason::BodyTooLarge));
+                }
+                self.stage = Stage::AwaitingBody;
+                if self.body.complete {
+                    Step::Verify
+                } else {
+                    Step::Pause
+                }
+            }
+            Decision::NeedKeys {
+                set,
+                seen_fetched_at,
+                timeout_ms,
+            } => {
+                // A request may wait for a second key set after the first (the issuer's,
+                // then the client's), but never past its first deadline.
+                self.keys_deadline_ms
+                    .get_or_insert(now_ms.saturating_add(timeout_ms));
+                self.stage = Stage::AwaitingKeys {
+                    set,
+                    seen_fetched_at,
+                };
+                Step::Pause
+            }
+        }
+    }
+
+    /// A body callback: `buffered` bytes so far, `end_of_stream` if that is all.
+    pub fn on_body(&mut self, buffered: usize, end_of_stream: bool) -> Step {
+        if self.stage == Stage::Decided {
+            return Step::Continue;
+        }
+        self.body.seen = true;
+        self.body.buffered = buffered;
+        self.body.complete |= end_of_stream;
+        match self.stage {
+            Stage::AwaitingBody if buffered > self.limits.max_body_bytes => {
+                self.finish(Step::Refuse(Reason::BodyTooLarge))
+            }
+            Stage::AwaitingBody if self.body.complete => Step::Verify,
+            _ => Step::Pause,
+        }
+    }
+
+    /// The trailers arrived: the body is complete. They go on only with the request.
+    pub fn on_trailers(&mut self) -> Step {
+        if self.stage == Stage::Decided {
+            return Step::Continue;
+        }
+        self.body.seen = true;
+        self.body.complete = true;
+        match self.stage {
+            Stage::AwaitingBody => Step::Verify,
+            _ => Step::Pause,
+        }
+    }
+
+    /// The signature over the body was verified (or refused with a reason).
+    pub fn verified(&mut self, result: Result<(), Reason>) -> Step {
+        match result {
+            Ok(()) => self.finish(Step::Continue),
+            Err(reason) => self.finish(Step::Refuse(reason)),
+        }
+    }
+
+    /// On the root context's tick or a key set's arrival: what is due for this request now,
+    /// given when each key set was last loaded in this VM (`fetched_at`). `None`: nothing.
+    pub fn due(&mut self, now_ms: u64, fetched_at: impl Fn(usize) -> u64) -> Option<Step> {
+        match self.stage {
+            Stage::AwaitingKeys {
+                set,
+                seen_fetched_at,
+            } => {
+                let in_time = self.keys_deadline_ms.is_none_or(|d| now_ms < d);
+                (fetched_at(set) > seen_fetched_at || !in_time)
+                    .then_some(Step::Decide { may_wait: in_time })
+            }
+            Stage::AwaitingBody if now_ms >= self.body_deadline_ms => {
+                Some(self.finish(Step::Refuse(Reason::BodyTimeout)))
+            }
+            Stage::AwaitingBody | Stage::Decided => None,
+        }
+    }
+
+    fn finish(&mut self, step: Step) -> Step {
+        self.stage = Stage::Decided;
+        step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        body_timeout_ms: 10_000,
+        max_body_bytes: 1_000,
+    };
+    const T0: u64 = 1_000_000;
+
+    fn awaiting_body(end_of_stream: bool) -> Held {
+        let mut held = Held::new(T0, end_of_stream, None, LIMITS);
+        held.decided(Decision::NeedBody, T0);
+        held
+    }
+
+    fn awaiting_keys() -> Held {
+        let mut held = Held::new(T0, false, None, LIMITS);
+        let step = held.decided(
+            Decision::NeedKeys {
+                set: 0,
+                seen_fetched_at: 7,
+                timeout_ms: 2_000,
+            },
+            T0,
+        );
+        assert_eq!(step, Step::Pause);
+        held
+    }
+
+    #[test]
+    fn trailers_cannot_release_a_request_held_for_its_body() {
+        let mut held = awaiting_body(false);
+        assert_eq!(held.on_body(10, false), Step::Pause);
+        // The trailers end the body: the signature is verified, the request is not let go.
+        assert_eq!(held.on_trailers(), Step::Verify);
+        assert_eq!(held.complete_body(), Some(10));
+        assert!(held.is_held());
+        assert_eq!(
+            held.verified(Err(Reason::RequestSignatureInvalid)),
+            Step::Refuse(Reason::RequestSignatureInvalid)
+        );
+        assert!(!held.is_held());
+    }
+
+    #[test]
+    fn trailers_without_any_data_end_an_empty_body() {
+        let mut held = awaiting_body(false);
+        assert_eq!(held.on_trailers(), Step::Verify);
+        assert_eq!(held.complete_body(), Some(0));
+    }
+
+    #[test]
+    fn trailers_cannot_release_a_request_held_for_its_keys() {
+        let mut held = awaiting_keys();
+        assert_eq!(held.on_body(10, false), Step::Pause);
+        assert_eq!(held.on_trailers(), Step::Pause);
+        assert!(held.is_held());
+        // When the keys come, the request is decided; its body is already complete.
+        assert_eq!(
+            held.due(T0 + 100, |_| 8),
+            Some(Step::Decide { may_wait: true })
+        );
+        assert_eq!(held.decided(Decision::NeedBody, T0 + 100), Step::Verify);
+        assert_eq!(held.complete_body(), Some(10));
+    }
+
+    #[test]
+    fn body_end_of_stream_verifies_and_later_callbacks_pass() {
+        let mut held = awaiting_body(false);
+        assert_eq!(held.on_body(500, true), Step::Verify);
+        assert_eq!(held.verified(Ok(())), Step::Continue);
+        assert_eq!(held.on_body(500, true), Step::Continue);
+        assert_eq!(held.on_trailers(), Step::Continue);
+    }
+
+    #[test]
+    fn request_without_body_is_verified_at_once() {
+        let mut held = Held::new(T0, true, None, LIMITS);
+        assert_eq!(held.decided(Decision::NeedBody, T0), Step::Verify);
+        assert_eq!(held.complete_body(), Some(0));
+    }
+
+    #[test]
+    fn body_over_the_limit_is_refused_announced_or_received() {
+        let mut announced = Held::new(T0, false, Some(1_001), LIMITS);
+        assert_eq!(
+            announced.decided(Decision::NeedBody, T0),
+            Step::Refuse(Reason::BodyTooLarge)
+        );
+        // Streamed without content-length: refused once it grows past the limit.
+        let mut streamed = awaiting_body(false);
+        assert_eq!(streamed.on_body(1_000, false), Step::Pause);
+        assert_eq!(
+            streamed.on_body(1_001, false),
+            Step::Refuse(Reason::BodyTooLarge)
+        );
+        assert!(!streamed.is_held());
+    }
+
+    #[test]
+    fn body_that_does_not_arrive_by_the_deadline_is_refused() {
+        let mut held = awaiting_body(false);
+        assert_eq!(held.due(T0 + 9_999, |_| 0), None);
+        assert!(held.body_never_seen());
+        assert_eq!(
+            held.due(T0 + 10_000, |_| 0),
+            Some(Step::Refuse(Reason::BodyTimeout))
+        );
+        assert!(!held.is_held());
+        assert_eq!(held.due(T0 + 20_000, |_| 0), None);
+    }
+
+    #[test]
+    fn a_body_chunk_counts_as_seen() {
+        let mut held = awaiting_body(false);
+        held.on_body(1, false);
+        assert!(!held.body_never_seen());
+    }
+
+    #[test]
+    fn key_wait_ends_when_newer_keys_arrive_or_the_deadline_passes() {
+        let mut held = awaiting_keys();
+        assert_eq!(held.due(T0 + 100, |_| 7), None);
+        assert_eq!(
+            held.due(T0 + 2_000, |_| 7),
+            Some(Step::Decide { may_wait: false })
+        );
+        let mut held = awaiting_keys();
+        assert_eq!(
+            held.due(T0 + 100, |set| if set == 0 { 9 } else { 0 }),
+            Some(Step::Decide { may_wait: true })
+        );
+    }
+
+    #[test]
+    fn a_second_key_wait_keeps_the_first_deadline() {
+        let mut held = awaiting_keys();
+        let step = held.decided(
+            Decision::NeedKeys {
+                set: 1,
+                seen_fetched_at: 0,
+                timeout_ms: 2_000,
+            },
+            T0 + 1_500,
+        );
+        assert_eq!(step, Step::Pause);
+        assert_eq!(held.due(T0 + 1_999, |_| 0), None);
+        assert_eq!(
+            held.due(T0 + 2_000, |_| 0),
+            Some(Step::Decide { may_wait: false })
+        );
+    }
+
+    #[test]
+    fn keys_then_body_still_waits_for_the_body_and_its_deadline() {
+        let mut held = awaiting_keys();
+        assert_eq!(held.decided(Decision::NeedBody, T0 + 500), Step::Pause);
+        assert_eq!(held.stage(), Stage::AwaitingBody);
+        assert_eq!(held.on_body(20, true), Step::Verify);
+        let mut late = awaiting_keys();
+        late.decided(Decision::NeedBody, T0 + 500);
+        assert_eq!(
+            late.due(T0 + 10_000, |_| 0),
+            Some(Step::Refuse(Reason::BodyTimeout))
+        );
+    }
+
+    #[test]
+    fn allow_or_deny_after_keys_ends_the_hold() {
+        let mut held = awaiting_keys();
+        assert_eq!(held.decided(Decision::Allow, T0 + 10), Step::Continue);
+        assert!(!held.is_held());
+        assert_eq!(held.on_body(5, true), Step::Continue);
+        let mut held = awaiting_keys();
+        assert_eq!(
+            held.decided(Decision::Deny(Reason::KeyUnknown), T0 + 10),
+            Step::Refuse(Reason::KeyUnknown)
+        );
+    }
+
+    #[test]
+    fn a_request_held_for_keys_is_not_bound_by_the_signature_body_limit() {
+        // Only a body held for a signature is bounded by max_body_bytes; Envoy's own buffer
+        // limit bounds the rest.
+        let mut held = awaiting_keys();
+        assert_eq!(held.on_body(5_000, false), Step::Pause);
+        assert_eq!(held.decided(Decision::Allow, T0 + 10), Step::Continue);
+    }
+}
