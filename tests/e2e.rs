@@ -416,6 +416,43 @@ fn client_supplied_sub_header_is_replaced_by_the_verified_claim() {
     assert_eq!(response.upstream_header(SUB_HEADER), ["alice"]);
 }
 
+/// Regression test for issue 7, finding 6: only the exact configured name was removed, so
+/// `x_tether_sub` and `x.tether.sub` reached the upstream, where many frameworks read them as
+/// `x-tether-sub`.
+#[test]
+fn look_alike_claim_headers_never_reach_the_upstream() {
+    let f = fixtures();
+    let look_alikes = ["x_tether_sub", "x.tether.sub", "X_Tether.Sub"];
+    let send = |path: &str, authorized: bool| {
+        let mut request = request(path);
+        if authorized {
+            request = request.cert(&f.pki.alice).bearer(&alice_bound_token());
+        }
+        for name in look_alikes {
+            request = request.header(name, "admin");
+        }
+        request.send()
+    };
+    for (path, authorized, sub) in [("/", true, vec!["alice"]), ("/healthz", false, vec![])] {
+        let response = send(path, authorized);
+        assert_served(&response);
+        assert_eq!(response.upstream_header(SUB_HEADER), sub, "{path}");
+        let echoed = response.json();
+        for name in look_alikes {
+            let lower = name.to_ascii_lowercase();
+            assert!(
+                echoed["headers"].get(&lower).is_none(),
+                "{path}: {name} reached the upstream: {echoed}"
+            );
+        }
+    }
+    // A header that only resembles one is left alone.
+    let response = request("/healthz")
+        .header("x-tether-subject", "kept")
+        .send();
+    assert_eq!(response.upstream_header("x-tether-subject"), ["kept"]);
+}
+
 #[test]
 fn client_supplied_sub_header_is_removed_on_unprotected_routes() {
     let response = request("/healthz").header(SUB_HEADER, "admin").send();

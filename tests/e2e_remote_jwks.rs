@@ -8,6 +8,8 @@ mod support;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use support::client::{HttpsRequest, Response};
@@ -305,4 +307,49 @@ fn key_server_reset_after_its_headers_does_not_trap_the_vm() {
 #[test]
 fn key_server_stalling_past_the_timeout_does_not_trap_the_vm() {
     key_server_failure_is_a_failed_fetch(Behaviour::Stall { ms: 4000 }, 500);
+}
+
+/// Regression test for issue 7, finding 7: one key Tether cannot use in a fetched key set
+/// (a 1024-bit RSA key, an EC key claiming `alg: RS256`, an RSA key with only `x5c`, or a
+/// 65th key) rejected the whole document, so a rotated-in key was never picked up.
+#[test]
+fn rotated_key_is_picked_up_beside_keys_tether_cannot_use() {
+    let s = setup();
+    let server = KeyServer::start(&s.issuer.jwks());
+    let envoy = envoy(&s, server.port, 2000);
+    assert_status(
+        &call(&s, &envoy, &token(&s, s.issuer.key(Alg::Es256))),
+        200,
+        None,
+    );
+    let keys_dir = s.dir.join("rotated-beside-odd");
+    std::fs::create_dir_all(&keys_dir).expect("dir");
+    let rotated = SigningKey::generate(&keys_dir, Alg::Es256, "rotated-1", true);
+    // A well-formed 1024-bit modulus: valid RSA, too weak for Tether.
+    let mut weak = vec![0xc5u8; 128];
+    weak[127] = 0x01;
+    let mut misfit = s.issuer.key(Alg::Es256).jwk();
+    misfit["kid"] = json!("misfit");
+    misfit["alg"] = json!("RS256");
+    let mut keys = vec![
+        json!({"kty": "RSA", "kid": "weak", "n": URL_SAFE_NO_PAD.encode(&weak), "e": "AQAB"}),
+        misfit,
+        json!({"kty": "RSA", "kid": "x5c-only", "x5c": ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]}),
+        rotated.jwk(),
+    ];
+    // Enough usable keys besides that the document holds 65.
+    for i in 0..61 {
+        let mut filler = s.issuer.key(Alg::Es256).jwk();
+        filler["kid"] = json!(format!("filler-{i}"));
+        keys.push(filler);
+    }
+    server.serve(200, &json!({"keys": keys}));
+    let response = call(&s, &envoy, &token(&s, &rotated));
+    assert_status(&response, 200, None);
+    assert!(envoy.stat("wasmcustom.tether.jwks_fetch.key_skipped") >= 3);
+    assert!(
+        envoy.log().contains("keys[0] skipped"),
+        "the skipped keys are logged"
+    );
+    envoy.stop();
 }

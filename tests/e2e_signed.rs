@@ -290,6 +290,35 @@ fn replayed_signature_is_refused() {
     );
 }
 
+/// Regression test for issue 7, finding 4: the replay record was keyed by the signature's
+/// bytes, so the malleated twin `(r, n - s)` of a captured ES256 signature, which Envoy's
+/// BoringSSL verifies too, was accepted once more.
+#[test]
+fn malleated_twin_of_a_used_ecdsa_signature_is_a_replay() {
+    let token = token_for("alice-app");
+    let key = client_key(Alg::Es256);
+    let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
+    let signature = detached(&header, BODY, Some(key));
+    let twin = jws::malleate_es256(&signature);
+    assert_ne!(twin, signature);
+    assert_served(&post("/payments", &token, BODY, Some(&signature)));
+    assert_signature_refused(
+        &post("/payments", &token, BODY, Some(&twin)),
+        "request_signature_replayed",
+        "request signature was already used",
+    );
+}
+
+/// The twin alone, never used before, verifies: the test above fails for the reason it names.
+#[test]
+fn malleated_twin_of_a_fresh_ecdsa_signature_verifies() {
+    let token = token_for("alice-app");
+    let key = client_key(Alg::Es256);
+    let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
+    let twin = jws::malleate_es256(&detached(&header, BODY, Some(key)));
+    assert_served(&post("/payments", &token, BODY, Some(&twin)));
+}
+
 #[test]
 fn unknown_kid_is_refused() {
     let token = token_for("alice-app");

@@ -224,25 +224,31 @@ fn socket_address(port: u16) -> Value {
 }
 
 /// The `envoy.filters.http.wasm` entry running Tether with `config` (the plugin
-/// configuration is passed to the module as a JSON string).
+/// configuration is passed to the module as a JSON string), in Tether's own VM.
 pub fn wasm_filter(config: &Value, wasm: &Path) -> Value {
+    // Tether's own VM: shared data is scoped by vm_id, and another plugin must not share
+    // Tether's key sets and replay record (README).
+    plugin_filter("tether", wasm, &config.to_string(), "tether")
+}
+
+/// The `envoy.filters.http.wasm` entry running the plugin `wasm` named `name`, with the
+/// configuration string `configuration`, in VM `vm_id`.
+pub fn plugin_filter(name: &str, wasm: &Path, configuration: &str, vm_id: &str) -> Value {
     json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
-                "name": "tether",
+                "name": name,
                 // Envoy >= 1.35: a filter that pauses on the headers still receives the body
                 // (without it Envoy holds the body back too), which request signatures need.
                 "allow_on_headers_stop_iteration": true,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": config.to_string(),
+                    "value": configuration,
                 },
                 "vm_config": {
-                    // Tether's own VM: shared data is scoped by vm_id, and another plugin
-                    // must not share Tether's key sets and replay record (README).
-                    "vm_id": "tether",
+                    "vm_id": vm_id,
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": wasm}},
                 },
@@ -327,7 +333,12 @@ impl Envoy {
             .arg(config)
             // Several Envoys run at once (one per test binary, more for special configs).
             .arg("--disable-hot-restart")
-            .args(concurrency.map(|n| format!("--concurrency={n}")))
+            .args(
+                concurrency
+                    .map(|n| ["--concurrency".to_string(), n.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(LOG_ARGS)
             .arg("--admin-address-path")
             .arg(&admin_file)

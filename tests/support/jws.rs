@@ -54,3 +54,17 @@ pub fn detached(header: &Value, body: &[u8], signer: Signer<'_>) -> String {
     };
     format!("{header_b64}..{}", URL_SAFE_NO_PAD.encode(signature))
 }
+
+/// The twin of an ES256 detached JWS: its signature `(r, s)` replaced by `(r, n - s)`, which
+/// verifies over the same input (RFC 7518 §3.4 does not require a low `s`). What an attacker
+/// who captured a signed request can make without any key.
+pub fn malleate_es256(detached: &str) -> String {
+    let (header, signature) = detached.split_once("..").expect("a detached JWS");
+    let bytes = URL_SAFE_NO_PAD
+        .decode(signature)
+        .expect("base64url signature");
+    let signature = p256::ecdsa::Signature::from_slice(&bytes).expect("an ES256 signature");
+    let (r, s) = signature.split_scalars();
+    let twin = p256::ecdsa::Signature::from_scalars(r, -s).expect("n - s is a valid scalar");
+    format!("{header}..{}", URL_SAFE_NO_PAD.encode(twin.to_bytes()))
+}

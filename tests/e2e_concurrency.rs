@@ -1,0 +1,142 @@
+//! End-to-end tests of what Tether's worker VMs share, with two Envoy workers
+//! (`--concurrency 2`): the replay record must accept a signature once, whichever workers
+//! its copies reach at the same instant.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use support::echo::EchoBackend;
+use support::envoy::{Bootstrap, Envoy};
+use support::jws::{self, Signer};
+use support::jwt::Issuer;
+use support::pki::Pki;
+use support::repo_root;
+use support::scratch::ScratchDir;
+
+const ISSUER: &str = "https://idp.example.com";
+const AUDIENCE: &str = "https://orders.mesh.internal";
+const HMAC_SECRET: &[u8] = b"legacy-erp shared secret, 32 B!!";
+const BODY: &[u8] = b"{\"amount\":\"10.00\",\"to\":\"bob\"}";
+
+/// Sends each request on `connections` keep-alive connections at once
+/// (tests/interop/race_client.py); the statuses, one list per request.
+fn race(envoy: &Envoy, pki: &Pki, connections: usize, requests: &[Vec<u8>]) -> Vec<Vec<u16>> {
+    let dir = ScratchDir::new("race");
+    let spec = json!({
+        "port": envoy.https_port(),
+        "ca": pki.ca,
+        "cert": pki.alice.cert,
+        "key": pki.alice.key,
+        "connections": connections,
+        "requests": requests.iter().map(|r| STANDARD.encode(r)).collect::<Vec<_>>(),
+    });
+    let spec_file = dir.join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).expect("write the race spec");
+    let output = Command::new(repo_root().join(".venv/bin/python"))
+        .arg(repo_root().join("tests/interop/race_client.py"))
+        .arg(&spec_file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the race client");
+    assert!(
+        output.status.success(),
+        "race client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).expect("race client output");
+    result["statuses"]
+        .as_array()
+        .expect("statuses")
+        .iter()
+        .map(|s| {
+            s.as_array()
+                .expect("one list per request")
+                .iter()
+                .map(|n| n.as_u64().unwrap_or(0) as u16)
+                .collect()
+        })
+        .collect()
+}
+
+/// Regression test for issue 7, finding 8: the first write to each replay bucket was
+/// unconditional, so on a fresh Envoy two workers could both accept the same signature
+/// (9 times in 400). Each of 300 fresh signatures goes to four connections at once.
+#[test]
+fn a_signature_raced_to_two_workers_is_accepted_once() {
+    let dir = ScratchDir::new("e2e-concurrency");
+    let pki = Pki::generate(&dir.join("pki"));
+    let issuer = Issuer::generate(&dir.join("issuer"), ISSUER, AUDIENCE);
+    let echo = EchoBackend::start();
+    let config = json!({
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": issuer.jwks()}],
+        "clients": [{"client_id": "legacy-erp",
+                     "hmac_keys": [{"kid": "erp-1", "k": URL_SAFE_NO_PAD.encode(HMAC_SECRET)}]}],
+        "rules": [{"prefix": "/", "require": "mtls", "signed_request": true}],
+    });
+    let mut bootstrap = Bootstrap::new(&pki, echo.port(), Some(config));
+    bootstrap.concurrency = Some(2);
+    let envoy = Envoy::start(&bootstrap);
+    let token = issuer
+        .token()
+        .bound_to(&pki.alice)
+        .claim("client_id", "legacy-erp")
+        .sign();
+    let authority = format!("localhost:{}", envoy.https_port());
+    let requests: Vec<Vec<u8>> = (0..300)
+        .map(|i| {
+            let path = format!("/payments/{i}");
+            let header = jws::protected(
+                "HS256",
+                Some("erp-1"),
+                "POST",
+                &format!("https://{authority}{path}"),
+                &token,
+            );
+            let signature = jws::detached(&header, BODY, Signer::Hmac(HMAC_SECRET));
+            let mut request = format!(
+                "POST {path} HTTP/1.1\r\nhost: {authority}\r\nauthorization: Bearer {token}\r\n\
+                 x-jws-signature: {signature}\r\ncontent-length: {}\r\n\r\n",
+                BODY.len()
+            )
+            .into_bytes();
+            request.extend_from_slice(BODY);
+            request
+        })
+        .collect();
+    let statuses = race(&envoy, &pki, 4, &requests);
+    let mut accepted_twice = 0;
+    for (i, copies) in statuses.iter().enumerate() {
+        let served = copies.iter().filter(|s| **s == 200).count();
+        assert!(
+            copies.iter().all(|s| *s == 200 || *s == 401),
+            "request {i}: {copies:?}"
+        );
+        assert!(served >= 1, "request {i}: no copy served: {copies:?}");
+        accepted_twice += usize::from(served > 1);
+    }
+    assert_eq!(
+        accepted_twice, 0,
+        "signatures accepted more than once: {accepted_twice} of 300"
+    );
+    // Both workers took connections, so copies did meet on two VMs.
+    let stats = envoy.stats();
+    let per_worker: Vec<u64> = (0..2)
+        .map(|w| {
+            stats
+                .iter()
+                .filter(|(name, _)| name.ends_with(&format!(".worker_{w}.downstream_cx_total")))
+                .map(|(_, n)| *n)
+                .sum()
+        })
+        .collect();
+    assert!(
+        per_worker.iter().all(|n| *n >= 1),
+        "connections per worker: {per_worker:?}"
+    );
+    envoy.stop();
+}
