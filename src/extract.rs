@@ -21,43 +21,79 @@ pub fn reject_token_in_query(path: &str) -> Result<(), Reason> {
         return Ok(());
     };
     let query = query.split_once('#').map_or(query, |(q, _)| q);
-    for pair in query.split(['&', ';']) {
-        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        if is_access_token_name(name) {
-            return Err(Reason::TokenInQuery);
-        }
+    if has_access_token_parameter(query.as_bytes()) {
+        return Err(Reason::TokenInQuery);
     }
     Ok(())
 }
 
-/// Whether a raw query parameter name is `access_token`, also when percent-encoded
-/// (`access%5Ftoken`), so that encoding cannot smuggle a token past the check.
-fn is_access_token_name(raw: &str) -> bool {
-    if raw.len() > QUERY_PARAMETER.len() * 3 {
-        return false;
+/// Whether `application/x-www-form-urlencoded` data (a query, or a form body) has a
+/// parameter whose name any common server would read as `access_token`.
+pub fn has_access_token_parameter(data: &[u8]) -> bool {
+    data.split(|b| *b == b'&' || *b == b';').any(|pair| {
+        let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
+        is_access_token_name(name)
+    })
+}
+
+/// How many rounds of percent-decoding a parameter name gets: servers that decode twice
+/// (`access%255Ftoken`) exist; three rounds cover them with room to spare.
+const DECODING_ROUNDS: usize = 3;
+
+/// Whether a raw parameter name reads as `access_token` once normalised the ways servers and
+/// frameworks normalise names, so that none of them can smuggle a token past the check
+/// (issue 7): percent-decoding (repeated), `+` as a space, a NUL ending the name (C-based
+/// servers), an array or map suffix (`access_token[]`, `access_token[x]`: PHP, Rack), spaces
+/// around it trimmed, ASCII case, and ` ` or `.` read as `_` (PHP).
+fn is_access_token_name(raw: &[u8]) -> bool {
+    let mut name = raw.to_vec();
+    for _ in 0..DECODING_ROUNDS {
+        let decoded = percent_decode(&name);
+        if decoded == name {
+            break;
+        }
+        name = decoded;
     }
-    let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
+    if let Some(end) = name.iter().position(|b| *b == 0 || *b == b'[') {
+        name.truncate(end);
+    }
+    let trimmed = name.trim_ascii();
+    trimmed.len() == QUERY_PARAMETER.len()
+        && trimmed
+            .iter()
+            .map(|b| match b {
+                b' ' | b'.' => b'_',
+                b => b.to_ascii_lowercase(),
+            })
+            .eq(QUERY_PARAMETER.bytes())
+}
+
+/// One round of form decoding: `%XX` escapes, and `+` as a space. A `%` not followed by two
+/// hex digits stays as it is.
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => match std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(b) => {
-                    decoded.push(b);
-                    i += 3;
-                }
-                None => return false,
-            },
-            (b, _) => {
-                decoded.push(b);
+    while i < input.len() {
+        let hex = input
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (input[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
                 i += 1;
             }
         }
     }
-    decoded.eq_ignore_ascii_case(QUERY_PARAMETER.as_bytes())
+    out
 }
 
 /// Reads the Bearer token from the request's `Authorization` header values (raw bytes,
@@ -244,5 +280,55 @@ mod tests {
         );
         assert_eq!(reject_token_in_query("/access_token?x=1"), Ok(()));
         assert_eq!(reject_token_in_query("/orders?%zz=1"), Ok(()));
+        for other in [
+            "access_tokens",
+            "access-token",
+            "accesstoken",
+            "access_token_x",
+            "x[access_token]",
+        ] {
+            assert_eq!(
+                reject_token_in_query(&format!("/orders?{other}=1")),
+                Ok(()),
+                "{other}"
+            );
+        }
+    }
+
+    /// Regression test for issue 7 ("query and body token smuggling"): these names passed,
+    /// and many servers read each of them as `access_token`.
+    #[test]
+    fn access_token_under_any_name_a_server_would_read_as_it_is_refused() {
+        for smuggled in [
+            "access_token[]",
+            "access_token[0]",
+            "access_token%5B%5D",
+            "access_token+",
+            "+access_token",
+            "%20access_token%20",
+            "access%255Ftoken",
+            "access%25255Ftoken",
+            "access.token",
+            "access+token",
+            "access_token%00junk",
+            "ACCESS_TOKEN",
+        ] {
+            assert_eq!(
+                reject_token_in_query(&format!("/orders?a=1&{smuggled}=eyJ")),
+                Err(Reason::TokenInQuery),
+                "{smuggled}"
+            );
+        }
+        // However long the padding: no length cap lets a name through.
+        let padded = format!("/orders?access_token{}=x", "+".repeat(500));
+        assert_eq!(reject_token_in_query(&padded), Err(Reason::TokenInQuery));
+    }
+
+    #[test]
+    fn form_data_is_read_the_same_way() {
+        assert!(has_access_token_parameter(b"amount=10&access_token=eyJ"));
+        assert!(has_access_token_parameter(b"access_token%5B%5D=eyJ"));
+        assert!(!has_access_token_parameter(b"amount=10&note=access_token"));
+        assert!(!has_access_token_parameter(b""));
     }
 }

@@ -99,7 +99,9 @@ pub fn path_without_query(path: &str) -> &str {
 /// - percent-encoded unreserved characters, `/`, `\`, `;` and `%` (`/%61dmin`, `%2e%2e`,
 ///   `%2f`, double encoding `%252e`): RFC 3986 §6.2.2.2 makes them equivalent to the
 ///   decoded form, which a prefix rule would not see;
-/// - backslashes, a fragment, and anything but visible ASCII.
+/// - backslashes, a fragment, and anything but visible ASCII;
+/// - percent-encoded bytes that do not decode to UTF-8, such as the overlong `%C0%AE` (a
+///   `.` to some decoders, RFC 3629 §3 forbids it).
 ///
 /// Envoy's `normalize_path` and `merge_slashes` resolve most of these before the filter sees
 /// them; this check keeps the rules sound where they are not enabled. Matching stays
@@ -126,17 +128,27 @@ pub fn is_normalized(path: &str) -> bool {
     {
         return false;
     }
-    let mut escapes = bytes.iter().enumerate().filter(|(_, b)| **b == b'%');
-    escapes.all(|(i, _)| {
-        let decoded = bytes
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            decoded.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let escaped = bytes
             .get(i + 1..i + 3)
             .and_then(|hex| std::str::from_utf8(hex).ok())
             .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match decoded {
-            None => false,
-            Some(b) => !(b.is_ascii_alphanumeric() || b"-._~/\\;%".contains(&b)),
+        match escaped {
+            Some(b) if !(b.is_ascii_alphanumeric() || b"-._~/\\;%".contains(&b)) => {
+                decoded.push(b);
+                i += 3;
+            }
+            _ => return false,
         }
-    })
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 #[cfg(test)]
@@ -264,6 +276,24 @@ mod tests {
     fn control_characters_and_non_ascii_are_not_normalized() {
         for path in ["/a b", "/a\tb", "/caf\u{e9}"] {
             assert!(!is_normalized(path), "{path:?}");
+        }
+    }
+
+    /// Regression test for issue 7: `%C0%AE` (an overlong `.`) passed the check.
+    #[test]
+    fn percent_encoded_bytes_that_are_not_utf8_are_not_normalized() {
+        for path in [
+            "/a/%C0%AE%C0%AE/admin",
+            "/%c0%ae",
+            "/%FF",
+            "/%E2%82",
+            "/%ED%A0%80",
+        ] {
+            assert!(!is_normalized(path), "{path}");
+        }
+        // Encoded UTF-8 (and reserved characters) stay allowed.
+        for path in ["/caf%C3%A9", "/%E2%82%AC", "/a%20b", "/a%3Fb"] {
+            assert!(is_normalized(path), "{path}");
         }
     }
 

@@ -1065,6 +1065,28 @@ fn token_in_query_is_refused_even_with_a_valid_authorization_header() {
     assert_refused(&response, TOKEN_IN_QUERY);
 }
 
+/// Regression test for issue 7 ("query token smuggling"): `?access_token[]=` and
+/// `?access_token+=` passed Tether, and PHP, Rack and form decoders read them as
+/// `access_token`. Percent-encoded forms go through Envoy's path normalization first.
+#[test]
+fn token_under_a_look_alike_query_name_is_refused() {
+    let f = fixtures();
+    let token = alice_bound_token();
+    for name in [
+        "access_token[]",
+        "access_token%5B%5D",
+        "access_token+",
+        "access.token",
+        "access%255Ftoken",
+    ] {
+        let response = request(&format!("/?page=2&{name}={token}"))
+            .cert(&f.pki.alice)
+            .bearer(&token)
+            .send();
+        assert_refused(&response, TOKEN_IN_QUERY);
+    }
+}
+
 #[test]
 fn unprotected_routes_do_not_inspect_the_query() {
     let response = request("/healthz?access_token=whatever").send();
@@ -1175,6 +1197,20 @@ fn encoded_separators_in_the_path_are_refused() {
         "/orders%2fadmin",
         "/orders%5Cadmin",
     ] {
+        let response = request(path)
+            .cert(&f.pki.alice)
+            .bearer(&alice_bound_token())
+            .send();
+        assert_refused(&response, PATH_NOT_NORMALIZED);
+    }
+}
+
+/// Regression test for issue 7: `%C0%AE`, an overlong (invalid) UTF-8 encoding of `.` that
+/// some decoders still read as a dot, passed the check.
+#[test]
+fn percent_encoded_bytes_that_are_not_utf8_are_refused() {
+    let f = fixtures();
+    for path in ["/healthz/%C0%AE%C0%AE/orders", "/orders/%FF"] {
         let response = request(path)
             .cert(&f.pki.alice)
             .bearer(&alice_bound_token())

@@ -102,6 +102,45 @@ fn every_example_config_passes_envoy_validation() {
     }
 }
 
+/// What every shipped Envoy configuration and README snippet must say (issue 7): Tether in a
+/// VM of its own, because Envoy scopes shared data by `vm_id` and another plugin in Tether's
+/// VM id could write its key sets; and underscores in header names refused, because many
+/// frameworks read `x_tether_sub` as `x-tether-sub`.
+const REQUIRED_SETTINGS: [&str; 2] = [
+    "vm_id: tether",
+    "headers_with_underscores_action: REJECT_REQUEST",
+];
+
+#[test]
+fn every_shipped_config_and_readme_snippet_isolates_tether_and_refuses_underscores() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
+    // The README's Envoy snippets: YAML blocks that load the Wasm filter.
+    let snippets: Vec<String> = readme
+        .split("```yaml")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| block.contains("envoy.filters.http.wasm"))
+        .map(str::to_string)
+        .collect();
+    assert!(!snippets.is_empty(), "no Envoy snippet found in the README");
+    let configs = example_configs()
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("read config");
+            (path.display().to_string(), text)
+        })
+        .chain(
+            snippets
+                .into_iter()
+                .map(|s| ("README snippet".to_string(), s)),
+        );
+    for (name, text) in configs {
+        for setting in REQUIRED_SETTINGS {
+            assert!(text.contains(setting), "{name} does not set `{setting}`");
+        }
+    }
+}
+
 #[test]
 fn referenced_files_are_found_in_block_and_flow_style() {
     let yaml = "a:\n  filename: x/ca.pem\nb: { filename: \"dist/t.wasm\" }\n# filename: no\n";
