@@ -38,6 +38,10 @@ pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u64 = 900;
 pub const MAX_CLOCK_SKEW_SECONDS: u64 = 300;
 /// The largest `max_token_lifetime_seconds` accepted (one day).
 pub const MAX_TOKEN_LIFETIME_LIMIT_SECONDS: u64 = 86_400;
+/// Default for `max_held_requests`.
+pub const DEFAULT_MAX_HELD_REQUESTS: usize = 1024;
+/// Bounds of `max_held_requests`.
+pub const MAX_HELD_REQUESTS_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
 /// The largest configuration read.
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
@@ -86,6 +90,12 @@ struct RawConfig {
     clients: Vec<RawClient>,
     #[serde(default)]
     signed_requests: RawSignedRequests,
+    #[serde(default = "default_max_held_requests")]
+    max_held_requests: usize,
+}
+
+fn default_max_held_requests() -> usize {
+    DEFAULT_MAX_HELD_REQUESTS
 }
 
 fn default_cache_entries() -> usize {
@@ -116,12 +126,19 @@ struct RawRule {
     require: Require,
     #[serde(default)]
     signed_request: bool,
+    #[serde(default = "default_true")]
+    case_sensitive: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClient {
     client_id: String,
+    issuer: Option<String>,
     jwks: Option<Value>,
     remote_jwks: Option<RawRemoteJwks>,
     hmac_keys: Option<Vec<RawHmacKey>>,
@@ -131,7 +148,55 @@ struct RawClient {
 #[serde(deny_unknown_fields)]
 struct RawHmacKey {
     kid: String,
-    k: String,
+    k: RawSecret,
+}
+
+/// A secret in the configuration: inline, or `{"env": "NAME"}`, read from an environment
+/// variable of the VM. Envoy shows the plugin configuration in its admin `/config_dump`; a
+/// secret given by name stays out of it (Envoy passes the variable to the VM with
+/// `vm_config.environment_variables.host_env_keys`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSecret {
+    Inline(String),
+    Env(EnvReference),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvReference {
+    env: String,
+}
+
+/// Reads an environment variable of the VM (`std::env::var` in the filter; tests pass their
+/// own).
+pub type Environment<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl RawSecret {
+    /// The secret's value; `at` names the field in errors (never the value).
+    fn resolve(self, at: &str, environment: Environment<'_>) -> Result<String, String> {
+        match self {
+            RawSecret::Inline(value) => Ok(value),
+            RawSecret::Env(EnvReference { env }) => {
+                let valid_name = env
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                    && env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !valid_name {
+                    return Err(format!(
+                        "{at}.env {env:?} is not an environment variable name"
+                    ));
+                }
+                match environment(&env) {
+                    Some(value) if !value.is_empty() => Ok(value),
+                    _ => Err(format!(
+                        "{at}: environment variable {env:?} is not set in the VM (pass it with vm_config.environment_variables.host_env_keys)"
+                    )),
+                }
+            }
+        }
+    }
 }
 
 /// A key set fetched from an Envoy cluster.
@@ -253,6 +318,8 @@ struct RawClaimHeader {
 #[derive(Debug)]
 pub struct Client {
     pub client_id: String,
+    /// The issuer whose tokens name this client: a `client_id` means nothing across issuers.
+    pub issuer: String,
     pub keys: KeySource,
     pub hmac_keys: Vec<HmacKey>,
 }
@@ -290,6 +357,8 @@ pub struct Policy {
     /// Key sets fetched from `jwks_uri`s, referred to by index from issuers and clients.
     pub remote_sets: Vec<RemoteJwks>,
     pub signed_requests: SignedRequests,
+    /// The most requests one worker VM holds at once (for a key set or a body).
+    pub max_held_requests: usize,
     /// Things worth logging at start-up that are not errors (skipped JWKS keys).
     pub notes: Vec<String>,
 }
@@ -326,8 +395,18 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl Policy {
-    /// Parses and validates the filter configuration.
+    /// Parses and validates the filter configuration; `{"env": ...}` secrets come from the
+    /// process (the VM's) environment.
     pub fn from_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
+        Policy::from_json_with(bytes, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates the filter configuration, reading `{"env": ...}` secrets from
+    /// `environment`.
+    pub fn from_json_with(
+        bytes: &[u8],
+        environment: Environment<'_>,
+    ) -> Result<Policy, ConfigError> {
         if bytes.len() > MAX_CONFIG_BYTES {
             return Err(ConfigError(format!(
                 "configuration is larger than {MAX_CONFIG_BYTES} bytes"
@@ -339,10 +418,10 @@ impl Policy {
             .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         json.end()
             .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
-        Policy::compile(raw).map_err(ConfigError)
+        Policy::compile(raw, environment).map_err(ConfigError)
     }
 
-    fn compile(raw: RawConfig) -> Result<Policy, String> {
+    fn compile(raw: RawConfig, environment: Environment<'_>) -> Result<Policy, String> {
         if raw.clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
             return Err(format!(
                 "clock_skew_seconds must be at most {MAX_CLOCK_SKEW_SECONDS}"
@@ -352,6 +431,13 @@ impl Policy {
             || raw.max_token_lifetime_seconds > MAX_TOKEN_LIFETIME_LIMIT_SECONDS
         {
             return Err(format!("max_token_lifetime_seconds must be between 1 and {MAX_TOKEN_LIFETIME_LIMIT_SECONDS}"));
+        }
+        if !MAX_HELD_REQUESTS_RANGE.contains(&raw.max_held_requests) {
+            return Err(format!(
+                "max_held_requests must be between {} and {}",
+                MAX_HELD_REQUESTS_RANGE.start(),
+                MAX_HELD_REQUESTS_RANGE.end()
+            ));
         }
         if raw.token_cache_entries > MAX_ENTRIES {
             return Err(format!("token_cache_entries must be at most {MAX_ENTRIES}"));
@@ -366,10 +452,17 @@ impl Policy {
                     prefix: r.prefix,
                     require: r.require,
                     signed_request: r.signed_request,
+                    case_sensitive: r.case_sensitive,
                 })
                 .collect(),
         )?;
-        let clients = compile_clients(raw.clients, &mut remote_sets, &mut notes)?;
+        let clients = compile_clients(
+            raw.clients,
+            &issuers,
+            &mut remote_sets,
+            &mut notes,
+            environment,
+        )?;
         let signed_requests = compile_signed_requests(raw.signed_requests)?;
         let claims_to_headers = compile_claim_headers(raw.claims_to_headers)?;
         Ok(Policy {
@@ -385,6 +478,7 @@ impl Policy {
             clients,
             remote_sets,
             signed_requests,
+            max_held_requests: raw.max_held_requests,
             notes,
         })
     }
@@ -435,8 +529,10 @@ fn compile_issuers(
 
 fn compile_clients(
     raw: Vec<RawClient>,
+    issuers: &[Issuer],
     remote_sets: &mut Vec<RemoteJwks>,
     notes: &mut Vec<String>,
+    environment: Environment<'_>,
 ) -> Result<Vec<Client>, String> {
     let mut clients: Vec<Client> = Vec::with_capacity(raw.len());
     for (i, client) in raw.into_iter().enumerate() {
@@ -444,9 +540,28 @@ fn compile_clients(
         if client.client_id.is_empty() {
             return Err(format!("{at}.client_id must not be empty"));
         }
-        if clients.iter().any(|c| c.client_id == client.client_id) {
+        // A client is the client of one issuer: with several issuers, any of them could
+        // issue a token naming this client_id, and it would select this client's keys.
+        let issuer = match (client.issuer, issuers) {
+            (Some(issuer), _) if issuers.iter().any(|known| known.issuer == issuer) => issuer,
+            (Some(issuer), _) => {
+                return Err(format!(
+                    "{at}.issuer {issuer:?} is not one of the configured issuers"
+                ))
+            }
+            (None, [only]) => only.issuer.clone(),
+            (None, _) => {
+                return Err(format!(
+                    "{at}.issuer is required when several issuers are configured"
+                ))
+            }
+        };
+        if clients
+            .iter()
+            .any(|c| c.client_id == client.client_id && c.issuer == issuer)
+        {
             return Err(format!(
-                "{at}.client_id {:?} is configured twice",
+                "{at}.client_id {:?} is configured twice for issuer {issuer:?}",
                 client.client_id
             ));
         }
@@ -459,8 +574,11 @@ fn compile_clients(
         )?;
         let mut hmac_keys: Vec<HmacKey> = Vec::new();
         for (j, key) in client.hmac_keys.unwrap_or_default().into_iter().enumerate() {
+            let k = key
+                .k
+                .resolve(&format!("{at}.hmac_keys[{j}].k"), environment)?;
             let secret = URL_SAFE_NO_PAD
-                .decode(&key.k)
+                .decode(k.trim())
                 .map_err(|_| format!("{at}.hmac_keys[{j}].k is not unpadded base64url"))?;
             // RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
             if secret.len() < MIN_HMAC_KEY_BYTES {
@@ -485,6 +603,7 @@ fn compile_clients(
         }
         clients.push(Client {
             client_id: client.client_id,
+            issuer,
             keys: keys.unwrap_or(KeySource::Inline(Vec::new())),
             hmac_keys,
         });
@@ -609,6 +728,7 @@ mod tests {
         assert_eq!(policy.limits.max_token_lifetime_seconds, 900);
         assert!(!policy.strip_authorization);
         assert_eq!(policy.token_cache_entries, 4096);
+        assert_eq!(policy.max_held_requests, 1024);
         assert!(policy.claims_to_headers.is_empty());
         assert_eq!(
             policy.rules.requirement("/anything").require,
@@ -698,6 +818,15 @@ mod tests {
     }
 
     #[test]
+    fn max_held_requests_is_bounded() {
+        for (n, ok) in [(0, false), (1, true), (65_536, true), (65_537, false)] {
+            let mut c = contract();
+            c["max_held_requests"] = json!(n);
+            assert_eq!(parse(&c).is_ok(), ok, "{n}");
+        }
+    }
+
+    #[test]
     fn token_cache_entries_can_be_zero_and_is_bounded() {
         let mut c = contract();
         c["token_cache_entries"] = json!(0);
@@ -728,6 +857,95 @@ mod tests {
         assert_eq!(policy.signed_requests.header, "x-jws-signature");
         assert_eq!(policy.signed_requests.max_body_bytes, 1_048_576);
         assert!(policy.rules.requirement("/orders").signed_request);
+    }
+
+    /// Issue 7 ("client lookup ignores the issuer"): a client names its issuer, required
+    /// when several are trusted.
+    #[test]
+    fn a_client_belongs_to_one_issuer() {
+        let mut c = contract();
+        let second =
+            json!({"issuer": "https://other-idp.example.com", "audiences": ["a"], "jwks": jwks()});
+        c["issuers"].as_array_mut().unwrap().push(second);
+        c["clients"] = json!([{"client_id": "alice-app", "jwks": jwks()}]);
+        let err = parse(&c).unwrap_err().0;
+        assert!(err.contains("clients[0].issuer is required"), "{err}");
+        c["clients"][0]["issuer"] = json!("https://unknown.example.com");
+        assert!(parse(&c)
+            .unwrap_err()
+            .0
+            .contains("not one of the configured issuers"));
+        c["clients"] = json!([
+            {"client_id": "alice-app", "issuer": "https://idp.example.com", "jwks": jwks()},
+            {"client_id": "alice-app", "issuer": "https://other-idp.example.com", "jwks": jwks()}
+        ]);
+        let policy = parse(&c).unwrap();
+        assert_eq!(policy.clients[1].issuer, "https://other-idp.example.com");
+        c["clients"][1]["issuer"] = json!("https://idp.example.com");
+        assert!(parse(&c).unwrap_err().0.contains("configured twice"));
+        // With one issuer, it is implied.
+        let mut one = contract();
+        one["clients"] = json!([{"client_id": "alice-app", "jwks": jwks()}]);
+        assert_eq!(
+            parse(&one).unwrap().clients[0].issuer,
+            "https://idp.example.com"
+        );
+    }
+
+    #[test]
+    fn rule_case_sensitivity_is_configurable() {
+        let mut c = contract();
+        c["rules"][2]["case_sensitive"] = json!(false);
+        let policy = parse(&c).unwrap();
+        assert_eq!(policy.rules.requirement("/ORDERS").require, Require::Mtls);
+        assert_eq!(
+            parse(&contract())
+                .unwrap()
+                .rules
+                .requirement("/ORDERS")
+                .require,
+            Require::Bound
+        );
+    }
+
+    /// Issue 7 ("secrets in Envoy's config dump"): an HMAC key given by the name of an
+    /// environment variable of the VM.
+    #[test]
+    fn hmac_key_from_the_environment() {
+        const K: &str = "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow";
+        let mut c = contract();
+        c["clients"] = json!([{"client_id": "erp", "hmac_keys": [{"kid": "k1", "k": {"env": "TETHER_ERP_KEY"}}]}]);
+        let env = |name: &str| (name == "TETHER_ERP_KEY").then(|| K.to_string());
+        let policy = Policy::from_json_with(c.to_string().as_bytes(), &env).unwrap();
+        assert_eq!(policy.clients[0].hmac_keys[0].secret.len(), 64);
+        // Unset, empty, a bad name, or another member: configuration errors naming the field,
+        // never the value.
+        let none = |_: &str| None;
+        let err = Policy::from_json_with(c.to_string().as_bytes(), &none)
+            .unwrap_err()
+            .0;
+        assert!(
+            err.contains("clients[0].hmac_keys[0].k") && err.contains("TETHER_ERP_KEY"),
+            "{err}"
+        );
+        let empty = |_: &str| Some(String::new());
+        assert!(Policy::from_json_with(c.to_string().as_bytes(), &empty).is_err());
+        c["clients"][0]["hmac_keys"][0]["k"] = json!({"env": "1BAD-NAME"});
+        assert!(Policy::from_json_with(c.to_string().as_bytes(), &env)
+            .unwrap_err()
+            .0
+            .contains("not an environment variable name"));
+        c["clients"][0]["hmac_keys"][0]["k"] = json!({"env": "TETHER_ERP_KEY", "default": "x"});
+        assert!(Policy::from_json_with(c.to_string().as_bytes(), &env).is_err());
+        let short = |_: &str| Some("c2hvcnQ".to_string());
+        c["clients"][0]["hmac_keys"][0]["k"] = json!({"env": "TETHER_ERP_KEY"});
+        let err = Policy::from_json_with(c.to_string().as_bytes(), &short)
+            .unwrap_err()
+            .0;
+        assert!(
+            err.contains("at least 32 bytes") && !err.contains("c2hvcnQ"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -29,6 +29,33 @@ pub struct Rule {
     pub require: Require,
     /// Whether every request must carry a valid request signature.
     pub signed_request: bool,
+    /// Whether `prefix` matches case-sensitively (the default, like Envoy's route
+    /// `case_sensitive`). Turn it off where Envoy's route or the back end ignores case,
+    /// or `/ORDERS` would skip the `/orders` rule and still reach the orders service.
+    pub case_sensitive: bool,
+}
+
+impl Rule {
+    /// Whether this rule's prefix matches `path` (without the query).
+    fn matches(&self, path: &str) -> bool {
+        match path.get(..self.prefix.len()) {
+            Some(head) if self.case_sensitive => head == self.prefix,
+            Some(head) => head.eq_ignore_ascii_case(&self.prefix),
+            None => false,
+        }
+    }
+
+    /// Whether every path this rule matches is matched by `earlier` first, so that this rule
+    /// can never apply.
+    fn shadowed_by(&self, earlier: &Rule) -> bool {
+        if earlier.case_sensitive && !self.case_sensitive {
+            // This rule also matches other spellings of the prefix, which `earlier` misses
+            // (unless its prefix has no letters, where case does not matter).
+            return !earlier.prefix.bytes().any(|b| b.is_ascii_alphabetic())
+                && earlier.matches(&self.prefix);
+        }
+        earlier.matches(&self.prefix)
+    }
 }
 
 /// What the matching rule asks of a request.
@@ -63,7 +90,7 @@ impl Rules {
             }
             if let Some(j) = rules[..i]
                 .iter()
-                .position(|earlier| rule.prefix.starts_with(&earlier.prefix))
+                .position(|earlier| rule.shadowed_by(earlier))
             {
                 return Err(format!(
                     "rules[{i}] (prefix {:?}) can never match: rules[{j}] (prefix {:?}) comes first",
@@ -79,7 +106,7 @@ impl Rules {
         let path = path_without_query(path);
         self.0
             .iter()
-            .find(|rule| path.starts_with(&rule.prefix))
+            .find(|rule| rule.matches(path))
             .map_or(DEFAULT_ROUTE, |rule| Route {
                 require: rule.require,
                 signed_request: rule.signed_request,
@@ -160,7 +187,56 @@ mod tests {
             prefix: prefix.to_string(),
             require,
             signed_request: false,
+            case_sensitive: true,
         }
+    }
+
+    fn ignoring_case(rule: Rule) -> Rule {
+        Rule {
+            case_sensitive: false,
+            ..rule
+        }
+    }
+
+    /// Regression test for issue 7 ("rule case sensitivity"): behind a case-insensitive
+    /// route or back end, `/ORDERS` skipped the `/orders` rule.
+    #[test]
+    fn case_insensitive_rule_matches_every_spelling() {
+        let rules = Rules::new(vec![
+            ignoring_case(rule("/orders", Require::Mtls)),
+            rule("/", Require::Bearer),
+        ])
+        .unwrap();
+        for path in ["/orders", "/ORDERS/1", "/Orders?x=1"] {
+            assert_eq!(rules.requirement(path).require, Require::Mtls, "{path}");
+        }
+        assert_eq!(rules.requirement("/other").require, Require::Bearer);
+        // The default stays case-sensitive, like Envoy's route prefix.
+        let strict = Rules::new(vec![rule("/orders", Require::Mtls)]).unwrap();
+        assert_eq!(strict.requirement("/ORDERS").require, Require::Bound);
+        assert_eq!(strict.requirement("/orders").require, Require::Mtls);
+    }
+
+    #[test]
+    fn shadowing_takes_case_into_account() {
+        // A case-insensitive rule shadows every spelling that follows it...
+        let shadowed = Rules::new(vec![
+            ignoring_case(rule("/orders", Require::Mtls)),
+            rule("/ORDERS/x", Require::None),
+        ]);
+        assert!(shadowed.is_err());
+        // ...a case-sensitive one does not shadow a case-insensitive rule it only partly covers...
+        assert!(Rules::new(vec![
+            rule("/orders", Require::Mtls),
+            ignoring_case(rule("/orders/x", Require::None)),
+        ])
+        .is_ok());
+        // ...unless its prefix has no letters.
+        assert!(Rules::new(vec![
+            rule("/", Require::Mtls),
+            ignoring_case(rule("/orders", Require::None)),
+        ])
+        .is_err());
     }
 
     fn contract_rules() -> Rules {

@@ -260,10 +260,13 @@ fn signature_checks(
                 .string_claim("client_id")
                 .or_else(|| verified.string_claim("azp"))
                 .ok_or(Reason::RequestSignatureKeyUnknown)?;
+            // The client of the token's own issuer: a client_id is an issuer's name for a
+            // client, and another trusted issuer must not select this client's keys.
+            let issuer = verified.string_claim("iss");
             let index = policy
                 .clients
                 .iter()
-                .position(|c| c.client_id == client_id)
+                .position(|c| c.client_id == client_id && Some(c.issuer.as_str()) == issuer)
                 .ok_or(Reason::RequestSignatureKeyUnknown)?;
             Some(index)
         }
@@ -723,5 +726,68 @@ mod tests {
             NOW,
         );
         assert!(matches!(verdict, Verdict::Allow { .. }));
+    }
+
+    /// Issue 7 ("client lookup ignores the issuer"): a token of another trusted issuer
+    /// naming a registered client's `client_id` must not select that client's keys.
+    #[test]
+    fn a_client_id_selects_keys_only_for_its_own_issuer() {
+        const OTHER: &str = "https://other-idp.example.com";
+        let f = fixture();
+        let config = json!({
+            "issuers": [
+                {"issuer": ISS, "audiences": [AUD], "jwks": {"keys": [jwk_of(&f.key)]}},
+                {"issuer": OTHER, "audiences": [AUD], "jwks": {"keys": [jwk_of(&f.key)]}}
+            ],
+            "clients": [{"client_id": "alice-app", "issuer": ISS,
+                         "hmac_keys": [{"kid": "h1", "k": URL_SAFE_NO_PAD.encode([7u8; 32])}]}],
+            "rules": [{"prefix": "/", "require": "bearer", "signed_request": true}]
+        });
+        let policy = Policy::from_json(config.to_string().as_bytes()).unwrap();
+        let pending_for = |issuer: &str| {
+            let t = signed_token(&f, issuer, &[("client_id", json!("alice-app"))]);
+            let auth = format!("Bearer {t}");
+            let header = json!({"alg": "HS256", "kid": "h1", "iat": NOW, "htm": "POST",
+                "htu": "https://api.example/pay", "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(&t))});
+            let signature = format!("{}..AAAA", URL_SAFE_NO_PAD.encode(header.to_string()));
+            let authorization = [auth.as_bytes()];
+            let signatures = [signature.as_bytes()];
+            let request = Request {
+                path: b"/pay",
+                authorization: &authorization,
+                method: b"POST",
+                scheme: b"https",
+                authority: b"api.example",
+                signature: &signatures,
+            };
+            match decide(&policy, request, || None, &mut uncached(), NOW) {
+                Verdict::NeedBody(pending) => Ok(pending.client),
+                Verdict::Deny { reason, .. } => Err(reason),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(pending_for(ISS), Ok(Some(0)));
+        assert_eq!(pending_for(OTHER), Err(Reason::RequestSignatureKeyUnknown));
+    }
+
+    fn jwk_of(key: &ES256KeyPair) -> Value {
+        let point = key.public_key().public_key().to_bytes_uncompressed();
+        json!({"kty": "EC", "crv": "P-256", "kid": "k1",
+               "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])})
+    }
+
+    fn signed_token(f: &Fixture, issuer: &str, extra: &[(&str, Value)]) -> String {
+        let mut custom = Map::new();
+        for (name, value) in extra {
+            custom.insert((*name).into(), value.clone());
+        }
+        let mut claims = Claims::with_custom_claims(custom, Duration::from_secs(300))
+            .with_issuer(issuer)
+            .with_audience(AUD)
+            .with_subject("alice");
+        claims.issued_at = Some(UnixTimeStamp::from_secs(NOW));
+        claims.invalid_before = None;
+        claims.expires_at = Some(UnixTimeStamp::from_secs(NOW + 300));
+        f.key.sign(claims).unwrap()
     }
 }

@@ -366,3 +366,51 @@ fn body_withheld_by_envoy_is_refused_at_the_deadline_with_a_clear_log() {
     );
     envoy.stop();
 }
+
+/// Issue 7 ("unbounded held requests"): each worker holds at most `max_held_requests`; the
+/// rest are refused at once with 503, counted, instead of growing the table without end.
+#[test]
+fn requests_beyond_max_held_requests_are_refused_at_once() {
+    let f = fixtures();
+    let server = KeyServer::start_with(Behaviour::Late {
+        delay_ms: 2000,
+        status: 200,
+        body: f.issuer.jwks().to_string(),
+    });
+    let config = json!({
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE],
+                     "remote_jwks": {"cluster": "idp", "path": "/jwks.json", "timeout_ms": 5000}}],
+        "rules": [{"prefix": "/", "require": "mtls"}],
+        "max_held_requests": 2,
+    });
+    let mut bootstrap = Bootstrap::new(&f.pki, f.echo.port(), Some(config));
+    bootstrap.http2 = true;
+    // One worker: one VM holds every stream of the connection.
+    bootstrap.concurrency = Some(1);
+    bootstrap.clusters.push(("idp".into(), server.port));
+    let envoy = Envoy::start(&bootstrap);
+    let token = f.issuer.token().bound_to(&f.pki.alice).sign();
+    let get = || Stream::new("GET", "/orders").header("authorization", &format!("Bearer {token}"));
+    let answers = Frames::new(envoy.https_port(), &f.pki, Protocol::H2)
+        .cert(&f.pki.alice)
+        .send(&[get(), get(), get(), get()]);
+    let mut statuses: Vec<Option<u16>> = answers.iter().map(|a| a.status).collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [Some(200), Some(200), Some(503), Some(503)],
+        "{answers:?}"
+    );
+    for refused in answers.iter().filter(|a| a.status == Some(503)) {
+        assert!(
+            refused.answered_at_ms.is_some_and(|ms| ms < 1000),
+            "{refused:?}"
+        );
+        assert_eq!(refused.json()["error"], "temporarily_unavailable");
+    }
+    assert_eq!(
+        envoy.stat("wasmcustom.tether.refused.held_requests_full"),
+        2
+    );
+    envoy.stop();
+}

@@ -27,6 +27,8 @@ const AUDIENCE: &str = "https://orders.mesh.internal";
 const HEADER: &str = "x-jws-signature";
 /// The HS256 secret of the `legacy-erp` client: 32 bytes.
 const HMAC_SECRET: &[u8] = b"legacy-erp shared secret, 32 B!!";
+/// The environment variable that carries it to the VM.
+const HMAC_ENV: &str = "TETHER_LEGACY_ERP_KEY";
 
 struct Fixtures {
     pki: Pki,
@@ -60,8 +62,9 @@ fn fixtures() -> &'static Fixtures {
             "clients": [
                 {"client_id": "alice-app",
                  "jwks": {"keys": client_keys.iter().map(SigningKey::jwk).collect::<Vec<Value>>()}},
+                // The shared secret by name: Envoy's /config_dump must not show it.
                 {"client_id": "legacy-erp",
-                 "hmac_keys": [{"kid": "erp-1", "k": URL_SAFE_NO_PAD.encode(HMAC_SECRET)}]}
+                 "hmac_keys": [{"kid": "erp-1", "k": {"env": HMAC_ENV}}]}
             ],
             "signed_requests": {"header": HEADER, "max_age_seconds": 60, "max_body_bytes": 4096},
             "rules": [
@@ -69,7 +72,11 @@ fn fixtures() -> &'static Fixtures {
                 {"prefix": "/", "require": "bound"}
             ],
         });
-        let envoy = Envoy::start(&Bootstrap::new(&pki, echo.port(), Some(config)));
+        let mut bootstrap = Bootstrap::new(&pki, echo.port(), Some(config));
+        bootstrap
+            .vm_env
+            .push((HMAC_ENV.into(), URL_SAFE_NO_PAD.encode(HMAC_SECRET)));
+        let envoy = Envoy::start(&bootstrap);
         Fixtures {
             pki,
             issuer,
@@ -201,6 +208,18 @@ fn hmac_signed_post_of_a_shared_secret_client_is_served() {
         Some(&detached(&header, BODY, None)),
     );
     assert_served(&response);
+}
+
+/// Issue 7 ("secrets in Envoy's config dump"): a secret given as `{"env": ...}` is used (the
+/// HMAC test above) and never shown by Envoy's admin `/config_dump`.
+#[test]
+fn hmac_secret_from_the_environment_stays_out_of_the_config_dump() {
+    let dump = fixtures()
+        .envoy
+        .admin_get("/config_dump")
+        .expect("config dump");
+    assert!(dump.contains(HMAC_ENV), "the dump shows the configuration");
+    assert!(!dump.contains(&URL_SAFE_NO_PAD.encode(HMAC_SECRET)));
 }
 
 #[test]

@@ -60,10 +60,6 @@ impl ForeignFunction for Envoy {
 /// How often the root context looks at key sets and held requests (milliseconds).
 const TICK_MS: u32 = 250;
 
-/// The most requests one worker VM holds at once (for a key set or a body); beyond it a
-/// request is refused with 503 `held_requests_full` rather than grow the table without bound.
-pub const MAX_HELD_REQUESTS: usize = 1024;
-
 /// What the root context and all of its requests share (one VM, one thread).
 struct Shared {
     policy: Rc<Policy>,
@@ -359,8 +355,9 @@ fn drive(
                 return refuse(Some(shared), reason, request.token_fp.as_deref());
             }
             Step::Pause => {
+                // Bounded (`max_held_requests`): beyond it, refuse rather than grow without end.
                 let mut held = shared.held.borrow_mut();
-                if held.len() >= MAX_HELD_REQUESTS {
+                if held.len() >= shared.policy.max_held_requests {
                     drop(held);
                     return refuse(
                         Some(shared),

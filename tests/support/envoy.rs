@@ -91,6 +91,9 @@ pub struct Bootstrap {
     pub clusters: Vec<(String, u16)>,
     /// More HTTP filters, before Tether's (another plugin in the same Envoy).
     pub filters_before: Vec<Value>,
+    /// Environment variables of the Envoy process that Tether's VM may read
+    /// (`vm_config.environment_variables.host_env_keys`): secrets kept out of the config.
+    pub vm_env: Vec<(String, String)>,
 }
 
 impl Bootstrap {
@@ -109,6 +112,7 @@ impl Bootstrap {
             concurrency: None,
             clusters: Vec::new(),
             filters_before: Vec::new(),
+            vm_env: Vec::new(),
         }
     }
 
@@ -121,6 +125,11 @@ impl Bootstrap {
             let mut filter = wasm_filter(config, &wasm);
             filter["typed_config"]["config"]["allow_on_headers_stop_iteration"] =
                 json!(self.allow_on_headers_stop_iteration);
+            if !self.vm_env.is_empty() {
+                let keys: Vec<&str> = self.vm_env.iter().map(|(k, _)| k.as_str()).collect();
+                filter["typed_config"]["config"]["vm_config"]["environment_variables"] =
+                    json!({"host_env_keys": keys});
+            }
             http_filters.push(filter);
         }
         http_filters.push(json!({
@@ -298,6 +307,7 @@ impl Envoy {
             scratch.path(),
             scratch.path(),
             bootstrap.concurrency,
+            &bootstrap.vm_env,
         )?;
         envoy.owned_dir = Some(scratch);
         Ok(envoy)
@@ -309,7 +319,7 @@ impl Envoy {
     ///
     /// Returns the log text if Envoy exits or does not become ready in time.
     pub fn start_with_file(config: &Path, cwd: &Path, workdir: &Path) -> Result<Envoy, String> {
-        Envoy::start_with_args(config, cwd, workdir, None)
+        Envoy::start_with_args(config, cwd, workdir, None, &[])
     }
 
     /// [`start_with_file`](Self::start_with_file), with `--concurrency` if given.
@@ -318,6 +328,7 @@ impl Envoy {
         cwd: &Path,
         workdir: &Path,
         concurrency: Option<u32>,
+        env: &[(String, String)],
     ) -> Result<Envoy, String> {
         let log = workdir.join("envoy.log");
         let admin_file = workdir.join("admin-address");
@@ -343,6 +354,7 @@ impl Envoy {
             .arg("--admin-address-path")
             .arg(&admin_file)
             .env("TETHER_ENVOY_LOG", &log)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
