@@ -92,6 +92,24 @@ struct RawConfig {
     signed_requests: RawSignedRequests,
     #[serde(default = "default_max_held_requests")]
     max_held_requests: usize,
+    #[serde(default)]
+    form_body_tokens: FormBodyTokens,
+}
+
+/// What to do with an `application/x-www-form-urlencoded` body on a route that examines a
+/// token (RFC 6750 §2.2 lets a client send the token as its `access_token` parameter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormBodyTokens {
+    /// Hold the body (up to `signed_requests.max_body_bytes`) and refuse the request if a
+    /// parameter reads as `access_token`: an upstream that accepts body tokens would
+    /// otherwise act on a token Tether never checked.
+    #[default]
+    Refuse,
+    /// Forward form bodies unread. Only for upstreams that never read a token from a body,
+    /// or where Envoy cannot hand the body to the filter (`allow_on_headers_stop_iteration`
+    /// not settable).
+    Ignore,
 }
 
 fn default_max_held_requests() -> usize {
@@ -359,6 +377,7 @@ pub struct Policy {
     pub signed_requests: SignedRequests,
     /// The most requests one worker VM holds at once (for a key set or a body).
     pub max_held_requests: usize,
+    pub form_body_tokens: FormBodyTokens,
     /// Things worth logging at start-up that are not errors (skipped JWKS keys).
     pub notes: Vec<String>,
 }
@@ -479,6 +498,7 @@ impl Policy {
             remote_sets,
             signed_requests,
             max_held_requests: raw.max_held_requests,
+            form_body_tokens: raw.form_body_tokens,
             notes,
         })
     }
@@ -729,6 +749,7 @@ mod tests {
         assert!(!policy.strip_authorization);
         assert_eq!(policy.token_cache_entries, 4096);
         assert_eq!(policy.max_held_requests, 1024);
+        assert_eq!(policy.form_body_tokens, FormBodyTokens::Refuse);
         assert!(policy.claims_to_headers.is_empty());
         assert_eq!(
             policy.rules.requirement("/anything").require,

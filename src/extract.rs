@@ -36,6 +36,18 @@ pub fn has_access_token_parameter(data: &[u8]) -> bool {
     })
 }
 
+/// Whether a `Content-Type` value is `application/x-www-form-urlencoded` (media types are
+/// case-insensitive, RFC 9110 §8.3.1; parameters such as `charset` may follow).
+pub fn is_form_urlencoded(content_type: &[u8]) -> bool {
+    let media_type = content_type
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default();
+    media_type
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+}
+
 /// How many rounds of percent-decoding a parameter name gets: servers that decode twice
 /// (`access%255Ftoken`) exist; three rounds cover them with room to spare.
 const DECODING_ROUNDS: usize = 3;
@@ -322,6 +334,24 @@ mod tests {
         // However long the padding: no length cap lets a name through.
         let padded = format!("/orders?access_token{}=x", "+".repeat(500));
         assert_eq!(reject_token_in_query(&padded), Err(Reason::TokenInQuery));
+    }
+
+    #[test]
+    fn form_content_types_are_recognised() {
+        for form in [
+            &b"application/x-www-form-urlencoded"[..],
+            b"Application/X-WWW-Form-URLEncoded; charset=utf-8",
+            b" application/x-www-form-urlencoded ",
+        ] {
+            assert!(is_form_urlencoded(form), "{form:?}");
+        }
+        for other in [
+            &b"application/json"[..],
+            b"multipart/form-data; boundary=x",
+            b"",
+        ] {
+            assert!(!is_form_urlencoded(other), "{other:?}");
+        }
     }
 
     #[test]

@@ -80,6 +80,10 @@ reasons! {
     /// An `access_token` query parameter (RFC 6750 §2.3): URLs end up in logs and
     /// `Referer` headers, so a token there is treated as leaked and refused outright.
     TokenInQuery => "token_in_query", 400, InvalidRequest, "access token must not be sent in the URL";
+    /// An `access_token` parameter in a form-encoded body (RFC 6750 §2.2) on a route that
+    /// examines the `Authorization` header: more than one method (RFC 6750 §2), and an
+    /// upstream could act on the token Tether did not check.
+    TokenInBody => "token_in_body", 400, InvalidRequest, "access token must not be sent in the request body";
     /// More than one `Authorization` header (RFC 6750 §3.1: more than one method).
     MultipleAuthorization => "multiple_authorization", 400, InvalidRequest, "more than one Authorization header";
     /// A Bearer `Authorization` header whose credential is empty or not a `b64token`

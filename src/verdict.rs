@@ -10,7 +10,7 @@ use std::rc::Rc;
 use crate::bind::jws::{DetachedJws, SignedRequest, SigningKeys, Window};
 use crate::bind::mtls::PeerCertificate;
 use crate::cache::TokenCache;
-use crate::config::{Client, Policy};
+use crate::config::{Client, FormBodyTokens, Policy};
 use crate::crypto::SignatureVerifier;
 use crate::extract;
 use crate::keyset::{KeySource, RemoteKeys};
@@ -32,6 +32,9 @@ pub struct Request<'a, 'r> {
     pub authority: &'r [u8],
     /// Every value of the request-signature header.
     pub signature: &'a [&'r [u8]],
+    /// The body is `application/x-www-form-urlencoded`, where RFC 6750 §2.2 lets a token
+    /// travel as the `access_token` parameter.
+    pub form_body: bool,
 }
 
 /// The decision for a request.
@@ -56,23 +59,31 @@ pub enum Verdict<'p, 'r> {
     },
 }
 
-/// A request waiting for its body, with everything already checked but the signature over
-/// the body and the replay record.
+/// A request waiting for its body, with everything already checked but what needs the body:
+/// the request signature (and its replay record), and the form body's parameters.
 #[derive(Debug)]
 pub struct Pending {
-    jws: DetachedJws,
-    token: Rc<VerifiedToken>,
-    /// Index of the client in the policy, when the signature is checked with a client's
-    /// registered keys instead of the token's `cnf.jwk`.
-    client: Option<usize>,
+    signature: Option<PendingSignature>,
+    /// Refuse the request if its form body carries an `access_token` (RFC 6750 §2.2).
+    scan_form: bool,
     headers: Vec<(String, String)>,
     /// The presented token, for the log's fingerprint only.
     pub presented: String,
 }
 
+/// A request signature whose every check but the one over the body has passed.
+#[derive(Debug)]
+struct PendingSignature {
+    jws: DetachedJws,
+    token: Rc<VerifiedToken>,
+    /// Index of the client in the policy, when the signature is checked with a client's
+    /// registered keys instead of the token's `cnf.jwk`.
+    client: Option<usize>,
+}
+
 impl Pending {
-    /// Verifies the signature over the whole body and records it against replay. Returns
-    /// the headers to set on the allowed request.
+    /// Checks the whole body: no token in a form body, then the signature over it, recorded
+    /// against replay. Returns the headers to set on the allowed request.
     #[allow(clippy::too_many_arguments)]
     pub fn finish(
         self,
@@ -86,6 +97,27 @@ impl Pending {
         if body.len() > policy.signed_requests.max_body_bytes {
             return Err(Reason::BodyTooLarge);
         }
+        if self.scan_form && extract::has_access_token_parameter(body) {
+            return Err(Reason::TokenInBody);
+        }
+        if let Some(signature) = self.signature {
+            signature.verify(policy, remote, body, crypto, replay, now)?;
+        }
+        Ok(self.headers)
+    }
+}
+
+impl PendingSignature {
+    /// Verifies the signature over the whole body and records it against replay.
+    fn verify(
+        self,
+        policy: &Policy,
+        remote: &RemoteKeys,
+        body: &[u8],
+        crypto: &dyn SignatureVerifier,
+        replay: &mut dyn ReplayStore,
+        now: u64,
+    ) -> Result<(), Reason> {
         // Again now: the body may have taken until after the signature's window.
         self.jws.check_window(window(policy), now)?;
         let keys = signing_keys(policy, remote, &self.token, self.client)?;
@@ -95,8 +127,7 @@ impl Pending {
             .jws
             .replay_expiry(window(policy))
             .ok_or(Reason::RequestSignatureMalformed)?;
-        replay.first_use(&self.jws.replay_id(body), expiry, now)?;
-        Ok(self.headers)
+        replay.first_use(&self.jws.replay_id(body), expiry, now)
     }
 }
 
@@ -171,24 +202,36 @@ pub fn decide<'p, 'r>(
     let headers = claim_headers(policy, &verified);
     // A token bound to a key is accepted only with a signature made with that key, on any
     // route; a signed route asks every request for one.
-    if !route.signed_request && verified.confirmation().jwk.is_none() {
+    let needs_signature = route.signed_request || verified.confirmation().jwk.is_some();
+    // A second token in a form body would reach the upstream unchecked (RFC 6750 §2.2).
+    let scan_form = request.form_body && policy.form_body_tokens == FormBodyTokens::Refuse;
+    if !needs_signature && !scan_form {
         return Verdict::Allow { headers };
     }
-    match signature_pending(policy, tokens.remote, &request, path, token, verified, now) {
-        Ok(pending) => {
-            let headers = headers
-                .into_iter()
-                .map(|(name, value)| (name.to_string(), value))
-                .collect();
-            Verdict::NeedBody(Box::new(Pending { headers, ..pending }))
+    let signature = if needs_signature {
+        match signature_pending(policy, tokens.remote, &request, path, token, verified, now) {
+            Ok(signature) => Some(signature),
+            Err((reason, Some(set))) => {
+                return Verdict::NeedKeys {
+                    set,
+                    reason,
+                    token: Some(token),
+                }
+            }
+            Err((reason, None)) => return deny(reason, Some(token)),
         }
-        Err((reason, Some(set))) => Verdict::NeedKeys {
-            set,
-            reason,
-            token: Some(token),
-        },
-        Err((reason, None)) => deny(reason, Some(token)),
-    }
+    } else {
+        None
+    };
+    Verdict::NeedBody(Box::new(Pending {
+        signature,
+        scan_form,
+        headers: headers
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect(),
+        presented: token.to_string(),
+    }))
 }
 
 /// Reads the request signature and runs every check that needs no body. A refusal that a
@@ -201,7 +244,7 @@ fn signature_pending(
     token: &str,
     verified: Rc<VerifiedToken>,
     now: u64,
-) -> Result<Pending, (Reason, Option<usize>)> {
+) -> Result<PendingSignature, (Reason, Option<usize>)> {
     let pending =
         signature_checks(policy, request, path, token, verified, now).map_err(|r| (r, None))?;
     // The key must exist now; if the client's keys are fetched, a refetch may bring it.
@@ -233,7 +276,7 @@ fn signature_checks(
     token: &str,
     verified: Rc<VerifiedToken>,
     now: u64,
-) -> Result<Pending, Reason> {
+) -> Result<PendingSignature, Reason> {
     let value = match request.signature {
         [] => return Err(Reason::RequestSignatureMissing),
         [value] => *value,
@@ -271,12 +314,10 @@ fn signature_checks(
             Some(index)
         }
     };
-    Ok(Pending {
+    Ok(PendingSignature {
         jws,
         token: verified,
         client,
-        headers: Vec::new(),
-        presented: token.to_string(),
     })
 }
 
@@ -759,9 +800,10 @@ mod tests {
                 scheme: b"https",
                 authority: b"api.example",
                 signature: &signatures,
+                form_body: false,
             };
             match decide(&policy, request, || None, &mut uncached(), NOW) {
-                Verdict::NeedBody(pending) => Ok(pending.client),
+                Verdict::NeedBody(pending) => Ok(pending.signature.and_then(|s| s.client)),
                 Verdict::Deny { reason, .. } => Err(reason),
                 other => panic!("{other:?}"),
             }
@@ -789,5 +831,68 @@ mod tests {
         claims.invalid_before = None;
         claims.expires_at = Some(UnixTimeStamp::from_secs(NOW + 300));
         f.key.sign(claims).unwrap()
+    }
+
+    /// Issue 7 ("body token smuggling"): a form body on a token route is held and refused if
+    /// it carries an `access_token` (RFC 6750 §2.2), never forwarded with a token unchecked.
+    #[test]
+    fn form_body_with_an_access_token_is_refused() {
+        let f = fixture();
+        let auth = format!("Bearer {}", token(&f, bound_to(ALICE_DER), &[]));
+        let values = [auth.as_bytes()];
+        let form = |path: &'static str, policy: &Policy| {
+            let request = Request {
+                path: path.as_bytes(),
+                authorization: &values,
+                form_body: true,
+                ..Request::default()
+            };
+            match decide(
+                policy,
+                request,
+                || Some(cert(ALICE_DER)),
+                &mut uncached(),
+                NOW,
+            ) {
+                Verdict::NeedBody(pending) => Some(pending),
+                Verdict::Allow { .. } => None,
+                other => panic!("{other:?}"),
+            }
+        };
+        let finish = |pending: Box<Pending>, body: &[u8]| {
+            let mut store = crate::replay::MemoryReplayStore::new(1);
+            pending.finish(
+                &f.policy,
+                &RemoteKeys::default(),
+                body,
+                &InVm,
+                &mut store,
+                NOW,
+            )
+        };
+        let pending = form("/orders", &f.policy).expect("held for the body");
+        assert_eq!(
+            finish(pending, b"amount=10&access_token=eyJ"),
+            Err(Reason::TokenInBody)
+        );
+        let pending = form("/orders", &f.policy).expect("held for the body");
+        let headers = finish(pending, b"amount=10&note=access_token").unwrap();
+        assert_eq!(
+            headers,
+            vec![("x-tether-sub".to_string(), "alice".to_string())]
+        );
+        // A route that examines no token reads no body.
+        assert!(form("/healthz", &f.policy).is_none());
+        // "ignore" forwards form bodies unread.
+        let ignoring = Policy::from_json(
+            json!({
+                "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": {"keys": [jwk_of(&f.key)]}}],
+                "form_body_tokens": "ignore"
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        assert!(form("/orders", &ignoring).is_none());
     }
 }

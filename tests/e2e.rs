@@ -162,6 +162,12 @@ const TOKEN_IN_QUERY: Refusal = refusal(
     INVALID_REQUEST,
     "access token must not be sent in the URL",
 );
+const TOKEN_IN_BODY: Refusal = refusal(
+    "token_in_body",
+    400,
+    INVALID_REQUEST,
+    "access token must not be sent in the request body",
+);
 const MULTIPLE_AUTHORIZATION: Refusal = refusal(
     "multiple_authorization",
     400,
@@ -1085,6 +1091,35 @@ fn token_under_a_look_alike_query_name_is_refused() {
             .send();
         assert_refused(&response, TOKEN_IN_QUERY);
     }
+}
+
+/// Issue 7 ("body token smuggling"): a second token in a form body (RFC 6750 §2.2) could
+/// reach an upstream that reads body tokens, unchecked. Form bodies on token routes are read,
+/// and such a request refused.
+#[test]
+fn token_in_a_form_body_is_refused() {
+    let f = fixtures();
+    let token = alice_bound_token();
+    let post = |path: &str, body: &[u8]| {
+        request(path)
+            .cert(&f.pki.alice)
+            .bearer(&token)
+            .method("POST")
+            .header(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )
+            .body(body)
+            .send()
+    };
+    let smuggled = format!("amount=10&access_token%5B%5D={token}");
+    assert_refused(&post("/orders", smuggled.as_bytes()), TOKEN_IN_BODY);
+    // An ordinary form is served, body intact.
+    let response = post("/orders", b"amount=10&note=access_token");
+    assert_served(&response);
+    assert_eq!(response.json()["body"], "amount=10&note=access_token");
+    // A route that examines no token reads no body.
+    assert_served(&post("/healthz", smuggled.as_bytes()));
 }
 
 #[test]

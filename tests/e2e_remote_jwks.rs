@@ -353,3 +353,25 @@ fn rotated_key_is_picked_up_beside_keys_tether_cannot_use() {
     );
     envoy.stop();
 }
+
+/// Issue 7, finding 7: an oversized key set document was logged as a bad HTTP status.
+#[test]
+fn oversized_key_set_document_is_a_failed_fetch_that_says_so() {
+    let s = setup();
+    let mut jwks = s.issuer.jwks();
+    jwks["padding"] = json!("x".repeat(300 * 1024));
+    let server = KeyServer::start(&jwks);
+    let envoy = envoy(&s, server.port, 2000);
+    let response = call(&s, &envoy, &token(&s, s.issuer.key(Alg::Es256)));
+    assert_status(
+        &response,
+        503,
+        Some("the key set needed to verify the request is not available"),
+    );
+    let log = envoy.log();
+    assert!(
+        log.contains("is larger than 262144") && !log.contains("HTTP status 200"),
+        "{log}"
+    );
+    envoy.stop();
+}

@@ -23,6 +23,7 @@ use crate::cache::TokenCache;
 use crate::config::Policy;
 use crate::crypto::native::{ForeignFunction, Native};
 use crate::crypto::{InVm, SignatureVerifier};
+use crate::extract::is_form_urlencoded;
 use crate::keyset::{namespace, replay_namespace, RemoteKeys};
 use crate::lifecycle::{Decision, Held, Limits, Step};
 use crate::reject::Reason;
@@ -98,6 +99,8 @@ struct OwnedRequest {
     authority: Vec<u8>,
     signature: Vec<Vec<u8>>,
     content_length: Option<usize>,
+    /// A `content-type` of `application/x-www-form-urlencoded` (any of them).
+    form_body: bool,
 }
 
 impl OwnedRequest {
@@ -122,6 +125,7 @@ impl OwnedRequest {
                 ":scheme" => facts.scheme = value,
                 ":authority" => facts.authority = value,
                 "authorization" => facts.authorization.push(value),
+                "content-type" => facts.form_body |= is_form_urlencoded(&value),
                 "content-length" => {
                     facts.content_length = std::str::from_utf8(&value)
                         .ok()
@@ -385,6 +389,7 @@ fn decide_again(shared: &Shared, request: &mut HeldRequest, may_wait: bool) -> D
         scheme: &facts.scheme,
         authority: &facts.authority,
         signature: &signature,
+        form_body: facts.form_body,
     };
     let now = now_seconds();
     // The connection's certificate is read once, when a binding first needs it.
