@@ -12,7 +12,7 @@ mod metrics;
 mod replay;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -70,6 +70,9 @@ struct Shared {
     remote: RefCell<RemoteKeys>,
     /// Requests held until they are decided, by context id.
     held: RefCell<HashMap<u32, HeldRequest>>,
+    /// Requests refused, until their stream ends: whatever of them still arrives (body,
+    /// trailers) is held, never let through after the refusal.
+    refused: RefCell<HashSet<u32>>,
     /// The prefix of this configuration's shared-data keys (key sets).
     namespace: String,
     /// The replay record, shared by this plugin's VMs across configurations.
@@ -223,6 +226,7 @@ impl RootContext for Root {
             metrics: Metrics::define(),
             crypto,
             held: RefCell::default(),
+            refused: RefCell::default(),
             namespace,
             replay,
         });
@@ -271,7 +275,10 @@ impl HttpContext for Filter {
         };
         let facts = match OwnedRequest::read(&shared.policy) {
             Ok(facts) => facts,
-            Err(reason) => return refuse(Some(&shared), reason, None),
+            Err(reason) => {
+                shared.refused.borrow_mut().insert(self.context_id);
+                return refuse(Some(&shared), reason, None);
+            }
         };
         let limits = Limits {
             body_timeout_ms: shared.policy.signed_requests.body_timeout_ms,
@@ -307,6 +314,7 @@ impl HttpContext for Filter {
         // A held request that ended (client gone) must not linger.
         if let Some(shared) = &self.shared {
             shared.held.borrow_mut().remove(&self.context_id);
+            shared.refused.borrow_mut().remove(&self.context_id);
         }
     }
 }
@@ -315,8 +323,11 @@ impl Filter {
     /// Feeds an event of the request's own stream to its life, if it is held.
     fn event(&mut self, event: impl FnOnce(&mut Held) -> Step) -> Action {
         let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
+            return Action::Pause;
         };
+        if shared.refused.borrow().contains(&self.context_id) {
+            return Action::Pause;
+        }
         let Some(mut request) = shared.held.borrow_mut().remove(&self.context_id) else {
             return Action::Continue;
         };
@@ -353,6 +364,7 @@ fn drive(
                 return Action::Continue;
             }
             Step::Refuse(reason) => {
+                shared.refused.borrow_mut().insert(context_id);
                 if reason == Reason::BodyTimeout && request.held.body_never_seen() {
                     log(Level::Warn, "tether: a held request's body never reached the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy 1.35 or later)");
                 }
@@ -363,6 +375,7 @@ fn drive(
                 let mut held = shared.held.borrow_mut();
                 if held.len() >= shared.policy.max_held_requests {
                     drop(held);
+                    shared.refused.borrow_mut().insert(context_id);
                     return refuse(
                         Some(shared),
                         Reason::HeldRequestsFull,
