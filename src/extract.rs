@@ -5,6 +5,7 @@
 //! logged by proxies and servers and leak through `Referer`, so such a token must be
 //! treated as already stolen. The form-body method (§2.2) is never read.
 
+use crate::percent::form_decode;
 use crate::reject::Reason;
 
 /// The largest access token Tether reads, in bytes. Real access tokens are well below
@@ -52,60 +53,62 @@ pub fn is_form_urlencoded(content_type: &[u8]) -> bool {
 /// (`access%255Ftoken`) exist; three rounds cover them with room to spare.
 const DECODING_ROUNDS: usize = 3;
 
-/// Whether a raw parameter name reads as `access_token` once normalised the ways servers and
-/// frameworks normalise names, so that none of them can smuggle a token past the check
+/// The parameter names servers read a bearer token from: RFC 6750 §2.2 and §2.3's
+/// `access_token`, and `bearer_token` (Doorkeeper, Rails).
+const TOKEN_PARAMETERS: [&str; 2] = [QUERY_PARAMETER, "bearer_token"];
+
+/// Whether a raw parameter name reads as a token parameter once normalised the ways servers
+/// and frameworks normalise names, so that none of them can smuggle a token past the check
 /// (issue 7): percent-decoding (repeated), `+` as a space, a NUL ending the name (C-based
-/// servers), an array or map suffix (`access_token[]`, `access_token[x]`: PHP, Rack), spaces
-/// around it trimmed, ASCII case, and ` ` or `.` read as `_` (PHP).
+/// servers), spaces around it trimmed, ASCII case, ` ` or `.` read as `_` (PHP), and the
+/// bracket syntax of PHP, Rack and Node's `qs` (see [`names_read_from`]).
 fn is_access_token_name(raw: &[u8]) -> bool {
     let mut name = raw.to_vec();
     for _ in 0..DECODING_ROUNDS {
-        let decoded = percent_decode(&name);
+        let decoded = form_decode(&name);
         if decoded == name {
             break;
         }
         name = decoded;
     }
-    if let Some(end) = name.iter().position(|b| *b == 0 || *b == b'[') {
+    if let Some(end) = name.iter().position(|b| *b == 0) {
         name.truncate(end);
     }
-    let trimmed = name.trim_ascii();
-    trimmed.len() == QUERY_PARAMETER.len()
-        && trimmed
-            .iter()
-            .map(|b| match b {
-                b' ' | b'.' => b'_',
-                b => b.to_ascii_lowercase(),
-            })
-            .eq(QUERY_PARAMETER.bytes())
+    names_read_from(&name).iter().any(|candidate| {
+        let trimmed = candidate.trim_ascii();
+        TOKEN_PARAMETERS.iter().any(|parameter| {
+            trimmed.len() == parameter.len()
+                && trimmed
+                    .iter()
+                    .map(|b| match b {
+                        // `[` reaches here only unmatched (see `names_read_from`).
+                        b' ' | b'.' | b'[' => b'_',
+                        b => b.to_ascii_lowercase(),
+                    })
+                    .eq(parameter.bytes())
+        })
+    })
 }
 
-/// One round of form decoding: `%XX` escapes, and `+` as a space. A `%` not followed by two
-/// hex digits stays as it is.
-fn percent_decode(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        let hex = input
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (input[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
+/// The top-level names a server may read from one parameter name with brackets:
+/// `access_token[]` and `access_token[x]` are `access_token` (PHP, Rack, `qs`); a leading
+/// `[access_token]` is `access_token` (`qs`, Rack); a `[` with no `]` after it is part of
+/// the name and read as `_` (PHP: `access[token` is `access_token`). A nested
+/// `x[access_token]` is a member of `x`, not a token parameter.
+fn names_read_from(name: &[u8]) -> Vec<&[u8]> {
+    let name = name.trim_ascii_start();
+    let Some(open) = name.iter().position(|b| *b == b'[') else {
+        return vec![name];
+    };
+    let before = name.get(..open).unwrap_or_default();
+    let after = name.get(open + 1..).unwrap_or_default();
+    match after.iter().position(|b| *b == b']') {
+        // `name[...]`, or a leading `[name]`.
+        Some(close) if open == 0 => vec![before, after.get(..close).unwrap_or_default()],
+        Some(_) => vec![before],
+        // PHP reads the unmatched `[` as `_`: compare the two halves around it.
+        None => vec![before, name],
     }
-    out
 }
 
 /// Reads the Bearer token from the request's `Authorization` header values (raw bytes,
@@ -324,6 +327,12 @@ mod tests {
             "access+token",
             "access_token%00junk",
             "ACCESS_TOKEN",
+            // Found by the review of these fixes:
+            "access[token",
+            "[access_token]",
+            "[access_token][]",
+            "%5Baccess_token%5D",
+            "bearer_token",
         ] {
             assert_eq!(
                 reject_token_in_query(&format!("/orders?a=1&{smuggled}=eyJ")),

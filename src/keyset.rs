@@ -185,7 +185,8 @@ impl RemoteKeys {
         }
     }
 
-    /// When the keys of set `i` were fetched (0: never loaded here).
+    /// When the keys of set `i` were fetched (0: never loaded here); a request waiting for
+    /// the set is decided again when this changes.
     pub fn fetched_at(&self, i: usize) -> u64 {
         self.sets.get(i).map_or(0, |s| s.fetched_at)
     }
@@ -197,7 +198,9 @@ impl RemoteKeys {
         let Some(set) = self.sets.get_mut(i) else {
             return Ok(false);
         };
-        if record.fetched_at == 0 || record.fetched_at <= set.fetched_at {
+        // Any change, not only a later time: a record reset after tampering starts its times
+        // over, and a VM must not keep what it decoded before (review of issue 7).
+        if record.fetched_at == 0 || record.fetched_at == set.fetched_at {
             return Ok(false);
         }
         if !record.plausible(now) {
@@ -371,6 +374,26 @@ mod tests {
             ..Default::default()
         };
         assert!(claimed.plausible(now) && !claimed.due(&s, now));
+    }
+
+    /// From the review of issue 7: a record reset after tampering starts over at a lower
+    /// `fetched_at`; a VM that had decoded a later one must still take the new keys.
+    #[test]
+    fn a_record_with_an_earlier_fetch_time_is_still_installed() {
+        let mut keys = RemoteKeys::new(1);
+        let later = SharedRecord {
+            fetched_at: 1_060,
+            document: DOCUMENT.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(keys.install(0, &later, 1_000), Ok(true));
+        let reset = SharedRecord {
+            fetched_at: 1_001,
+            ..later.clone()
+        };
+        assert_eq!(keys.install(0, &reset, 1_001), Ok(true));
+        assert_eq!(keys.fetched_at(0), 1_001);
+        assert_eq!(keys.install(0, &reset, 1_002), Ok(false));
     }
 
     #[test]

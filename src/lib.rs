@@ -31,6 +31,7 @@ pub mod extract;
 pub mod jwk;
 pub mod keyset;
 pub mod lifecycle;
+pub mod percent;
 pub mod policy;
 pub mod reject;
 pub mod replay;

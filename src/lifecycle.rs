@@ -42,7 +42,7 @@ pub enum Decision {
     /// Everything is verified but the request signature, which needs the body.
     NeedBody,
     /// Key set `set`, whose copy in this VM was fetched at `seen_fetched_at`, must be
-    /// (re)loaded first; the request may wait for it `timeout_ms` (the set's).
+    /// (re)loaded first (any other `fetched_at` is a new load); the request may wait for it `timeout_ms` (the set's).
     NeedKeys {
         set: usize,
         seen_fetched_at: u64,
@@ -213,7 +213,7 @@ impl Held {
                 seen_fetched_at,
             } => {
                 let in_time = self.keys_deadline_ms.is_none_or(|d| now_ms < d);
-                (fetched_at(set) > seen_fetched_at || !in_time)
+                (fetched_at(set) != seen_fetched_at || !in_time)
                     .then_some(Step::Decide { may_wait: in_time })
             }
             Stage::AwaitingBody if now_ms >= self.body_deadline_ms => {

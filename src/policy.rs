@@ -163,10 +163,7 @@ pub fn is_normalized(path: &str) -> bool {
             i += 1;
             continue;
         }
-        let escaped = bytes
-            .get(i + 1..i + 3)
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        let escaped = bytes.get(i + 1..i + 3).and_then(crate::percent::hex_byte);
         match escaped {
             Some(b) if !(b.is_ascii_alphanumeric() || b"-._~/\\;%".contains(&b)) => {
                 decoded.push(b);

@@ -18,6 +18,72 @@ const ENTRY_BYTES: usize = ID_BYTES + 8;
 pub trait ReplayStore {
     /// Records the first use of signature `id` until `expires_at`; refuses a second use.
     fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason>;
+
+    /// The earliest `iat` whose signature the record is sure to remember: an older one may
+    /// have been forgotten under a shorter window (see [`WindowRecord`]), and is refused.
+    fn remembers_since(&self) -> u64 {
+        0
+    }
+}
+
+/// The replay window the record was last kept under, shared by the VMs of the record's
+/// namespace, which survives configuration changes.
+///
+/// Entries expire with the window in force when they were recorded. When a new configuration
+/// widens `max_age_seconds` (60 to 600, say), a signature recorded under the old window and
+/// already forgotten would be inside the new one: replayable once. So a widening remembers
+/// since when the record is complete: `iat` must be at least the widening's time minus the
+/// old window (found by the review of issue 7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowRecord {
+    pub max_age_seconds: u64,
+    /// Signatures with an earlier `iat` may have been forgotten.
+    pub remembers_since: u64,
+}
+
+impl WindowRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.max_age_seconds.to_be_bytes().to_vec();
+        out.extend_from_slice(&self.remembers_since.to_be_bytes());
+        out
+    }
+
+    /// `None` for bytes that are no record (absent, or another version's).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let word = |i: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(
+                bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
+        };
+        (bytes.len() == 16).then_some(())?;
+        Some(WindowRecord {
+            max_age_seconds: word(0)?,
+            remembers_since: word(1)?,
+        })
+    }
+
+    /// The record after a VM configured with `max_age_seconds` at `now` has seen `stored`.
+    pub fn configure(stored: Option<WindowRecord>, max_age_seconds: u64, now: u64) -> Self {
+        match stored {
+            // The first configuration: nothing was ever forgotten.
+            None => WindowRecord {
+                max_age_seconds,
+                remembers_since: 0,
+            },
+            // Wider: what the old window let go is inside the new one.
+            Some(old) if max_age_seconds > old.max_age_seconds => WindowRecord {
+                max_age_seconds,
+                remembers_since: old
+                    .remembers_since
+                    .max(now.saturating_sub(old.max_age_seconds)),
+            },
+            // The same or narrower: entries outlive the window; nothing new is forgotten.
+            Some(old) => WindowRecord {
+                max_age_seconds,
+                remembers_since: old.remembers_since,
+            },
+        }
+    }
 }
 
 /// The bucket a signature id belongs to, among `buckets`.
@@ -157,6 +223,24 @@ mod tests {
         let decoded = Bucket::decode(&bucket.encode());
         assert_eq!(decoded, bucket);
         assert_eq!(Bucket::decode(&[1, 2, 3]), Bucket::default());
+    }
+
+    #[test]
+    fn widening_the_window_remembers_since_the_old_window() {
+        let first = WindowRecord::configure(None, 60, 1_000);
+        assert_eq!(first.remembers_since, 0);
+        // The same window again (another VM, a restart): unchanged.
+        assert_eq!(WindowRecord::configure(Some(first), 60, 1_500), first);
+        // Wider at 2000: signatures from before 1940 may have been forgotten.
+        let wide = WindowRecord::configure(Some(first), 600, 2_000);
+        assert_eq!(wide.remembers_since, 1_940);
+        // Narrower again: what was forgotten stays forgotten.
+        let narrow = WindowRecord::configure(Some(wide), 300, 2_100);
+        assert_eq!(narrow.remembers_since, 1_940);
+        let wider = WindowRecord::configure(Some(narrow), 900, 3_000);
+        assert_eq!(wider.remembers_since, 2_700);
+        assert_eq!(WindowRecord::decode(&wider.encode()), Some(wider));
+        assert_eq!(WindowRecord::decode(&[1, 2, 3]), None);
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct Pending {
     signature: Option<PendingSignature>,
     /// Refuse the request if its form body carries an `access_token` (RFC 6750 §2.2).
     scan_form: bool,
+    /// The token's `exp`: a body may take until after it.
+    token_expires_at: u64,
     headers: Vec<(String, String)>,
     /// The presented token, for the log's fingerprint only.
     pub presented: String,
@@ -97,6 +99,14 @@ impl Pending {
         if body.len() > policy.signed_requests.max_body_bytes {
             return Err(Reason::BodyTooLarge);
         }
+        // The token was valid on the headers; it must still be when the request goes on.
+        if now
+            > self
+                .token_expires_at
+                .saturating_add(policy.limits.clock_skew_seconds)
+        {
+            return Err(Reason::TokenExpired);
+        }
         if self.scan_form && extract::has_access_token_parameter(body) {
             return Err(Reason::TokenInBody);
         }
@@ -120,6 +130,10 @@ impl PendingSignature {
     ) -> Result<(), Reason> {
         // Again now: the body may have taken until after the signature's window.
         self.jws.check_window(window(policy), now)?;
+        // And within what the replay record is sure to remember (a widened window).
+        if self.jws.iat().unwrap_or(0) < replay.remembers_since() {
+            return Err(Reason::RequestSignatureExpired);
+        }
         let keys = signing_keys(policy, remote, &self.token, self.client)?;
         self.jws.verify_body(keys, body, crypto)?;
         // Recorded only once valid, so that a forged signature cannot block a genuine one.
@@ -203,6 +217,7 @@ pub fn decide<'p, 'r>(
     // A token bound to a key is accepted only with a signature made with that key, on any
     // route; a signed route asks every request for one.
     let needs_signature = route.signed_request || verified.confirmation().jwk.is_some();
+    let token_expires_at = verified.expires_at();
     // A second token in a form body would reach the upstream unchecked (RFC 6750 §2.2).
     let scan_form = request.form_body && policy.form_body_tokens == FormBodyTokens::Refuse;
     if !needs_signature && !scan_form {
@@ -224,6 +239,7 @@ pub fn decide<'p, 'r>(
         None
     };
     Verdict::NeedBody(Box::new(Pending {
+        token_expires_at,
         signature,
         scan_form,
         headers: headers
@@ -894,5 +910,105 @@ mod tests {
         )
         .unwrap();
         assert!(form("/orders", &ignoring).is_none());
+    }
+
+    /// From the review of issue 7: the token must still be valid when a held request goes
+    /// on, not only when its headers arrived (a body may take `body_timeout_ms`).
+    #[test]
+    fn a_token_that_expires_while_the_body_arrives_is_refused() {
+        let f = fixture();
+        let auth = format!("Bearer {}", token(&f, bound_to(ALICE_DER), &[]));
+        let values = [auth.as_bytes()];
+        let request = Request {
+            path: b"/orders",
+            authorization: &values,
+            form_body: true,
+            ..Request::default()
+        };
+        let held = || match decide(
+            &f.policy,
+            request,
+            || Some(cert(ALICE_DER)),
+            &mut uncached(),
+            NOW,
+        ) {
+            Verdict::NeedBody(pending) => pending,
+            other => panic!("{other:?}"),
+        };
+        let finish = |at: u64| {
+            let mut store = crate::replay::MemoryReplayStore::new(1);
+            held().finish(
+                &f.policy,
+                &RemoteKeys::default(),
+                b"a=1",
+                &InVm,
+                &mut store,
+                at,
+            )
+        };
+        // exp is NOW + 300; the skew is 30 seconds.
+        assert!(finish(NOW + 330).is_ok());
+        assert_eq!(finish(NOW + 331), Err(Reason::TokenExpired));
+    }
+
+    /// A replay store that has forgotten everything signed before `since`.
+    struct Forgetful {
+        since: u64,
+        inner: crate::replay::MemoryReplayStore,
+    }
+
+    impl ReplayStore for Forgetful {
+        fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason> {
+            self.inner.first_use(id, expires_at, now)
+        }
+        fn remembers_since(&self) -> u64 {
+            self.since
+        }
+    }
+
+    /// From the review of issue 7: after a configuration widens the window, a signature
+    /// older than what the replay record is sure to remember is refused as expired, before
+    /// its signature is even checked.
+    #[test]
+    fn a_signature_older_than_the_replay_record_remembers_is_refused() {
+        let f = fixture();
+        let config = json!({
+            "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": {"keys": [jwk_of(&f.key)]}}],
+            "clients": [{"client_id": "alice-app",
+                         "hmac_keys": [{"kid": "h1", "k": URL_SAFE_NO_PAD.encode([7u8; 32])}]}],
+            "rules": [{"prefix": "/", "require": "bearer", "signed_request": true}]
+        });
+        let policy = Policy::from_json(config.to_string().as_bytes()).unwrap();
+        let t = signed_token(&f, ISS, &[("client_id", json!("alice-app"))]);
+        let auth = format!("Bearer {t}");
+        let header = json!({"alg": "HS256", "kid": "h1", "iat": NOW, "htm": "POST",
+            "htu": "https://api.example/pay", "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(&t))});
+        let signature = format!("{}..AAAA", URL_SAFE_NO_PAD.encode(header.to_string()));
+        let authorization = [auth.as_bytes()];
+        let signatures = [signature.as_bytes()];
+        let request = Request {
+            path: b"/pay",
+            authorization: &authorization,
+            method: b"POST",
+            scheme: b"https",
+            authority: b"api.example",
+            signature: &signatures,
+            form_body: false,
+        };
+        let finish = |since: u64| {
+            let Verdict::NeedBody(pending) =
+                decide(&policy, request, || None, &mut uncached(), NOW)
+            else {
+                panic!("not held for the body");
+            };
+            let mut store = Forgetful {
+                since,
+                inner: crate::replay::MemoryReplayStore::new(1),
+            };
+            pending.finish(&policy, &RemoteKeys::default(), b"", &InVm, &mut store, NOW)
+        };
+        // Remembered: the (forged) signature itself is what fails.
+        assert_eq!(finish(NOW), Err(Reason::RequestSignatureInvalid));
+        assert_eq!(finish(NOW + 1), Err(Reason::RequestSignatureExpired));
     }
 }

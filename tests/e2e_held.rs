@@ -51,6 +51,7 @@ fn config(issuer: &Issuer, client_key: &SigningKey) -> Value {
             {"prefix": "/payments", "require": "mtls", "signed_request": true},
             {"prefix": "/", "require": "bound"}
         ],
+        "claims_to_headers": [{"claim": "sub", "header": "x-tether-sub"}],
     })
 }
 
@@ -413,4 +414,62 @@ fn requests_beyond_max_held_requests_are_refused_at_once() {
         2
     );
     envoy.stop();
+}
+
+/// From the review of issue 7: one token trickling bodies on many streams could take every
+/// place of `max_held_requests`. A token holds at most a quarter of them waiting for bodies.
+#[test]
+fn one_token_cannot_hold_every_place_waiting_for_bodies() {
+    let f = fixtures();
+    let mut config = config(&f.issuer, &f.client_key);
+    config["max_held_requests"] = json!(8);
+    config["signed_requests"]["body_timeout_ms"] = json!(1500);
+    let mut bootstrap = Bootstrap::new(&f.pki, f.echo.port(), Some(config));
+    bootstrap.http2 = true;
+    bootstrap.concurrency = Some(1);
+    let envoy = Envoy::start(&bootstrap);
+    let authority = format!("localhost:{}", envoy.https_port());
+    let stalled = |token: &str| {
+        let htu = format!("https://{authority}/payments");
+        let header = jws::protected("ES256", Some(&f.client_key.kid), "POST", &htu, token);
+        Stream::new("POST", "/payments")
+            .authority(&authority)
+            .header("authorization", &format!("Bearer {token}"))
+            .header(
+                "x-jws-signature",
+                &jws::detached(&header, BODY, Signer::Key(&f.client_key)),
+            )
+            .stall()
+    };
+    let mallory = token();
+    let alice = token();
+    let mut streams: Vec<Stream> = (0..4).map(|_| stalled(&mallory)).collect();
+    streams.push(stalled(&alice));
+    let answers = Frames::new(envoy.https_port(), &f.pki, Protocol::H2)
+        .cert(&f.pki.alice)
+        .send(&streams);
+    let statuses: Vec<Option<u16>> = answers.iter().map(|a| a.status).collect();
+    // Two of the token's four streams are held (a quarter of 8) and time out; the other
+    // two are refused at once; the other token's stream is still held.
+    let count = |status| statuses[..4].iter().filter(|s| **s == Some(status)).count();
+    assert_eq!((count(408), count(503)), (2, 2), "{statuses:?}");
+    assert_eq!(statuses[4], Some(408), "{statuses:?}");
+    envoy.stop();
+}
+
+/// From the review of issue 7: a claim header's look-alike sent as a trailer is removed too.
+#[test]
+fn look_alike_claim_header_in_the_trailers_never_reaches_the_upstream() {
+    let f = fixtures();
+    let token = token();
+    let genuine = signature(&f.client_key, "POST", "/payments", &token, BODY);
+    let answer = frames(Protocol::H2).send_one(
+        request("POST", "/payments", &token, Some(&genuine))
+            .data(0, BODY, false)
+            .trailers(100, &[("x_tether_sub", "admin"), ("x-checksum", "1")]),
+    );
+    assert_served(&answer);
+    let trailers = &answer.json()["trailers"];
+    assert_eq!(trailers["x-checksum"], json!(["1"]), "{trailers}");
+    assert!(trailers.get("x_tether_sub").is_none(), "{trailers}");
 }

@@ -218,6 +218,12 @@ impl DetachedJws {
         id.finalize().into()
     }
 
+    /// The signature's `iat`, if it has one (any other member of the header is untrusted
+    /// until the signature verifies; this one only selects a refusal).
+    pub fn iat(&self) -> Option<u64> {
+        self.member("iat").and_then(Value::as_u64)
+    }
+
     /// When the replay store may forget this signature: after that its `iat` is too old
     /// anyway. `None` when the header has no `iat`.
     pub fn replay_expiry(&self, window: Window) -> Option<u64> {

@@ -30,8 +30,7 @@ impl PeerCertificate {
         }
         let mut sha256 = [0u8; 32];
         for (byte, pair) in sha256.iter_mut().zip(hex.chunks_exact(2)) {
-            let pair = std::str::from_utf8(pair).ok()?;
-            *byte = u8::from_str_radix(pair, 16).ok()?;
+            *byte = crate::percent::hex_byte(pair)?;
         }
         Some(PeerCertificate { sha256 })
     }

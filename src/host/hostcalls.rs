@@ -18,6 +18,7 @@ use crate::abi::{decode_pairs, encode_pairs, encode_path, Pairs, Status};
 #[derive(Clone, Copy)]
 pub enum Map {
     RequestHeaders = 0,
+    RequestTrailers = 1,
     HttpCallResponseHeaders = 6,
 }
 
@@ -223,13 +224,11 @@ pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
     })
 }
 
-/// Removes every value of a request header.
+/// Removes every value of a header (or trailer).
 #[allow(unsafe_code)]
-pub fn remove_request_header(name: &str) -> Result<(), Status> {
+pub fn remove_header(map: Map, name: &str) -> Result<(), Status> {
     // SAFETY: the pointer and length describe `name`.
-    status(unsafe {
-        ffi::proxy_remove_header_map_value(Map::RequestHeaders as u32, name.as_ptr(), name.len())
-    })
+    status(unsafe { ffi::proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
 }
 
 /// A host property (`["connection", "sha256_peer_certificate_digest"]`); `None` if absent.

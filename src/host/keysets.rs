@@ -94,7 +94,7 @@ impl KeySets {
                         ..SharedRecord::default()
                     };
                 }
-                r.busy_until = now + busy_for;
+                r.busy_until = now.saturating_add(busy_for);
                 due
             });
             if !claimed {
@@ -129,7 +129,7 @@ impl KeySets {
                     );
                     shared.metrics.fetched(false);
                     update(&key, |r| {
-                        r.busy_until = now + RETRY_SECONDS;
+                        r.busy_until = now.saturating_add(RETRY_SECONDS);
                         true
                     });
                 }
@@ -184,7 +184,7 @@ impl KeySets {
                     &format!("tether: key set fetch from cluster {:?} failed: {error}; keeping the last good key set", source.cluster),
                 );
                 update(&key, |r| {
-                    r.busy_until = now + RETRY_SECONDS;
+                    r.busy_until = now.saturating_add(RETRY_SECONDS);
                     true
                 });
             }
@@ -228,11 +228,13 @@ pub fn request_refetch(shared: &Shared, set: usize, now: u64) -> bool {
     };
     update(&source.shared_key(&shared.namespace), |r| {
         let allowed = r.refetch_requested_at == 0
-            || now >= r.refetch_requested_at + EARLY_REFETCH_INTERVAL_SECONDS;
+            || now
+                >= r.refetch_requested_at
+                    .saturating_add(EARLY_REFETCH_INTERVAL_SECONDS);
         if allowed {
             // Strictly after the document in hand, even within the same second, so that
             // the refetch is due.
-            r.refetch_requested_at = now.max(r.fetched_at + 1);
+            r.refetch_requested_at = now.max(r.fetched_at.saturating_add(1));
         }
         allowed
     })

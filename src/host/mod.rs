@@ -25,7 +25,7 @@ use crate::crypto::native::{ForeignFunction, Native};
 use crate::crypto::{InVm, SignatureVerifier};
 use crate::extract::is_form_urlencoded;
 use crate::keyset::{namespace, replay_namespace, RemoteKeys};
-use crate::lifecycle::{Decision, Held, Limits, Step};
+use crate::lifecycle::{Decision, Held, Limits, Stage, Step};
 use crate::reject::Reason;
 use crate::token::fingerprint;
 use crate::verdict::{decide, Pending, Request, Tokens, Verdict};
@@ -119,7 +119,7 @@ impl OwnedRequest {
                 continue;
             };
             if policy.spoofs_claim_header(name) {
-                let _ = hostcalls::remove_request_header(name);
+                let _ = hostcalls::remove_header(Map::RequestHeaders, name);
                 continue;
             }
             match name {
@@ -209,11 +209,14 @@ impl RootContext for Root {
             log(Level::Warn, "tether: vm_config.vm_id is empty: any other Wasm plugin with an empty vm_id shares Tether's key sets and replay record; give Tether a vm_id of its own");
         }
         let namespace = namespace(&root_id, &bytes);
-        let replay = SharedReplayStore::new(replay_namespace(&root_id));
         // Every bucket exists before this VM serves a request, so that every write to one is
         // a compare-and-swap (issue 7, finding 8). Envoy configures a plugin on its main
         // thread before any worker serves with it.
-        replay.create_buckets();
+        let replay = SharedReplayStore::configure(
+            replay_namespace(&root_id),
+            policy.signed_requests.max_age_seconds,
+            now_seconds(),
+        );
         log(
             Level::Info,
             &format!("tether: shared data namespace {namespace}"),
@@ -306,6 +309,19 @@ impl HttpContext for Filter {
     }
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        if let Some(shared) = &self.shared {
+            // A claim header's look-alike is no more welcome as a trailer.
+            if let Ok(trailers) = hostcalls::header_pairs(Map::RequestTrailers) {
+                for (name, _) in trailers {
+                    match std::str::from_utf8(&name) {
+                        Ok(name) if shared.policy.spoofs_claim_header(name) => {
+                            let _ = hostcalls::remove_header(Map::RequestTrailers, name);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
         // Trailers end the body; they never release a held request (issue 7, finding 1).
         self.event(Held::on_trailers)
     }
@@ -372,8 +388,19 @@ fn drive(
             }
             Step::Pause => {
                 // Bounded (`max_held_requests`): beyond it, refuse rather than grow without end.
+                // A body's pace is the client's: one token may hold at most a quarter of the
+                // table waiting for bodies, so that one client trickling bodies on many streams
+                // cannot take every place.
                 let mut held = shared.held.borrow_mut();
-                if held.len() >= shared.policy.max_held_requests {
+                let awaiting_body = request.held.stage() == Stage::AwaitingBody;
+                let same_token = |other: &HeldRequest| {
+                    other.held.stage() == Stage::AwaitingBody && other.token_fp == request.token_fp
+                };
+                let per_token = (shared.policy.max_held_requests / 4).max(1);
+                if held.len() >= shared.policy.max_held_requests
+                    || (awaiting_body
+                        && held.values().filter(|o| same_token(o)).count() >= per_token)
+                {
                     drop(held);
                     shared.refused.borrow_mut().insert(context_id);
                     return refuse(
@@ -526,7 +553,7 @@ fn allow(shared: &Shared, headers: &[(String, String)]) {
         let _ = hostcalls::set_request_header(name, value);
     }
     if shared.policy.strip_authorization {
-        let _ = hostcalls::remove_request_header("authorization");
+        let _ = hostcalls::remove_header(Map::RequestHeaders, "authorization");
     }
     shared.metrics.allowed();
 }

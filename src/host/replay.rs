@@ -5,7 +5,7 @@
 use super::hostcalls;
 use crate::abi::Status;
 use crate::reject::Reason;
-use crate::replay::{bucket_of, Bucket, ReplayStore};
+use crate::replay::{bucket_of, Bucket, ReplayStore, WindowRecord};
 
 /// Buckets of [`crate::replay::BUCKET_ENTRIES`] entries each: 524288 live signatures. With
 /// the default 60-second window, about 6000 signed requests per second keep fewer than 1% of
@@ -18,11 +18,46 @@ const ATTEMPTS: usize = 8;
 /// The replay record under one namespace.
 pub struct SharedReplayStore {
     namespace: String,
+    /// The earliest `iat` the record is sure to remember (see [`WindowRecord`]).
+    remembers_since: u64,
 }
 
 impl SharedReplayStore {
-    pub fn new(namespace: String) -> Self {
-        SharedReplayStore { namespace }
+    /// The record under `namespace`, set up for a configuration with `max_age_seconds` at
+    /// `now`: every bucket created, and the window agreed with the other VMs.
+    pub fn configure(namespace: String, max_age_seconds: u64, now: u64) -> Self {
+        let mut store = SharedReplayStore {
+            namespace,
+            remembers_since: 0,
+        };
+        store.create_buckets();
+        store.remembers_since = store.agree_window(max_age_seconds, now);
+        store
+    }
+
+    /// Reads and updates the shared [`WindowRecord`]; the earliest `iat` to accept. If the
+    /// record cannot be read or written, only signatures made from now on (fail closed: a
+    /// request signed just before is refused once, as expired).
+    fn agree_window(&self, max_age_seconds: u64, now: u64) -> u64 {
+        let key = format!("{}.replay.window", self.namespace);
+        for _ in 0..ATTEMPTS {
+            let Ok((bytes, cas)) = hostcalls::shared_data(&key) else {
+                return now;
+            };
+            let stored = bytes.as_deref().and_then(WindowRecord::decode);
+            let record = WindowRecord::configure(stored, max_age_seconds, now);
+            // Never later than now: a record claiming more is not Tether's.
+            let since = record.remembers_since.min(now);
+            if stored == Some(record) {
+                return since;
+            }
+            match hostcalls::set_shared_data(&key, &record.encode(), cas) {
+                Ok(()) => return since,
+                Err(Status::CasMismatch) => continue,
+                Err(_) => return now,
+            }
+        }
+        now
     }
 
     fn key(&self, bucket: usize) -> String {
@@ -37,23 +72,23 @@ impl SharedReplayStore {
     /// both create the bucket, and both accept it (issue 7, finding 8). Created here, at
     /// configure time, every later write is a compare-and-swap on an existing key.
     ///
-    /// A marker key, written once all buckets exist, spares later VMs the walk.
-    pub fn create_buckets(&self) {
-        let marker = format!("{}.replay.created", self.namespace);
-        if let Ok((Some(_), _)) = hostcalls::shared_data(&marker) {
-            return;
-        }
+    /// Every VM walks every bucket (a few milliseconds at configure): a marker saying "done"
+    /// could be written by another plugin to stop the walk.
+    fn create_buckets(&self) {
         for bucket in 0..BUCKETS {
             let key = self.key(bucket);
             if let Ok((None, _)) = hostcalls::shared_data(&key) {
                 let _ = hostcalls::set_shared_data(&key, &[], None);
             }
         }
-        let _ = hostcalls::set_shared_data(&marker, b"1", None);
     }
 }
 
 impl ReplayStore for &SharedReplayStore {
+    fn remembers_since(&self) -> u64 {
+        self.remembers_since
+    }
+
     fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason> {
         let key = self.key(bucket_of(id, BUCKETS));
         for _ in 0..ATTEMPTS {

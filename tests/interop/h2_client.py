@@ -16,7 +16,8 @@ The spec:
            {"at": 0, "data": "<base64>", "end": false},
            {"at": 1500, "trailers": [["x-checksum", "1"]]}
        ]}]}
-A stream without events ends with its headers. An event for a stream the server has already
+A stream without events ends with its headers; an event {"stall": true} sends nothing and
+keeps the stream open. An event for a stream the server has already
 answered (or reset) is skipped and reported in "skipped". With HTTP/1.1 there is one stream
 per connection, sent chunked.
 
@@ -25,6 +26,7 @@ Output: {"streams": [{"status": 200, "headers": {...}, "body": "...", "reset": f
 """
 import base64
 import json
+import os
 import select
 import socket
 import ssl
@@ -79,6 +81,8 @@ def run_h2(spec):
         ids.append(stream_id)
         conn.send_headers(stream_id, stream["headers"], end_stream=not stream.get("events"))
     sock.sendall(conn.data_to_send())
+    if os.environ.get("H2_DEBUG"):
+        print(now_ms(start), "sent headers of", ids, file=sys.stderr)
     by_id = {stream_id: i for i, stream_id in enumerate(ids)}
     done = set()
     pending = timeline(spec)
@@ -97,16 +101,22 @@ def run_h2(spec):
                 results[i]["skipped"] += 1
             sock.sendall(conn.data_to_send())
         wait = (pending[0][0] if pending else deadline) - now_ms(start)
-        readable, _, _ = select.select([sock], [], [], max(wait, 0) / 1000)
-        if not readable:
-            continue
+        # Bytes TLS has already decrypted do not make the socket readable: ask it first.
+        if not sock.pending():
+            readable, _, _ = select.select([sock], [], [], max(wait, 0) / 1000)
+            if not readable:
+                continue
         try:
             data = sock.recv(65536)
         except ssl.SSLWantReadError:
             continue
         if not data:
+            if os.environ.get("H2_DEBUG"):
+                print(now_ms(start), "connection closed by the server", file=sys.stderr)
             break
         for event in conn.receive_data(data):
+            if os.environ.get("H2_DEBUG"):
+                print(now_ms(start), event, file=sys.stderr)
             i = by_id.get(getattr(event, "stream_id", None))
             if isinstance(event, h2.events.ResponseReceived):
                 headers = dict((k.decode(), v.decode()) for k, v in event.headers)
@@ -166,7 +176,9 @@ def run_h1(spec):
                 except OSError:
                     result["skipped"] += 1
             wait = (events[0].get("at", 0) if events else deadline) - now_ms(start)
-            readable, _, _ = select.select([sock], [], [], max(wait, 0) / 1000)
+            readable = sock.pending() > 0
+            if not readable:
+                readable, _, _ = select.select([sock], [], [], max(wait, 0) / 1000)
             if readable:
                 data = sock.recv(65536)
                 if not data:

@@ -76,10 +76,11 @@ impl Stream {
         self
     }
 
-    /// Keeps the stream open after its headers, sending nothing more (an empty chunk without
-    /// end of stream: a body that never comes).
+    /// Keeps the stream open after its headers and sends nothing more: a body that never
+    /// comes. (Not an empty DATA frame: Envoy closes a connection that sends several in a
+    /// row, `max_consecutive_inbound_frames_with_empty_payload`.)
     pub fn stall(mut self) -> Stream {
-        self.events.push(json!({"at": 0, "data": "", "end": false}));
+        self.events.push(json!({"at": 0, "stall": true}));
         self
     }
 }
@@ -167,6 +168,9 @@ impl<'a> Frames<'a> {
             "h2 client failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        if std::env::var_os("H2_DEBUG").is_some() {
+            eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+        }
         let result: Value = serde_json::from_slice(&output.stdout).expect("h2 client output");
         result["streams"]
             .as_array()
