@@ -38,5 +38,5 @@ pub mod replay;
 pub mod token;
 pub mod verdict;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "glue"))]
 mod host;
