@@ -90,8 +90,6 @@ pub struct VerificationKey {
     pub kid: Option<String>,
     /// The only algorithm this key verifies.
     pub alg: Alg,
-    /// The RFC 7638 thumbprint of the JWK.
-    pub thumbprint: String,
     /// The decoded key.
     pub public: PublicKey,
     /// DER `SubjectPublicKeyInfo` (RFC 5280 §4.1.2.7) of the key.
@@ -103,7 +101,6 @@ impl std::fmt::Debug for VerificationKey {
         f.debug_struct("VerificationKey")
             .field("kid", &self.kid)
             .field("alg", &self.alg)
-            .field("thumbprint", &self.thumbprint)
             .finish_non_exhaustive()
     }
 }
@@ -243,11 +240,9 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Parsed, String> {
             "key type {kty:?} is not supported"
         )));
     }
-    let thumbprint = thumbprint(jwk)?;
     let key = |alg: Alg, public: PublicKey, spki_der: Vec<u8>| VerificationKey {
         kid: kid.clone(),
         alg,
-        thumbprint: thumbprint.clone(),
         public,
         spki_der,
     };

@@ -148,12 +148,14 @@ impl Bucket {
     }
 }
 
-/// A replay store in the VM's memory: for tests, and for hosts without shared data.
+/// A replay store in the VM's memory: the test double of the shared record.
+#[cfg(test)]
 #[derive(Debug)]
 pub struct MemoryReplayStore {
     buckets: Vec<Bucket>,
 }
 
+#[cfg(test)]
 impl MemoryReplayStore {
     pub fn new(buckets: usize) -> Self {
         MemoryReplayStore {
@@ -162,6 +164,7 @@ impl MemoryReplayStore {
     }
 }
 
+#[cfg(test)]
 impl ReplayStore for MemoryReplayStore {
     fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason> {
         let index = bucket_of(id, self.buckets.len());

@@ -17,10 +17,10 @@ use crate::keyset::{KeySource, RemoteKeys};
 use crate::policy::{self, Require, Route};
 use crate::reject::Reason;
 use crate::replay::ReplayStore;
-use crate::token::{self, VerifiedToken};
+use crate::token::{self, fingerprint, VerifiedToken};
 
-/// What the filter knows of a request when it decides.
-#[derive(Clone, Copy, Debug, Default)]
+/// What the filter knows of a request when it decides. Its `Debug` shows no credential.
+#[derive(Clone, Copy, Default)]
 pub struct Request<'a, 'r> {
     /// The `:path` pseudo-header, query included, as raw bytes.
     pub path: &'r [u8],
@@ -37,15 +37,28 @@ pub struct Request<'a, 'r> {
     pub form_body: bool,
 }
 
-/// The decision for a request.
+impl std::fmt::Debug for Request<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("path", &String::from_utf8_lossy(self.path))
+            .field("method", &String::from_utf8_lossy(self.method))
+            .field("authority", &String::from_utf8_lossy(self.authority))
+            .field("authorization_headers", &self.authorization.len())
+            .field("signature_headers", &self.signature.len())
+            .field("form_body", &self.form_body)
+            .finish()
+    }
+}
+
+/// The decision for a request. Past this point a token is named by its fingerprint only.
 #[derive(Debug)]
-pub enum Verdict<'p, 'r> {
+pub enum Verdict<'p> {
     /// Forward the request, setting these headers (from `claims_to_headers`).
     Allow { headers: Vec<(&'p str, String)> },
-    /// Refuse the request. `token` is the presented token, for the log's fingerprint only.
+    /// Refuse the request. `token_fp` is the presented token's fingerprint, for the log.
     Deny {
         reason: Reason,
-        token: Option<&'r str>,
+        token_fp: Option<String>,
     },
     /// Everything but the request signature is verified: it needs the body.
     NeedBody(Box<Pending>),
@@ -55,7 +68,7 @@ pub enum Verdict<'p, 'r> {
     NeedKeys {
         set: usize,
         reason: Reason,
-        token: Option<&'r str>,
+        token_fp: Option<String>,
     },
 }
 
@@ -69,8 +82,8 @@ pub struct Pending {
     /// The token's `exp`: a body may take until after it.
     token_expires_at: u64,
     headers: Vec<(String, String)>,
-    /// The presented token, for the log's fingerprint only.
-    pub presented: String,
+    /// The presented token's fingerprint, for the log.
+    pub token_fp: String,
 }
 
 /// A request signature whose every check but the one over the body has passed.
@@ -173,14 +186,17 @@ fn window(policy: &Policy) -> Window {
 /// Decides a request at time `now` (seconds since the Unix epoch), as far as its headers
 /// allow. `peer` gives the connection's client certificate; it is asked only when a
 /// binding needs it.
-pub fn decide<'p, 'r>(
+pub fn decide<'p>(
     policy: &'p Policy,
-    request: Request<'_, 'r>,
+    request: Request<'_, '_>,
     peer: impl FnOnce() -> Option<PeerCertificate>,
     tokens: &mut Tokens<'_>,
     now: u64,
-) -> Verdict<'p, 'r> {
-    let deny = |reason, token| Verdict::Deny { reason, token };
+) -> Verdict<'p> {
+    let deny = |reason, token: Option<&str>| Verdict::Deny {
+        reason,
+        token_fp: token.map(fingerprint),
+    };
     let path = match std::str::from_utf8(request.path) {
         Ok(path) if policy::is_normalized(path) => path,
         _ => return deny(Reason::PathNotNormalized, None),
@@ -206,7 +222,7 @@ pub fn decide<'p, 'r>(
                 Some(set) => Verdict::NeedKeys {
                     set,
                     reason,
-                    token: Some(token),
+                    token_fp: Some(fingerprint(token)),
                 },
                 None => deny(reason, Some(token)),
             };
@@ -230,7 +246,7 @@ pub fn decide<'p, 'r>(
                 return Verdict::NeedKeys {
                     set,
                     reason,
-                    token: Some(token),
+                    token_fp: Some(fingerprint(token)),
                 }
             }
             Err((reason, None)) => return deny(reason, Some(token)),
@@ -246,7 +262,7 @@ pub fn decide<'p, 'r>(
             .into_iter()
             .map(|(name, value)| (name.to_string(), value))
             .collect(),
-        presented: token.to_string(),
+        token_fp: fingerprint(token),
     }))
 }
 
@@ -488,7 +504,7 @@ mod tests {
         path: &'r str,
         auth: Option<&'r str>,
         peer: Option<&[u8]>,
-    ) -> Verdict<'p, 'r> {
+    ) -> Verdict<'p> {
         let peer = peer.map(cert);
         let values: Vec<&'r [u8]> = auth.map(str::as_bytes).into_iter().collect();
         let request = Request {
@@ -505,16 +521,16 @@ mod tests {
         decide(&f.policy, request, || peer, &mut tokens, NOW)
     }
 
-    fn allowed<'p>(v: Verdict<'p, '_>) -> Option<Vec<(&'p str, String)>> {
+    fn allowed<'p>(v: Verdict<'p>) -> Option<Vec<(&'p str, String)>> {
         match v {
             Verdict::Allow { headers } => Some(headers),
             _ => None,
         }
     }
 
-    fn denied<'r>(v: Verdict<'_, 'r>) -> Option<(Reason, Option<&'r str>)> {
+    fn denied(v: Verdict<'_>) -> Option<(Reason, Option<String>)> {
         match v {
-            Verdict::Deny { reason, token } => Some((reason, token)),
+            Verdict::Deny { reason, token_fp } => Some((reason, token_fp)),
             _ => None,
         }
     }
@@ -731,13 +747,13 @@ mod tests {
     }
 
     #[test]
-    fn refusal_after_extraction_carries_the_token_for_its_fingerprint() {
+    fn refusal_after_extraction_carries_the_token_fingerprint_not_the_token() {
         let f = fixture();
         let t = token(&f, None, &[]);
         let auth = format!("Bearer {t}");
         assert_eq!(
             denied(run(&f, "/", Some(&auth), None)),
-            Some((Reason::NotSenderConstrained, Some(t.as_str())))
+            Some((Reason::NotSenderConstrained, Some(fingerprint(&t))))
         );
     }
 
@@ -1010,5 +1026,40 @@ mod tests {
         // Remembered: the (forged) signature itself is what fails.
         assert_eq!(finish(NOW), Err(Reason::RequestSignatureInvalid));
         assert_eq!(finish(NOW + 1), Err(Reason::RequestSignatureExpired));
+    }
+
+    /// Issue 8 ("secrets in Debug"): neither a request nor a request held for its body
+    /// prints the token; both name it by its fingerprint at most.
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let f = fixture();
+        let t = token(&f, bound_to(ALICE_DER), &[]);
+        let auth = format!("Bearer {t}");
+        let values = [auth.as_bytes()];
+        let request = Request {
+            path: b"/orders",
+            authorization: &values,
+            form_body: true,
+            ..Request::default()
+        };
+        let shown = format!("{request:?}");
+        // Neither as text nor as the list of byte values a derived `Debug` prints.
+        let as_bytes = format!("{:?}", &t.as_bytes()[..12]);
+        let as_bytes = as_bytes.trim_end_matches(']');
+        assert!(!shown.contains(&t) && !shown.contains(as_bytes), "{shown}");
+        assert!(shown.contains("/orders"), "{shown}");
+        let verdict = decide(
+            &f.policy,
+            request,
+            || Some(cert(ALICE_DER)),
+            &mut uncached(),
+            NOW,
+        );
+        let shown = format!("{verdict:?}");
+        assert!(matches!(verdict, Verdict::NeedBody(_)));
+        // No part of the token: not its signature, not the whole.
+        let signature = t.rsplit('.').next().unwrap();
+        assert!(!shown.contains(signature), "{shown}");
+        assert!(shown.contains(&fingerprint(&t)), "{shown}");
     }
 }

@@ -80,12 +80,22 @@ pub struct DetachedJws {
 }
 
 /// A key a JWS may be verified with.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub enum JwsKey<'a> {
     /// A public key; its algorithm must be the header's.
     Public(&'a VerificationKey),
     /// An `HS256` secret.
     Hmac(&'a [u8]),
+}
+
+/// Names the key, never the secret.
+impl std::fmt::Debug for JwsKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwsKey::Public(key) => f.debug_tuple("Public").field(key).finish(),
+            JwsKey::Hmac(_) => f.write_str("Hmac(<secret>)"),
+        }
+    }
 }
 
 /// The members of the protected header that bind a signature to a request.
@@ -303,22 +313,6 @@ impl DetachedJws {
         } else {
             Err(Reason::RequestSignatureInvalid)
         }
-    }
-
-    /// [`check_request`](Self::check_request), then [`verify_body`](Self::verify_body).
-    #[allow(clippy::too_many_arguments)]
-    pub fn verify_request(
-        &self,
-        request: &SignedRequest<'_>,
-        body: &[u8],
-        token: &str,
-        keys: SigningKeys<'_>,
-        crypto: &dyn SignatureVerifier,
-        window: Window,
-        now: u64,
-    ) -> Result<(), Reason> {
-        self.check_request(request, token, window, now)?;
-        self.verify_body(keys, body, crypto)
     }
 
     /// RFC 7515 §5.1 step 5 with RFC 7797 §3: `ASCII(BASE64URL(header)) || '.' || payload`,
@@ -610,6 +604,35 @@ mod tests {
         assert_ne!(n("http://a.example/pay"), n("https://a.example/pay"));
     }
 
+    /// What production does with a signature, in one call: the checks on the headers
+    /// (`check_request`), then the signature over the body (`verify_body`), as
+    /// `verdict::Pending` runs them.
+    trait CheckThenVerify {
+        fn check_then_verify(
+            &self,
+            request: &SignedRequest<'_>,
+            body: &[u8],
+            token: &str,
+            keys: SigningKeys<'_>,
+            now: u64,
+        ) -> Result<(), Reason>;
+    }
+
+    impl CheckThenVerify for DetachedJws {
+        fn check_then_verify(
+            &self,
+            request: &SignedRequest<'_>,
+            body: &[u8],
+            token: &str,
+            keys: SigningKeys<'_>,
+            now: u64,
+        ) -> Result<(), Reason> {
+            self.check_request(request, token, WINDOW, now)?;
+            self.check_window(WINDOW, now)?;
+            self.verify_body(keys, body, &InVm)
+        }
+    }
+
     // A request signed the way a client would, with an ES256 key of its own (cnf.jwk).
     const NOW: u64 = 1_800_000_000;
     const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.e30.sig";
@@ -667,13 +690,11 @@ mod tests {
         body: &[u8],
         now: u64,
     ) -> Result<(), Reason> {
-        DetachedJws::parse(jws.as_bytes())?.verify_request(
+        DetachedJws::parse(jws.as_bytes())?.check_then_verify(
             request,
             body,
             TOKEN,
             SigningKeys::Bound(&client.keys),
-            &InVm,
-            WINDOW,
             now,
         )
     }
@@ -725,13 +746,11 @@ mod tests {
             Err(Reason::RequestSignatureMismatch)
         );
         let parsed = DetachedJws::parse(jws.as_bytes()).unwrap();
-        let other_token = parsed.verify_request(
+        let other_token = parsed.check_then_verify(
             &REQUEST,
             BODY,
             "another.token.x",
             SigningKeys::Bound(&c.keys),
-            &InVm,
-            WINDOW,
             NOW,
         );
         assert_eq!(other_token, Err(Reason::RequestSignatureMismatch));
@@ -787,7 +806,7 @@ mod tests {
         let run = |header: Value| {
             DetachedJws::parse(sign(&c, header, BODY).as_bytes())
                 .unwrap()
-                .verify_request(&REQUEST, BODY, TOKEN, keys, &InVm, WINDOW, NOW)
+                .check_then_verify(&REQUEST, BODY, TOKEN, keys, NOW)
         };
         assert_eq!(run(request_header()), Ok(()));
         let mut no_kid = request_header();
@@ -824,7 +843,7 @@ mod tests {
         };
         let parsed = DetachedJws::parse(jws.as_bytes()).unwrap();
         assert_eq!(
-            parsed.verify_request(&REQUEST, BODY, TOKEN, keys, &InVm, WINDOW, NOW),
+            parsed.check_then_verify(&REQUEST, BODY, TOKEN, keys, NOW),
             Ok(())
         );
         let wrong = [HmacKey {
@@ -836,9 +855,21 @@ mod tests {
             hmac_keys: &wrong,
         };
         assert_eq!(
-            parsed.verify_request(&REQUEST, BODY, TOKEN, keys, &InVm, WINDOW, NOW),
+            parsed.check_then_verify(&REQUEST, BODY, TOKEN, keys, NOW),
             Err(Reason::RequestSignatureInvalid)
         );
+    }
+
+    #[test]
+    fn hmac_keys_never_show_their_secret() {
+        let secret = b"a shared secret of thirty-two by";
+        let shown = format!("{:?}", JwsKey::Hmac(secret));
+        assert_eq!(shown, "Hmac(<secret>)");
+        let key = HmacKey {
+            kid: "k1".into(),
+            secret: secret.to_vec(),
+        };
+        assert!(!format!("{key:?}").contains("shared"));
     }
 
     #[test]

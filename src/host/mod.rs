@@ -27,7 +27,6 @@ use crate::extract::is_form_urlencoded;
 use crate::keyset::{namespace, replay_namespace, RemoteKeys};
 use crate::lifecycle::{Decision, Held, Limits, Stage, Step};
 use crate::reject::Reason;
-use crate::token::fingerprint;
 use crate::verdict::{decide, Pending, Request, Tokens, Verdict};
 use hostcalls::{Buffer, Level, Map};
 use keysets::KeySets;
@@ -453,7 +452,6 @@ fn decide_again(shared: &Shared, request: &mut HeldRequest, may_wait: bool) -> D
         remote,
     };
     let verdict = decide(policy, facts_view, &mut read_peer, &mut tokens, now);
-    let fp = |token: Option<&str>| token.map(fingerprint);
     let decision = match verdict {
         Verdict::Allow { headers } => {
             request.headers = headers
@@ -462,17 +460,21 @@ fn decide_again(shared: &Shared, request: &mut HeldRequest, may_wait: bool) -> D
                 .collect();
             Decision::Allow
         }
-        Verdict::Deny { reason, token } => {
-            request.token_fp = fp(token);
+        Verdict::Deny { reason, token_fp } => {
+            request.token_fp = token_fp;
             Decision::Deny(reason)
         }
         Verdict::NeedBody(pending) => {
-            request.token_fp = Some(fingerprint(&pending.presented));
+            request.token_fp = Some(pending.token_fp.clone());
             request.pending = Some(pending);
             Decision::NeedBody
         }
-        Verdict::NeedKeys { set, reason, token } => {
-            request.token_fp = fp(token);
+        Verdict::NeedKeys {
+            set,
+            reason,
+            token_fp,
+        } => {
+            request.token_fp = token_fp;
             let wait = may_wait
                 && match reason {
                     // Not loaded yet: wait for the first fetch.
