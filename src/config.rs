@@ -482,8 +482,8 @@ impl Policy {
             &mut notes,
             environment,
         )?;
-        let signed_requests = compile_signed_requests(raw.signed_requests)?;
         let claims_to_headers = compile_claim_headers(raw.claims_to_headers)?;
+        let signed_requests = compile_signed_requests(raw.signed_requests, &claims_to_headers)?;
         Ok(Policy {
             issuers,
             rules,
@@ -631,13 +631,23 @@ fn compile_clients(
     Ok(clients)
 }
 
-fn compile_signed_requests(raw: RawSignedRequests) -> Result<SignedRequests, String> {
+fn compile_signed_requests(
+    raw: RawSignedRequests,
+    claim_headers: &[ClaimHeader],
+) -> Result<SignedRequests, String> {
     let header = raw.header.to_ascii_lowercase();
     let is_token = !header.is_empty()
         && header
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !is_token || RESERVED_HEADERS.contains(&header.as_str()) {
+    // Envoy's own headers, and the claim headers Tether removes from every request (also
+    // under a look-alike name), cannot carry a client's signature.
+    let taken = RESERVED_HEADERS.contains(&header.as_str())
+        || header.starts_with("x-envoy-")
+        || claim_headers
+            .iter()
+            .any(|c| same_folded(&c.header, &header));
+    if !is_token || taken {
         return Err(format!(
             "signed_requests.header {:?} is not a usable header name",
             raw.header
@@ -1049,6 +1059,28 @@ mod tests {
                 Err(e) => assert!(!ok && e.0.contains("body_timeout_ms"), "{timeout}: {e}"),
             }
         }
+    }
+
+    /// Issue 8: the signature header cannot be one Envoy or Tether itself owns.
+    #[test]
+    fn signature_header_cannot_be_envoys_or_a_claim_header() {
+        for header in [
+            "x-envoy-original-path",
+            "X-Tether-Sub",
+            "x_tether_sub",
+            "authorization",
+        ] {
+            let mut c = contract();
+            c["signed_requests"] = json!({"header": header});
+            let err = parse(&c).unwrap_err().0;
+            assert!(err.contains("signed_requests.header"), "{header}: {err}");
+        }
+        let mut c = contract();
+        c["signed_requests"] = json!({"header": "x-request-signature"});
+        assert_eq!(
+            parse(&c).unwrap().signed_requests.header,
+            "x-request-signature"
+        );
     }
 
     #[test]

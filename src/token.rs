@@ -588,22 +588,39 @@ pub(crate) mod tests {
     #[test]
     fn embedded_header_jwk_is_never_trusted() {
         // An attacker signs with its own key and embeds that key in the header (CVE-2018-0114).
+        // The signature is valid under the embedded key (checked below), so only refusing to
+        // trust the header can refuse the token (issue 8: the earlier version of this test
+        // signed another input, and would have been refused even by a verifier that trusted
+        // the header).
         let f = fixture();
-        let attacker = ES256KeyPair::generate();
-        let header = json!({"alg": "ES256", "kid": "k1", "jwk": es256_jwk(&attacker, "k1")});
-        let signing_input = format!(
-            "{}.{}",
-            b64(&header),
-            b64(&serde_json::to_value(claims()).unwrap())
-        );
-        let forged_sig = attacker.sign(claims()).unwrap();
-        let forged = format!("{signing_input}.{}", forged_sig.rsplit('.').next().unwrap());
-        // jwt-simple does not even decode a header `jwk` object; either way it is refused.
-        let reason = check(&f, &forged, NOW).unwrap_err();
-        assert!(
-            matches!(reason, Reason::SignatureInvalid | Reason::TokenMalformed),
-            "{reason:?}"
-        );
+        let attacker = Fixture {
+            key: ES256KeyPair::generate().with_key_id("k1"),
+            issuers: Vec::new(),
+        };
+        let c = serde_json::to_value(claims()).unwrap();
+        for kid in [Some("k1"), Some("attacker"), None] {
+            let mut header = json!({"alg": "ES256", "jwk": es256_jwk(&attacker.key, "k1")});
+            if let Some(kid) = kid {
+                header["kid"] = json!(kid);
+            }
+            let forged = with_header(&attacker, header, &c);
+            let embedded = parse_jwks(&json!({"keys": [es256_jwk(&attacker.key, "k1")]})).unwrap();
+            let (input, signature) = forged.rsplit_once('.').unwrap();
+            assert!(InVm.verify(
+                &embedded.keys[0],
+                input.as_bytes(),
+                &URL_SAFE_NO_PAD.decode(signature).unwrap()
+            ));
+            let expected = match kid {
+                Some("attacker") => Reason::KeyUnknown,
+                _ => Reason::SignatureInvalid,
+            };
+            assert_eq!(
+                check(&f, &forged, NOW).unwrap_err(),
+                expected,
+                "kid {kid:?}"
+            );
+        }
     }
 
     #[test]

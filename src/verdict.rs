@@ -1062,4 +1062,85 @@ mod tests {
         assert!(!shown.contains(signature), "{shown}");
         assert!(shown.contains(&fingerprint(&t)), "{shown}");
     }
+
+    /// The README's promise: a claim value over 4096 bytes sets no header.
+    #[test]
+    fn claim_values_longer_than_4096_bytes_are_not_forwarded() {
+        let f = fixture();
+        for (len, forwarded) in [(4096, true), (4097, false)] {
+            let tenant = "t".repeat(len);
+            let auth = format!(
+                "Bearer {}",
+                token(&f, bound_to(ALICE_DER), &[("tenant", json!(tenant))])
+            );
+            let headers = allowed(run(&f, "/", Some(&auth), Some(ALICE_DER))).unwrap();
+            assert_eq!(
+                headers.iter().any(|(name, _)| *name == "x-tenant"),
+                forwarded,
+                "{len}"
+            );
+        }
+    }
+
+    /// The README's promise: a replay record with no room refuses a new signature with 503
+    /// `replay_store_full`, through the pipeline, rather than forget an old one.
+    #[test]
+    fn a_full_replay_record_refuses_new_signatures_with_503() {
+        let f = fixture();
+        let key = p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
+        let point = key.verifying_key().to_encoded_point(false);
+        let holder = json!({"kty": "EC", "crv": "P-256", "alg": "ES256",
+            "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())});
+        let t = token(&f, Some(json!({"jwk": holder})), &[]);
+        let auth = format!("Bearer {t}");
+        // One bucket: every signature lands in it.
+        let mut store = crate::replay::MemoryReplayStore::new(1);
+        let mut outcomes = Vec::new();
+        for i in 0..=crate::replay::BUCKET_ENTRIES {
+            let body = format!("{{\"n\":{i}}}");
+            let header = json!({"alg": "ES256", "iat": NOW, "htm": "POST",
+                "htu": "https://api.example/pay", "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(&t))});
+            let header_b64 = URL_SAFE_NO_PAD.encode(header.to_string());
+            let input = format!("{header_b64}.{}", URL_SAFE_NO_PAD.encode(&body));
+            use p256::ecdsa::signature::Signer as _;
+            let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+            let signature = format!("{header_b64}..{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()));
+            let values = [auth.as_bytes()];
+            let signatures = [signature.as_bytes()];
+            let request = Request {
+                path: b"/pay",
+                authorization: &values,
+                method: b"POST",
+                scheme: b"https",
+                authority: b"api.example",
+                signature: &signatures,
+                form_body: false,
+            };
+            let Verdict::NeedBody(pending) = decide(
+                &f.policy,
+                request,
+                || Some(cert(ALICE_DER)),
+                &mut uncached(),
+                NOW,
+            ) else {
+                panic!("not held for the body");
+            };
+            outcomes.push(
+                pending
+                    .finish(
+                        &f.policy,
+                        &RemoteKeys::default(),
+                        body.as_bytes(),
+                        &InVm,
+                        &mut store,
+                        NOW,
+                    )
+                    .map(|_| ()),
+            );
+        }
+        let last = outcomes.pop().unwrap();
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(last, Err(Reason::ReplayStoreFull));
+        assert_eq!(Reason::ReplayStoreFull.status(), 503);
+    }
 }

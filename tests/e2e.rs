@@ -24,6 +24,7 @@ use support::client::{credentials_sent, HttpsRequest, Response};
 use support::echo::EchoBackend;
 use support::envoy::{self, Bootstrap, Envoy};
 use support::jwt::{tampered, Alg, Issuer, SigningKey};
+use support::keyserver::{Behaviour, KeyServer};
 use support::pki::Pki;
 use support::scratch::ScratchDir;
 
@@ -927,26 +928,50 @@ fn header_jwk_naming_the_attackers_key_is_not_trusted() {
 }
 
 /// RFC 7515 §4.1.2, §4.1.5, §4.1.6: `jku`, `x5u` and `x5c` point at keys the attacker
-/// controls; the filter fetches nothing and trusts only its configured keys, so the attacker's
-/// signature simply does not verify.
+/// controls; the filter fetches nothing and trusts only its configured keys.
+///
+/// Each token is signed with the very key its header names, served for real: trusting the
+/// header would accept it (issue 8: the earlier version of this test signed with a key the
+/// header did not name, so it would have passed even if the header were trusted). And the
+/// key server sees no request: nothing is fetched.
 #[test]
 fn header_urls_and_certificates_are_not_trusted() {
     let f = fixtures();
-    let attacker_cert = f.pki.mallory.der.clone();
-    let headers = [
-        ("jku", json!("https://attacker.example/jwks.json")),
-        ("x5u", json!("https://attacker.example/cert.pem")),
-        ("x5c", json!([STANDARD.encode(attacker_cert)])),
+    // Mallory's certificate and its private key: a key an `x5c`/`x5u` header can vouch for.
+    let mallory = SigningKey::from_pem_file(&f.pki.mallory.key, Alg::Es256, "es256-1", true);
+    let mallory_pem = std::fs::read_to_string(&f.pki.mallory.cert).expect("mallory's cert");
+    let jwks = KeyServer::start(&json!({"keys": [f.impostor.jwk()]}));
+    let certs = KeyServer::start_with(Behaviour::Serve {
+        status: 200,
+        body: mallory_pem,
+    });
+    let cases = [
+        (
+            &f.impostor,
+            "jku",
+            json!(format!("http://127.0.0.1:{}/jwks.json", jwks.port)),
+        ),
+        (
+            &mallory,
+            "x5u",
+            json!(format!("http://127.0.0.1:{}/cert.pem", certs.port)),
+        ),
+        (
+            &mallory,
+            "x5c",
+            json!([STANDARD.encode(&f.pki.mallory.der)]),
+        ),
     ];
-    for (name, value) in headers {
+    for (key, name, value) in cases {
         let token = f
             .issuer
-            .token_signed_with(&f.impostor)
+            .token_signed_with(key)
             .header(name, value)
             .bound_to(&f.pki.alice)
             .sign();
         assert_refused(&send_as_alice(&token), SIGNATURE_INVALID);
     }
+    assert_eq!(jwks.hits() + certs.hits(), 0, "a key URL was fetched");
 }
 
 /// RFC 8725 §3.1: `alg: none` is never acceptable.

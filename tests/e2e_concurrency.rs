@@ -14,6 +14,7 @@ use support::echo::EchoBackend;
 use support::envoy::{Bootstrap, Envoy};
 use support::jws::{self, Signer};
 use support::jwt::Issuer;
+use support::keyserver::KeyServer;
 use support::pki::Pki;
 use support::repo_root;
 use support::scratch::ScratchDir;
@@ -22,6 +23,7 @@ const ISSUER: &str = "https://idp.example.com";
 const AUDIENCE: &str = "https://orders.mesh.internal";
 const HMAC_SECRET: &[u8] = b"legacy-erp shared secret, 32 B!!";
 const BODY: &[u8] = b"{\"amount\":\"10.00\",\"to\":\"bob\"}";
+const SIGNATURE_HEADER: &str = "x-payment-signature";
 
 /// Sends each request on `connections` keep-alive connections at once
 /// (tests/interop/race_client.py); the statuses, one list per request.
@@ -77,6 +79,8 @@ fn a_signature_raced_to_two_workers_is_accepted_once() {
         "clients": [{"client_id": "legacy-erp",
                      "hmac_keys": [{"kid": "erp-1", "k": URL_SAFE_NO_PAD.encode(HMAC_SECRET)}]}],
         "rules": [{"prefix": "/", "require": "mtls", "signed_request": true}],
+        // A header name of the operator's choosing (the README's promise).
+        "signed_requests": {"header": SIGNATURE_HEADER},
     });
     let mut bootstrap = Bootstrap::new(&pki, echo.port(), Some(config));
     bootstrap.concurrency = Some(2);
@@ -100,7 +104,7 @@ fn a_signature_raced_to_two_workers_is_accepted_once() {
             let signature = jws::detached(&header, BODY, Signer::Hmac(HMAC_SECRET));
             let mut request = format!(
                 "POST {path} HTTP/1.1\r\nhost: {authority}\r\nauthorization: Bearer {token}\r\n\
-                 x-jws-signature: {signature}\r\ncontent-length: {}\r\n\r\n",
+                 {SIGNATURE_HEADER}: {signature}\r\ncontent-length: {}\r\n\r\n",
                 BODY.len()
             )
             .into_bytes();
@@ -124,8 +128,23 @@ fn a_signature_raced_to_two_workers_is_accepted_once() {
         "signatures accepted more than once: {accepted_twice} of 300"
     );
     // Both workers took connections, so copies did meet on two VMs.
+    let per_worker = connections_per_worker(&envoy);
+    assert!(
+        per_worker.iter().all(|n| *n >= 1),
+        "connections per worker: {per_worker:?}"
+    );
+    // Under the default header name, the signature is not read: the request has none.
+    let default_name =
+        String::from_utf8_lossy(&requests[0]).replace(SIGNATURE_HEADER, "x-jws-signature");
+    assert_eq!(race(&envoy, &pki, 1, &[default_name.into_bytes()]), [[401]]);
+    assert!(envoy.stat("wasmcustom.tether.refused.request_signature_missing") >= 1);
+    envoy.stop();
+}
+
+/// Connections per worker, from Envoy's listener stats.
+fn connections_per_worker(envoy: &Envoy) -> Vec<u64> {
     let stats = envoy.stats();
-    let per_worker: Vec<u64> = (0..2)
+    (0..2)
         .map(|w| {
             stats
                 .iter()
@@ -133,10 +152,41 @@ fn a_signature_raced_to_two_workers_is_accepted_once() {
                 .map(|(_, n)| *n)
                 .sum()
         })
-        .collect();
+        .collect()
+}
+
+/// The README's promise: one fetch of a key set serves every worker VM. Requests on many
+/// connections, spread over both workers, all verify with the keys of a single fetch.
+#[test]
+fn one_key_set_fetch_serves_every_worker() {
+    let dir = ScratchDir::new("e2e-concurrency-jwks");
+    let pki = Pki::generate(&dir.join("pki"));
+    let issuer = Issuer::generate(&dir.join("issuer"), ISSUER, AUDIENCE);
+    let echo = EchoBackend::start();
+    let server = KeyServer::start(&issuer.jwks());
+    let config = json!({
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE],
+                     "remote_jwks": {"cluster": "idp", "path": "/jwks.json", "refresh_seconds": 300}}],
+        "rules": [{"prefix": "/", "require": "mtls"}],
+    });
+    let mut bootstrap = Bootstrap::new(&pki, echo.port(), Some(config));
+    bootstrap.concurrency = Some(2);
+    bootstrap.clusters.push(("idp".into(), server.port));
+    let envoy = Envoy::start(&bootstrap);
+    let token = issuer.token().bound_to(&pki.alice).sign();
+    let authority = format!("localhost:{}", envoy.https_port());
+    let request = format!(
+        "GET /orders HTTP/1.1\r\nhost: {authority}\r\nauthorization: Bearer {token}\r\n\r\n"
+    )
+    .into_bytes();
+    // Eight connections at once, five requests each.
+    let statuses = race(&envoy, &pki, 8, &vec![request; 5]);
+    assert!(statuses.iter().flatten().all(|s| *s == 200), "{statuses:?}");
+    let per_worker = connections_per_worker(&envoy);
     assert!(
         per_worker.iter().all(|n| *n >= 1),
         "connections per worker: {per_worker:?}"
     );
+    assert_eq!(server.hits(), 1, "fetches: {:?}", server.hit_times());
     envoy.stop();
 }

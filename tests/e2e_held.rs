@@ -29,6 +29,7 @@ const BODY: &[u8] = b"{\"amount\":\"10.00\",\"to\":\"bob\"}";
 const MAX_AGE_SECONDS: u64 = 2;
 /// ...within the body deadline.
 const BODY_TIMEOUT_MS: u64 = 6000;
+const MAX_BODY_BYTES: usize = 4096;
 
 struct Fixtures {
     pki: Pki,
@@ -46,7 +47,8 @@ fn config(issuer: &Issuer, client_key: &SigningKey) -> Value {
     json!({
         "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": issuer.jwks()}],
         "clients": [{"client_id": "alice-app", "jwks": {"keys": [client_key.jwk()]}}],
-        "signed_requests": {"max_age_seconds": MAX_AGE_SECONDS, "body_timeout_ms": BODY_TIMEOUT_MS},
+        "signed_requests": {"max_age_seconds": MAX_AGE_SECONDS, "body_timeout_ms": BODY_TIMEOUT_MS,
+                            "max_body_bytes": MAX_BODY_BYTES},
         "rules": [
             {"prefix": "/payments", "require": "mtls", "signed_request": true},
             {"prefix": "/", "require": "bound"}
@@ -472,4 +474,26 @@ fn look_alike_claim_header_in_the_trailers_never_reaches_the_upstream() {
     let trailers = &answer.json()["trailers"];
     assert_eq!(trailers["x-checksum"], json!(["1"]), "{trailers}");
     assert!(trailers.get("x_tether_sub").is_none(), "{trailers}");
+}
+
+/// The README's promise: a body streamed without `content-length` is refused with 413 as soon
+/// as it grows past `max_body_bytes`, without waiting for the rest.
+#[test]
+fn streamed_body_without_content_length_over_the_limit_is_refused_with_413() {
+    let f = fixtures();
+    let token = token();
+    let body = vec![b'x'; MAX_BODY_BYTES + 1];
+    let genuine = signature(&f.client_key, "POST", "/payments", &token, &body);
+    let (first, second) = body.split_at(3000);
+    for protocol in [Protocol::H2, Protocol::Http11] {
+        let answer = frames(protocol).send_one(
+            request("POST", "/payments", &token, Some(&genuine))
+                .data(0, first, false)
+                .data(100, second, false)
+                // Never ended: the refusal cannot wait for the end.
+                .stall(),
+        );
+        assert_refused(&answer, 413, "body_too_large");
+        assert_eq!(answer.json()["error"], "request_too_large");
+    }
 }

@@ -37,6 +37,8 @@ struct Fixtures {
     client_keys: Vec<SigningKey>,
     /// A key of alice's own, to which a token can be bound with `cnf.jwk`.
     holder_key: SigningKey,
+    /// The two ES256 keys of the `rotating-app` client (a rotation in progress).
+    rotating_keys: [SigningKey; 2],
     echo: EchoBackend,
     envoy: Envoy,
     _dir: ScratchDir,
@@ -56,6 +58,10 @@ fn fixtures() -> &'static Fixtures {
             SigningKey::generate(&keys_dir, Alg::Rs256, "alice-rs256", true),
         ];
         let holder_key = SigningKey::generate(&keys_dir, Alg::Es256, "holder", false);
+        let rotating_keys = [
+            SigningKey::generate(&keys_dir, Alg::Es256, "rotating-old", true),
+            SigningKey::generate(&keys_dir, Alg::Es256, "rotating-new", true),
+        ];
         let echo = EchoBackend::start();
         let config = json!({
             "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": issuer.jwks()}],
@@ -64,7 +70,9 @@ fn fixtures() -> &'static Fixtures {
                  "jwks": {"keys": client_keys.iter().map(SigningKey::jwk).collect::<Vec<Value>>()}},
                 // The shared secret by name: Envoy's /config_dump must not show it.
                 {"client_id": "legacy-erp",
-                 "hmac_keys": [{"kid": "erp-1", "k": {"env": HMAC_ENV}}]}
+                 "hmac_keys": [{"kid": "erp-1", "k": {"env": HMAC_ENV}}]},
+                {"client_id": "rotating-app",
+                 "jwks": {"keys": rotating_keys.iter().map(SigningKey::jwk).collect::<Vec<Value>>()}}
             ],
             "signed_requests": {"header": HEADER, "max_age_seconds": 60, "max_body_bytes": 4096},
             "rules": [
@@ -82,6 +90,7 @@ fn fixtures() -> &'static Fixtures {
             issuer,
             client_keys,
             holder_key,
+            rotating_keys,
             echo,
             envoy,
             _dir: dir,
@@ -474,4 +483,104 @@ fn garbage_signatures_are_refused_and_the_next_request_is_served() {
     let key = client_key(Alg::Es256);
     let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
     assert_served(&signed_post("/payments", &token, &header, key));
+}
+
+/// The README's promise: a forged signature cannot burn a genuine one. The replay record is
+/// keyed by what was signed, so a forgery of the same header and body would share the
+/// genuine request's entry; it is recorded only once a signature verifies.
+#[test]
+fn forged_signature_does_not_burn_the_genuine_one() {
+    let f = fixtures();
+    let token = token_for("alice-app");
+    let key = client_key(Alg::Es256);
+    let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
+    let genuine = detached(&header, BODY, Some(key));
+    // The same protected header and body, signed by someone else.
+    let forged = jws::detached(&header, BODY, Signer::Key(&f.holder_key));
+    assert_eq!(
+        forged.split("..").next(),
+        genuine.split("..").next(),
+        "same header"
+    );
+    assert_signature_refused(
+        &post("/payments", &token, BODY, Some(&forged)),
+        "request_signature_invalid",
+        "request signature is invalid",
+    );
+    assert_served(&post("/payments", &token, BODY, Some(&genuine)));
+}
+
+/// The README's promise: the client is found by `azp` when the token has no `client_id`.
+#[test]
+fn client_is_found_by_azp_without_client_id() {
+    let f = fixtures();
+    let token = f
+        .issuer
+        .token()
+        .bound_to(&f.pki.alice)
+        .without_claim("client_id")
+        .claim("azp", "alice-app")
+        .sign();
+    let key = client_key(Alg::Es256);
+    let header = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
+    assert_served(&signed_post("/payments", &token, &header, key));
+}
+
+/// The README's promise: a token whose `cnf` names both a certificate and a key must prove
+/// both: the connection's certificate and a signature by the key.
+#[test]
+fn token_bound_to_a_certificate_and_a_key_needs_both() {
+    let f = fixtures();
+    let token = f
+        .issuer
+        .token()
+        .claim(
+            "cnf",
+            json!({"x5t#S256": f.pki.alice.x5t_s256(), "jwk": f.holder_key.jwk()}),
+        )
+        .sign();
+    let header = protected("ES256", None, "POST", "/anything", &token);
+    let signature = detached(&header, BODY, Some(&f.holder_key));
+    let send = |cert: &support::pki::ClientCert, signature: Option<&str>| {
+        let mut request = HttpsRequest::new(f.envoy.https_port(), &f.pki.ca, "/anything")
+            .cert(cert)
+            .bearer(&token)
+            .method("POST")
+            .body(BODY);
+        if let Some(signature) = signature {
+            request = request.header(HEADER, signature);
+        }
+        request.send()
+    };
+    // Mallory's connection: the certificate binding fails first.
+    let response = send(&f.pki.mallory, Some(&signature));
+    assert_eq!(response.status, 401, "{}", response.text());
+    assert_eq!(
+        response.json()["error_description"],
+        "token is bound to another certificate"
+    );
+    // Alice's connection without the signature: the key binding fails.
+    assert_signature_refused(
+        &send(&f.pki.alice, None),
+        "request_signature_missing",
+        "request signature is missing",
+    );
+    assert_served(&send(&f.pki.alice, Some(&signature)));
+}
+
+/// The README's promise: a signature may omit `kid` only when the client has one key of its
+/// algorithm. With two (a rotation), a signature without `kid` names no key.
+#[test]
+fn missing_kid_with_several_keys_of_the_algorithm_is_refused() {
+    let f = fixtures();
+    let token = token_for("rotating-app");
+    let key = &f.rotating_keys[1];
+    let without_kid = protected("ES256", None, "POST", "/payments", &token);
+    assert_signature_refused(
+        &signed_post("/payments", &token, &without_kid, key),
+        "request_signature_key_unknown",
+        "no registered key for the request signature",
+    );
+    let with_kid = protected("ES256", Some(&key.kid), "POST", "/payments", &token);
+    assert_served(&signed_post("/payments", &token, &with_kid, key));
 }

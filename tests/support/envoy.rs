@@ -160,6 +160,10 @@ impl Bootstrap {
                 "listeners": [{
                     "name": "tether_https",
                     "address": socket_address(0),
+                    // Connections spread evenly over the workers (not by the kernel's hash),
+                    // so that a test with several connections reaches every worker VM.
+                    "enable_reuse_port": false,
+                    "connection_balance_config": {"exact_balance": {}},
                     "filter_chains": [{
                         "transport_socket": {
                             "name": "envoy.transport_sockets.tls",

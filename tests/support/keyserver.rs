@@ -4,9 +4,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -32,7 +31,8 @@ pub enum Behaviour {
 pub struct KeyServer {
     pub port: u16,
     behaviour: Arc<Mutex<Behaviour>>,
-    hits: Arc<AtomicUsize>,
+    /// When each request arrived.
+    hits: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl KeyServer {
@@ -50,7 +50,7 @@ impl KeyServer {
         let server = KeyServer {
             port,
             behaviour: Arc::new(Mutex::new(behaviour)),
-            hits: Arc::new(AtomicUsize::new(0)),
+            hits: Arc::new(Mutex::new(Vec::new())),
         };
         let serving = server.clone();
         std::thread::spawn(move || {
@@ -76,7 +76,12 @@ impl KeyServer {
 
     /// Requests answered (or misanswered) so far.
     pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        self.hits.lock().expect("hits").len()
+    }
+
+    /// When each request so far arrived.
+    pub fn hit_times(&self) -> Vec<Instant> {
+        self.hits.lock().expect("hits").clone()
     }
 
     fn answer(&self, stream: TcpStream) {
@@ -89,7 +94,7 @@ impl KeyServer {
             line.clear();
         }
         let behaviour = self.behaviour.lock().expect("behaviour").clone();
-        self.hits.fetch_add(1, Ordering::SeqCst);
+        self.hits.lock().expect("hits").push(Instant::now());
         let respond = |status: u16, body: &str| {
             let _ = write!(
                 &stream,
