@@ -1,17 +1,21 @@
 //! Key sets: configured inline, or fetched from an identity provider's `jwks_uri` through
 //! an Envoy cluster and refreshed.
 //!
-//! One fetch serves all worker VMs: the fetched document lives in proxy-wasm shared data
-//! (written by whichever VM fetched it, see `host/keysets.rs`), and each VM decodes its own
-//! copy when the shared one changes. This module is the pure part: the configuration, the
-//! shared-data record, and each VM's decoded keys with the early-refetch rate limit.
+//! One fetch serves all worker VMs: the fetched document lives in shared data, written by
+//! whichever VM fetched it, and each VM decodes its own copy when the shared one changes.
+//! [`Fetcher`] is that schedule (who fetches when, the early refetch for an unknown `kid`, the
+//! back-off after a failure) over the [`SharedData`] trait; the glue only sends the request
+//! and reads the answer.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
+use crate::abi::Status;
 use crate::jwk::{parse_fetched_jwks, VerificationKey};
 use crate::reject::Reason;
+use crate::shared::SharedData;
 
 /// Default for `remote_jwks.refresh_seconds`.
 pub const DEFAULT_REFRESH_SECONDS: u64 = 300;
@@ -243,6 +247,210 @@ pub fn decode_document(document: &[u8]) -> Result<Document, String> {
     })
 }
 
+/// Compare-and-swap attempts on a shared record.
+const ATTEMPTS: usize = 8;
+
+/// What happened while fetching, for the glue to log and count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchEvent {
+    /// A fetch ended: a usable key set (`ok`), or a failure (logged with `Warning`).
+    Fetched { ok: bool },
+    /// Keys of a fetched document that could not be used.
+    KeysSkipped(usize),
+    /// Something an operator should read.
+    Warning(String),
+}
+
+/// Fetches the configuration's key sets on the schedule all of an Envoy's VMs share.
+pub struct Fetcher<S> {
+    data: S,
+    namespace: String,
+    /// This VM's fetches in flight: the glue's call token -> key set index.
+    in_flight: HashMap<u32, usize>,
+}
+
+impl<S: SharedData> Fetcher<S> {
+    pub fn new(data: S, namespace: String) -> Self {
+        Fetcher {
+            data,
+            namespace,
+            in_flight: HashMap::new(),
+        }
+    }
+
+    fn read(&self, source: &RemoteJwks) -> Option<(SharedRecord, Option<u32>)> {
+        let (bytes, cas) = match self.data.get(&source.shared_key(&self.namespace)).ok()? {
+            Some((bytes, cas)) => (bytes, Some(cas)),
+            None => (Vec::new(), None),
+        };
+        Some((SharedRecord::decode(&bytes), cas))
+    }
+
+    /// Applies `change` to a shared record with compare-and-swap; `false` if it could not
+    /// (or `change` declined).
+    fn update(&self, source: &RemoteJwks, change: impl Fn(&mut SharedRecord) -> bool) -> bool {
+        let key = source.shared_key(&self.namespace);
+        for _ in 0..ATTEMPTS {
+            let Some((mut record, cas)) = self.read(source) else {
+                return false;
+            };
+            if !change(&mut record) {
+                return false;
+            }
+            match self.data.set(&key, &record.encode(), cas) {
+                Ok(()) => return true,
+                Err(Status::CasMismatch) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// On each tick: decodes newer shared documents into `keys`, and starts the fetches that
+    /// are due with `dispatch` (which sends one and returns its call token, or `None`).
+    pub fn refresh(
+        &mut self,
+        sources: &[RemoteJwks],
+        keys: &mut RemoteKeys,
+        now: u64,
+        dispatch: &mut dyn FnMut(&RemoteJwks) -> Option<u32>,
+    ) -> Vec<FetchEvent> {
+        let mut events = Vec::new();
+        for (i, source) in sources.iter().enumerate() {
+            let Some((record, _)) = self.read(source) else {
+                continue;
+            };
+            if let Err(error) = keys.install(i, &record, now) {
+                // Tether writes only checked documents with plausible times: this record was
+                // written by something else. Fetch it again rather than trust or keep it.
+                events.push(FetchEvent::Warning(format!(
+                    "shared record of the key set from cluster {:?} refused: {error}; fetching it again",
+                    source.cluster
+                )));
+                self.update(source, |r| {
+                    r.refetch_requested_at = r.fetched_at.saturating_add(1);
+                    r.busy_until = 0;
+                    true
+                });
+            }
+            if self.in_flight.values().any(|s| *s == i) {
+                continue;
+            }
+            let busy_for = source.timeout_ms.div_ceil(1000) + 1;
+            let claimed = self.update(source, |r| {
+                if !r.due(source, now) {
+                    return false;
+                }
+                if !r.plausible(now) {
+                    // Times no fetch of Tether's wrote: start over from a clean record.
+                    *r = SharedRecord {
+                        document: std::mem::take(&mut r.document),
+                        ..SharedRecord::default()
+                    };
+                }
+                r.busy_until = now.saturating_add(busy_for);
+                true
+            });
+            if !claimed {
+                continue;
+            }
+            match dispatch(source) {
+                Some(token) => {
+                    self.in_flight.insert(token, i);
+                }
+                None => {
+                    events.push(FetchEvent::Fetched { ok: false });
+                    events.push(FetchEvent::Warning(format!(
+                        "cannot fetch the key set from cluster {:?}",
+                        source.cluster
+                    )));
+                    self.update(source, |r| {
+                        r.busy_until = now.saturating_add(RETRY_SECONDS);
+                        true
+                    });
+                }
+            }
+        }
+        events
+    }
+
+    /// A fetch's answer (`token` from `dispatch`): the document, or why there is none. A
+    /// usable key set replaces the shared document; anything else keeps the last good one
+    /// and backs off for [`RETRY_SECONDS`].
+    pub fn on_answer(
+        &mut self,
+        token: u32,
+        answer: Result<Vec<u8>, String>,
+        sources: &[RemoteJwks],
+        keys: &mut RemoteKeys,
+        now: u64,
+    ) -> Vec<FetchEvent> {
+        let mut events = Vec::new();
+        let Some(i) = self.in_flight.remove(&token) else {
+            return events;
+        };
+        let Some(source) = sources.get(i) else {
+            return events;
+        };
+        let checked =
+            answer.and_then(|body| decode_document(&body).map(|document| (body, document.skipped)));
+        match checked {
+            Ok((document, skipped)) => {
+                events.push(FetchEvent::Fetched { ok: true });
+                if !skipped.is_empty() {
+                    events.push(FetchEvent::KeysSkipped(skipped.len()));
+                    events.extend(skipped.iter().map(|note| {
+                        FetchEvent::Warning(format!(
+                            "key set from cluster {:?}: {note}",
+                            source.cluster
+                        ))
+                    }));
+                }
+                self.update(source, |r| {
+                    // Strictly newer, so that every VM (and waiting request) sees a change.
+                    r.fetched_at = now.max(r.fetched_at.saturating_add(1));
+                    r.busy_until = 0;
+                    r.document = document.clone();
+                    true
+                });
+            }
+            Err(error) => {
+                events.push(FetchEvent::Fetched { ok: false });
+                events.push(FetchEvent::Warning(format!(
+                    "key set fetch from cluster {:?} failed: {error}; keeping the last good key set",
+                    source.cluster
+                )));
+                self.update(source, |r| {
+                    r.busy_until = now.saturating_add(RETRY_SECONDS);
+                    true
+                });
+            }
+        }
+        if let Some((record, _)) = self.read(source) {
+            let _ = keys.install(i, &record, now);
+        }
+        events
+    }
+
+    /// Asks for an early refetch of `source` (an unknown `kid`): at most one per
+    /// [`EARLY_REFETCH_INTERVAL_SECONDS`] per key set, across all VMs. Whether it was granted
+    /// (then the request waits for it).
+    pub fn request_refetch(&self, source: &RemoteJwks, now: u64) -> bool {
+        self.update(source, |r| {
+            let allowed = r.refetch_requested_at == 0
+                || now
+                    >= r.refetch_requested_at
+                        .saturating_add(EARLY_REFETCH_INTERVAL_SECONDS);
+            if allowed {
+                // Strictly after the document in hand, even within the same second, so that
+                // the refetch is due.
+                r.refetch_requested_at = now.max(r.fetched_at.saturating_add(1));
+            }
+            allowed
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +616,191 @@ mod tests {
             assert!(keys.install(0, &record, 10).is_err());
         }
         assert_eq!(keys.fetched_at(0), 0);
+    }
+
+    use crate::shared::Memory;
+
+    /// A dispatcher that records what it sent and hands out call tokens.
+    #[derive(Default)]
+    struct Calls {
+        sent: Vec<String>,
+        fail: bool,
+    }
+
+    impl Calls {
+        fn dispatch(&mut self) -> impl FnMut(&RemoteJwks) -> Option<u32> + '_ {
+            move |source| {
+                self.sent.push(source.path.clone());
+                (!self.fail).then_some(self.sent.len() as u32)
+            }
+        }
+    }
+
+    fn fetched(events: &[FetchEvent]) -> Vec<bool> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                FetchEvent::Fetched { ok } => Some(*ok),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The README's promise, on the host: one fetch serves every VM. Two VMs tick at once;
+    /// one claims the fetch, the other waits and decodes what the first wrote.
+    #[test]
+    fn one_fetch_serves_every_vm() {
+        let data = Memory::default();
+        let sources = [source()];
+        let (mut a, mut b) = (
+            Fetcher::new(&data, "ns".into()),
+            Fetcher::new(&data, "ns".into()),
+        );
+        let (mut keys_a, mut keys_b) = (RemoteKeys::new(1), RemoteKeys::new(1));
+        let (mut calls_a, mut calls_b) = (Calls::default(), Calls::default());
+        a.refresh(&sources, &mut keys_a, 100, &mut calls_a.dispatch());
+        b.refresh(&sources, &mut keys_b, 100, &mut calls_b.dispatch());
+        assert_eq!((calls_a.sent.len(), calls_b.sent.len()), (1, 0));
+        let events = a.on_answer(
+            1,
+            Ok(DOCUMENT.as_bytes().to_vec()),
+            &sources,
+            &mut keys_a,
+            100,
+        );
+        assert_eq!(fetched(&events), [true]);
+        assert!(keys_a.resolve(&KeySource::Remote(0)).is_ok());
+        // The other VM's next tick decodes the shared document, and fetches nothing.
+        assert!(keys_b.resolve(&KeySource::Remote(0)).is_err());
+        b.refresh(&sources, &mut keys_b, 101, &mut calls_b.dispatch());
+        assert!(keys_b.resolve(&KeySource::Remote(0)).is_ok());
+        assert_eq!(calls_b.sent.len(), 0);
+        // Stale after refresh_seconds: fetched again, once.
+        a.refresh(&sources, &mut keys_a, 400, &mut calls_a.dispatch());
+        b.refresh(&sources, &mut keys_b, 400, &mut calls_b.dispatch());
+        assert_eq!(calls_a.sent.len() + calls_b.sent.len(), 2);
+    }
+
+    /// The README's promise: a failed fetch keeps the last good key set and is retried after
+    /// 5 seconds, by whichever VM comes first.
+    #[test]
+    fn a_failed_fetch_keeps_the_keys_and_is_retried_after_five_seconds() {
+        let data = Memory::default();
+        let sources = [source()];
+        let mut vm = Fetcher::new(&data, "ns".into());
+        let mut keys = RemoteKeys::new(1);
+        let mut calls = Calls::default();
+        vm.refresh(&sources, &mut keys, 100, &mut calls.dispatch());
+        vm.on_answer(
+            1,
+            Ok(DOCUMENT.as_bytes().to_vec()),
+            &sources,
+            &mut keys,
+            100,
+        );
+        vm.refresh(&sources, &mut keys, 400, &mut calls.dispatch());
+        let events = vm.on_answer(2, Err("HTTP status 500".into()), &sources, &mut keys, 400);
+        assert_eq!(fetched(&events), [false]);
+        assert!(matches!(&events[1], FetchEvent::Warning(w) if w.contains("HTTP status 500")));
+        assert!(
+            keys.resolve(&KeySource::Remote(0)).is_ok(),
+            "the last good keys stay"
+        );
+        vm.refresh(&sources, &mut keys, 404, &mut calls.dispatch());
+        assert_eq!(calls.sent.len(), 2, "not before 5 seconds");
+        vm.refresh(&sources, &mut keys, 405, &mut calls.dispatch());
+        assert_eq!(calls.sent.len(), 3);
+    }
+
+    #[test]
+    fn a_fetch_that_cannot_be_sent_backs_off_too() {
+        let data = Memory::default();
+        let sources = [source()];
+        let mut vm = Fetcher::new(&data, "ns".into());
+        let mut keys = RemoteKeys::new(1);
+        let mut calls = Calls {
+            fail: true,
+            ..Calls::default()
+        };
+        let events = vm.refresh(&sources, &mut keys, 100, &mut calls.dispatch());
+        assert_eq!(fetched(&events), [false]);
+        vm.refresh(&sources, &mut keys, 101, &mut calls.dispatch());
+        assert_eq!(calls.sent.len(), 1);
+        vm.refresh(&sources, &mut keys, 105, &mut calls.dispatch());
+        assert_eq!(calls.sent.len(), 2);
+    }
+
+    /// The README's promise: an unknown `kid` gets one early refetch per 30 seconds per key
+    /// set, whichever VM asks.
+    #[test]
+    fn early_refetch_is_granted_once_per_thirty_seconds_across_vms() {
+        let data = Memory::default();
+        let sources = [source()];
+        let (a, b) = (
+            Fetcher::new(&data, "ns".into()),
+            Fetcher::new(&data, "ns".into()),
+        );
+        let mut keys = RemoteKeys::new(1);
+        let mut vm = Fetcher::new(&data, "ns".into());
+        let mut calls = Calls::default();
+        vm.refresh(&sources, &mut keys, 100, &mut calls.dispatch());
+        vm.on_answer(
+            1,
+            Ok(DOCUMENT.as_bytes().to_vec()),
+            &sources,
+            &mut keys,
+            100,
+        );
+        assert!(a.request_refetch(&sources[0], 110));
+        assert!(!b.request_refetch(&sources[0], 139));
+        // The granted refetch is due at once (not at refresh_seconds).
+        vm.refresh(&sources, &mut keys, 110, &mut calls.dispatch());
+        assert_eq!(calls.sent.len(), 2);
+        assert!(b.request_refetch(&sources[0], 140));
+    }
+
+    /// A record refused at install (implausible, or not a key set) is fetched again at once.
+    #[test]
+    fn a_refused_shared_record_is_fetched_again() {
+        let data = Memory::default();
+        let sources = [source()];
+        let injected = SharedRecord {
+            fetched_at: 100,
+            document: b"{\"not\": \"a key set\"}".to_vec(),
+            ..Default::default()
+        };
+        data.put(&sources[0].shared_key("ns"), &injected.encode());
+        let mut vm = Fetcher::new(&data, "ns".into());
+        let mut keys = RemoteKeys::new(1);
+        let mut calls = Calls::default();
+        let events = vm.refresh(&sources, &mut keys, 100, &mut calls.dispatch());
+        assert!(matches!(&events[0], FetchEvent::Warning(w) if w.contains("refused")));
+        assert_eq!(calls.sent.len(), 1, "fetched again at once");
+    }
+
+    #[test]
+    fn skipped_keys_are_counted_and_an_unknown_answer_ignored() {
+        let data = Memory::default();
+        let sources = [source()];
+        let mut vm = Fetcher::new(&data, "ns".into());
+        let mut keys = RemoteKeys::new(1);
+        let mut calls = Calls::default();
+        vm.refresh(&sources, &mut keys, 100, &mut calls.dispatch());
+        assert!(vm
+            .on_answer(
+                99,
+                Ok(DOCUMENT.as_bytes().to_vec()),
+                &sources,
+                &mut keys,
+                100
+            )
+            .is_empty());
+        let with_odd_key = DOCUMENT.replace(
+            "\"keys\":[",
+            "\"keys\":[{\"kty\":\"RSA\",\"x5c\":[\"MIIB\"]},",
+        );
+        let events = vm.on_answer(1, Ok(with_odd_key.into_bytes()), &sources, &mut keys, 100);
+        assert_eq!(fetched(&events), [true]);
+        assert!(events.contains(&FetchEvent::KeysSkipped(1)));
     }
 }

@@ -35,6 +35,7 @@ pub mod percent;
 pub mod policy;
 pub mod reject;
 pub mod replay;
+pub mod shared;
 pub mod token;
 pub mod verdict;
 

@@ -6,7 +6,9 @@
 //! old to be accepted anyway. A full bucket refuses new signatures (fail closed) rather than
 //! forget one that could then be replayed.
 
+use crate::abi::Status;
 use crate::reject::Reason;
+use crate::shared::SharedData;
 
 /// Entries per bucket.
 pub const BUCKET_ENTRIES: usize = 64;
@@ -148,31 +150,141 @@ impl Bucket {
     }
 }
 
-/// A replay store in the VM's memory: the test double of the shared record.
-#[cfg(test)]
-#[derive(Debug)]
-pub struct MemoryReplayStore {
-    buckets: Vec<Bucket>,
+/// Buckets of [`BUCKET_ENTRIES`] entries each: 524288 live signatures. With the default
+/// 60-second window, about 6000 signed requests per second keep fewer than 1% of buckets full
+/// (a bucket fills before the average does). Each live entry takes 24 bytes of shared memory,
+/// 12 MiB when all are full.
+pub const BUCKETS: usize = 8192;
+/// Compare-and-swap attempts before giving up (fail closed).
+const ATTEMPTS: usize = 8;
+
+/// The replay record in shared data: one for all of an Envoy's worker VMs. Buckets are
+/// separate keys, updated with compare-and-swap, so that two workers seeing the same
+/// signature at once cannot both accept it.
+pub struct SharedReplay<S> {
+    data: S,
+    namespace: String,
+    buckets: usize,
+    /// The earliest `iat` the record is sure to remember (see [`WindowRecord`]).
+    remembers_since: u64,
 }
 
-#[cfg(test)]
-impl MemoryReplayStore {
-    pub fn new(buckets: usize) -> Self {
-        MemoryReplayStore {
-            buckets: vec![Bucket::default(); buckets.max(1)],
+impl<S: SharedData> SharedReplay<S> {
+    /// The record under `namespace`, set up for a configuration with `max_age_seconds` at
+    /// `now`: every bucket created, and the window agreed with the other VMs.
+    pub fn configure(data: S, namespace: String, max_age_seconds: u64, now: u64) -> Self {
+        SharedReplay::with_buckets(data, namespace, BUCKETS, max_age_seconds, now)
+    }
+
+    fn with_buckets(
+        data: S,
+        namespace: String,
+        buckets: usize,
+        max_age_seconds: u64,
+        now: u64,
+    ) -> Self {
+        let mut record = SharedReplay {
+            data,
+            namespace,
+            buckets: buckets.max(1),
+            remembers_since: 0,
+        };
+        record.create_buckets();
+        record.remembers_since = record.agree_window(max_age_seconds, now);
+        record
+    }
+
+    fn key(&self, bucket: usize) -> String {
+        format!("{}.replay.{bucket}", self.namespace)
+    }
+
+    /// Creates every bucket that does not exist yet, empty.
+    ///
+    /// Shared data has no atomic "create if absent": a write to a missing key succeeds
+    /// whatever compare-and-swap token it carries. When the first write to a bucket also
+    /// recorded a signature, two workers seeing the same fresh signature at once could both
+    /// create the bucket, and both accept it (issue 7, finding 8). Created here, at configure
+    /// time (Envoy configures a plugin on its main thread before any worker serves with it),
+    /// every later write is a compare-and-swap on an existing key.
+    ///
+    /// Every VM walks every bucket (a few milliseconds at configure): a marker saying "done"
+    /// could be written by another plugin to stop the walk.
+    fn create_buckets(&self) {
+        for bucket in 0..self.buckets {
+            let key = self.key(bucket);
+            if let Ok(None) = self.data.get(&key) {
+                let _ = self.data.set(&key, &[], None);
+            }
         }
+    }
+
+    /// Reads and updates the shared [`WindowRecord`]; the earliest `iat` to accept. If the
+    /// record cannot be read or written, only signatures made from now on (fail closed: a
+    /// request signed just before is refused once, as expired).
+    fn agree_window(&self, max_age_seconds: u64, now: u64) -> u64 {
+        let key = format!("{}.replay.window", self.namespace);
+        for _ in 0..ATTEMPTS {
+            let Ok(current) = self.data.get(&key) else {
+                return now;
+            };
+            let stored = current
+                .as_ref()
+                .and_then(|(bytes, _)| WindowRecord::decode(bytes));
+            let record = WindowRecord::configure(stored, max_age_seconds, now);
+            // Never later than now: a record claiming more is not Tether's.
+            let since = record.remembers_since.min(now);
+            if stored == Some(record) {
+                return since;
+            }
+            match self
+                .data
+                .set(&key, &record.encode(), current.map(|(_, cas)| cas))
+            {
+                Ok(()) => return since,
+                Err(Status::CasMismatch) => continue,
+                Err(_) => return now,
+            }
+        }
+        now
     }
 }
 
-#[cfg(test)]
-impl ReplayStore for MemoryReplayStore {
+impl<S: SharedData> ReplayStore for &SharedReplay<S> {
     fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason> {
-        let index = bucket_of(id, self.buckets.len());
-        match self.buckets.get_mut(index) {
-            Some(bucket) => bucket.record(id, expires_at, now),
-            None => Err(Reason::ReplayStoreFull),
+        let key = self.key(bucket_of(id, self.buckets));
+        for _ in 0..ATTEMPTS {
+            // Every bucket was created at configure time; one missing now was never created
+            // (a host that dropped it): fail closed rather than write without a token.
+            let Some((bytes, cas)) = self.data.get(&key).map_err(|_| Reason::ReplayStoreFull)?
+            else {
+                return Err(Reason::ReplayStoreFull);
+            };
+            let mut bucket = Bucket::decode(&bytes);
+            bucket.record(id, expires_at, now)?;
+            match self.data.set(&key, &bucket.encode(), Some(cas)) {
+                Ok(()) => return Ok(()),
+                Err(Status::CasMismatch) => continue,
+                Err(_) => return Err(Reason::ReplayStoreFull),
+            }
         }
+        Err(Reason::ReplayStoreFull)
     }
+
+    fn remembers_since(&self) -> u64 {
+        self.remembers_since
+    }
+}
+
+/// A replay record over in-memory shared data, for tests: `buckets` buckets.
+#[cfg(test)]
+pub fn in_memory(buckets: usize) -> SharedReplay<crate::shared::Memory> {
+    SharedReplay::with_buckets(
+        crate::shared::Memory::default(),
+        "test".into(),
+        buckets,
+        60,
+        0,
+    )
 }
 
 #[cfg(test)]
@@ -187,7 +299,8 @@ mod tests {
 
     #[test]
     fn second_use_within_the_window_is_a_replay() {
-        let mut store = MemoryReplayStore::new(8);
+        let record = in_memory(8);
+        let mut store = &record;
         assert_eq!(store.first_use(&id(1), 100, 10), Ok(()));
         assert_eq!(
             store.first_use(&id(1), 100, 50),
@@ -244,6 +357,86 @@ mod tests {
         assert_eq!(wider.remembers_since, 2_700);
         assert_eq!(WindowRecord::decode(&wider.encode()), Some(wider));
         assert_eq!(WindowRecord::decode(&[1, 2, 3]), None);
+    }
+
+    /// Issue 7, finding 8: every bucket exists once a VM is configured, and configuring
+    /// another VM later never empties one.
+    #[test]
+    fn buckets_are_created_at_configure_and_never_emptied_by_a_later_vm() {
+        let data = crate::shared::Memory::default();
+        let first = SharedReplay::with_buckets(&data, "ns".into(), 4, 60, 1_000);
+        assert_eq!(data.keys(), 4 + 1, "four buckets and the window record");
+        assert_eq!((&first).first_use(&id(1), 2_000, 1_000), Ok(()));
+        let _second = SharedReplay::with_buckets(&data, "ns".into(), 4, 60, 1_001);
+        assert_eq!(
+            (&first).first_use(&id(1), 2_000, 1_001),
+            Err(Reason::RequestSignatureReplayed)
+        );
+    }
+
+    /// Two workers record the same signature at once: the second write finds the bucket
+    /// changed (compare-and-swap), reads it again, and sees the signature.
+    #[test]
+    fn a_signature_raced_by_two_vms_is_accepted_once() {
+        let data = crate::shared::Memory::default();
+        let ours = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, 0);
+        // Between our read of the bucket and our write, another VM records the signature.
+        let mut raced = false;
+        *data.before_set.borrow_mut() = Some(Box::new(move |memory, key| {
+            if key == "ns.replay.0" && !raced {
+                raced = true;
+                let (bytes, _) = memory.get(key).unwrap().unwrap();
+                let mut bucket = Bucket::decode(&bytes);
+                bucket.record(&id(7), 100, 0).unwrap();
+                memory.put(key, &bucket.encode());
+            }
+        }));
+        assert_eq!(
+            (&ours).first_use(&id(7), 100, 0),
+            Err(Reason::RequestSignatureReplayed)
+        );
+    }
+
+    #[test]
+    fn a_missing_bucket_or_endless_contention_fails_closed() {
+        let data = crate::shared::Memory::default();
+        let record = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, 0);
+        // Contention on every write: another VM always writes first.
+        *data.before_set.borrow_mut() = Some(Box::new(|memory, key| {
+            if key == "ns.replay.0" {
+                memory.put(key, &[]);
+            }
+        }));
+        assert_eq!(
+            (&record).first_use(&id(1), 100, 0),
+            Err(Reason::ReplayStoreFull)
+        );
+        // A bucket that does not exist is never written without a token.
+        let empty = crate::shared::Memory::default();
+        let never_created = SharedReplay {
+            data: &empty,
+            namespace: "ns".into(),
+            buckets: 1,
+            remembers_since: 0,
+        };
+        assert_eq!(
+            (&never_created).first_use(&id(1), 100, 0),
+            Err(Reason::ReplayStoreFull)
+        );
+        assert_eq!(empty.keys(), 0);
+    }
+
+    /// The window widens between two configurations: the record remembers since when.
+    #[test]
+    fn vms_agree_on_the_window_through_the_shared_record() {
+        let data = crate::shared::Memory::default();
+        let old = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, 1_000);
+        assert_eq!((&old).remembers_since(), 0);
+        let wide = SharedReplay::with_buckets(&data, "ns".into(), 1, 600, 2_000);
+        assert_eq!((&wide).remembers_since(), 1_940);
+        // Another VM of the new configuration, a moment later: the same answer.
+        let other = SharedReplay::with_buckets(&data, "ns".into(), 1, 600, 2_001);
+        assert_eq!((&other).remembers_since(), 1_940);
     }
 
     #[test]

@@ -892,7 +892,8 @@ mod tests {
             }
         };
         let finish = |pending: Box<Pending>, body: &[u8]| {
-            let mut store = crate::replay::MemoryReplayStore::new(1);
+            let record = crate::replay::in_memory(1);
+            let mut store = &record;
             pending.finish(
                 &f.policy,
                 &RemoteKeys::default(),
@@ -952,7 +953,8 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let finish = |at: u64| {
-            let mut store = crate::replay::MemoryReplayStore::new(1);
+            let record = crate::replay::in_memory(1);
+            let mut store = &record;
             held().finish(
                 &f.policy,
                 &RemoteKeys::default(),
@@ -970,12 +972,12 @@ mod tests {
     /// A replay store that has forgotten everything signed before `since`.
     struct Forgetful {
         since: u64,
-        inner: crate::replay::MemoryReplayStore,
+        inner: crate::replay::SharedReplay<crate::shared::Memory>,
     }
 
     impl ReplayStore for Forgetful {
         fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason> {
-            self.inner.first_use(id, expires_at, now)
+            (&self.inner).first_use(id, expires_at, now)
         }
         fn remembers_since(&self) -> u64 {
             self.since
@@ -1019,7 +1021,7 @@ mod tests {
             };
             let mut store = Forgetful {
                 since,
-                inner: crate::replay::MemoryReplayStore::new(1),
+                inner: crate::replay::in_memory(1),
             };
             pending.finish(&policy, &RemoteKeys::default(), b"", &InVm, &mut store, NOW)
         };
@@ -1094,7 +1096,8 @@ mod tests {
         let t = token(&f, Some(json!({"jwk": holder})), &[]);
         let auth = format!("Bearer {t}");
         // One bucket: every signature lands in it.
-        let mut store = crate::replay::MemoryReplayStore::new(1);
+        let record = crate::replay::in_memory(1);
+        let mut store = &record;
         let mut outcomes = Vec::new();
         for i in 0..=crate::replay::BUCKET_ENTRIES {
             let body = format!("{{\"n\":{i}}}");

@@ -13,6 +13,7 @@
 use std::ptr::{null, null_mut};
 
 use crate::abi::{decode_pairs, encode_pairs, encode_path, Pairs, Status};
+use crate::shared::SharedData;
 
 /// The proxy-wasm ABI's map types (`MapType`).
 #[derive(Clone, Copy)]
@@ -348,4 +349,23 @@ pub fn define_counter(name: &str) -> Result<u32, Status> {
 pub fn increment_counter(id: u32, by: i64) -> Result<(), Status> {
     // SAFETY: no pointers.
     status(unsafe { ffi::proxy_increment_metric(id, by) })
+}
+
+/// Envoy's shared data, for the core's [`SharedData`] users (replay record, key sets).
+#[derive(Clone, Copy, Default)]
+pub struct EnvoySharedData;
+
+impl SharedData for EnvoySharedData {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, Status> {
+        match shared_data(key)? {
+            (Some(value), Some(cas)) => Ok(Some((value, cas))),
+            // An existing key always has a token; without one there is nothing to swap.
+            (Some(value), None) => Ok(Some((value, 0))),
+            (None, _) => Ok(None),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
+        set_shared_data(key, value, cas)
+    }
 }

@@ -9,7 +9,6 @@
 mod hostcalls;
 mod keysets;
 mod metrics;
-mod replay;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -27,11 +26,11 @@ use crate::extract::is_form_urlencoded;
 use crate::keyset::{namespace, replay_namespace, RemoteKeys};
 use crate::lifecycle::{Decision, Held, Limits, Stage, Step};
 use crate::reject::Reason;
+use crate::replay::SharedReplay;
 use crate::verdict::{decide, Pending, Request, Tokens, Verdict};
-use hostcalls::{Buffer, Level, Map};
+use hostcalls::{Buffer, EnvoySharedData, Level, Map};
 use keysets::KeySets;
 use metrics::Metrics;
-use replay::SharedReplayStore;
 
 #[allow(unsafe_code)] // `main!` exports the VM entry point with #[no_mangle].
 mod entry {
@@ -72,10 +71,10 @@ struct Shared {
     /// Requests refused, until their stream ends: whatever of them still arrives (body,
     /// trailers) is held, never let through after the refusal.
     refused: RefCell<HashSet<u32>>,
-    /// The prefix of this configuration's shared-data keys (key sets).
-    namespace: String,
+    /// Fetches the key sets, on the schedule all VMs share.
+    keysets: RefCell<KeySets>,
     /// The replay record, shared by this plugin's VMs across configurations.
-    replay: SharedReplayStore,
+    replay: SharedReplay<EnvoySharedData>,
 }
 
 /// A held request: its life, and what it takes to decide it.
@@ -145,7 +144,6 @@ impl OwnedRequest {
 #[derive(Default)]
 struct Root {
     shared: Option<Rc<Shared>>,
-    keysets: KeySets,
 }
 
 impl Context for Root {
@@ -157,8 +155,18 @@ impl Context for Root {
         _trailers: usize,
     ) {
         if let Some(shared) = &self.shared {
-            self.keysets
-                .on_response(shared, token, headers, body_size, now_seconds());
+            let answer = keysets::read_answer(headers, body_size);
+            let events = {
+                let mut keys = shared.remote.borrow_mut();
+                shared.keysets.borrow_mut().on_answer(
+                    token,
+                    answer,
+                    &shared.policy.remote_sets,
+                    &mut keys,
+                    now_seconds(),
+                )
+            };
+            keysets::report(shared, events);
             resolve_held(shared);
         }
     }
@@ -211,7 +219,8 @@ impl RootContext for Root {
         // Every bucket exists before this VM serves a request, so that every write to one is
         // a compare-and-swap (issue 7, finding 8). Envoy configures a plugin on its main
         // thread before any worker serves with it.
-        let replay = SharedReplayStore::configure(
+        let replay = SharedReplay::configure(
+            EnvoySharedData,
             replay_namespace(&root_id),
             policy.signed_requests.max_age_seconds,
             now_seconds(),
@@ -229,7 +238,7 @@ impl RootContext for Root {
             crypto,
             held: RefCell::default(),
             refused: RefCell::default(),
-            namespace,
+            keysets: RefCell::new(KeySets::new(EnvoySharedData, namespace)),
             replay,
         });
         // The first fetch starts on the first tick, not here: a VM configured on Envoy's main
@@ -245,7 +254,16 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
-            self.keysets.refresh(shared, now_seconds());
+            let events = {
+                let mut keys = shared.remote.borrow_mut();
+                shared.keysets.borrow_mut().refresh(
+                    &shared.policy.remote_sets,
+                    &mut keys,
+                    now_seconds(),
+                    &mut keysets::dispatch,
+                )
+            };
+            keysets::report(shared, events);
             resolve_held(shared);
         }
     }
@@ -480,7 +498,12 @@ fn decide_again(shared: &Shared, request: &mut HeldRequest, may_wait: bool) -> D
                     // Not loaded yet: wait for the first fetch.
                     Reason::KeySetUnavailable => true,
                     // An unknown `kid`: one early refetch, rate-limited per key set.
-                    _ => keysets::request_refetch(shared, set, now),
+                    _ => policy.remote_sets.get(set).is_some_and(|source| {
+                        shared
+                            .keysets
+                            .try_borrow()
+                            .is_ok_and(|fetcher| fetcher.request_refetch(source, now))
+                    }),
                 };
             match policy.remote_sets.get(set) {
                 Some(source) if wait => Decision::NeedKeys {
