@@ -138,6 +138,37 @@ pub fn fingerprint(token: &str) -> String {
         .collect()
 }
 
+/// Why a token is not accepted, and the fetched key set that a (re)fetch may cure that with:
+/// the issuer's set when its keys are not loaded yet, or do not hold the key the token names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    /// Index of the fetched key set, when fetching it again may help.
+    pub key_set: Option<usize>,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Self {
+        Refusal {
+            reason,
+            key_set: None,
+        }
+    }
+}
+
+impl Refusal {
+    /// `reason`, curable by (re)fetching the key set `keys` comes from, if it is fetched.
+    fn for_want_of(reason: Reason, keys: &KeySource) -> Self {
+        Refusal {
+            reason,
+            key_set: match keys {
+                KeySource::Remote(set) => Some(*set),
+                KeySource::Inline(_) => None,
+            },
+        }
+    }
+}
+
 /// Verifies an access token at time `now` (seconds since the Unix epoch).
 pub fn verify(
     token: &str,
@@ -146,9 +177,9 @@ pub fn verify(
     limits: TimeLimits,
     crypto: &dyn SignatureVerifier,
     now: u64,
-) -> Result<VerifiedToken, Reason> {
+) -> Result<VerifiedToken, Refusal> {
     if token.len() > MAX_TOKEN_BYTES {
-        return Err(Reason::TokenTooLarge);
+        return Err(Reason::TokenTooLarge.into());
     }
     let mut segments = token.split('.');
     let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (
@@ -157,24 +188,24 @@ pub fn verify(
         segments.next(),
         segments.next(),
     ) else {
-        return Err(Reason::TokenMalformed);
+        return Err(Reason::TokenMalformed.into());
     };
     if header_b64.len() > MAX_HEADER_CHARS || payload_b64.is_empty() {
-        return Err(Reason::TokenMalformed);
+        return Err(Reason::TokenMalformed.into());
     }
     let header: Header = decode_json(header_b64)?;
     // RFC 8725 §3.1: `none` and anything not supported are refused outright.
     let alg = Alg::from_name(&header.alg).ok_or(Reason::AlgorithmNotAllowed)?;
     // RFC 7515 §4.1.11: Tether understands no header extension, so any `crit` is refused.
     if header.crit.is_some() {
-        return Err(Reason::TokenMalformed);
+        return Err(Reason::TokenMalformed.into());
     }
     check_type(header.typ.as_deref())?;
     let signature = URL_SAFE_NO_PAD
         .decode(signature_b64)
         .map_err(|_| Reason::TokenMalformed)?;
     if signature.is_empty() {
-        return Err(Reason::TokenMalformed);
+        return Err(Reason::TokenMalformed.into());
     }
     let claims: TokenClaims = decode_json(payload_b64)?;
     let issuer = claims
@@ -184,13 +215,22 @@ pub fn verify(
         .ok_or(Reason::IssuerUnknown)?;
 
     let signing_input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    let keys = remote.resolve(&issuer.keys)?;
-    let verified = candidate_keys(keys, header.kid.as_deref(), alg)?
+    let keys = remote
+        .resolve(&issuer.keys)
+        .map_err(|reason| Refusal::for_want_of(reason, &issuer.keys))?;
+    let candidates = candidate_keys(keys, header.kid.as_deref(), alg).map_err(|reason| {
+        match reason {
+            // A rotated-in key the VM has not fetched yet.
+            Reason::KeyUnknown => Refusal::for_want_of(reason, &issuer.keys),
+            reason => reason.into(),
+        }
+    })?;
+    let verified = candidates
         .into_iter()
         .take(MAX_KEYS_TRIED)
         .any(|key| crypto.verify(key, signing_input, &signature));
     if !verified {
-        return Err(Reason::SignatureInvalid);
+        return Err(Reason::SignatureInvalid.into());
     }
     // From here on the claims are the issuer's.
     let expires_at = check_claims(&claims, issuer, limits, now)?;
@@ -200,20 +240,6 @@ pub fn verify(
         expires_at,
         confirmation,
     })
-}
-
-/// The remote key set of the issuer a token names (by its unverified `iss`), if its keys are
-/// fetched: where a refusal for want of keys may be cured by (re)fetching them.
-pub fn remote_key_set(token: &str, issuers: &[Issuer]) -> Option<usize> {
-    let payload = token.split('.').nth(1)?;
-    let claims: TokenClaims = decode_json(payload).ok()?;
-    let issuer = issuers
-        .iter()
-        .find(|i| Some(i.issuer.as_str()) == claims.iss.as_deref())?;
-    match issuer.keys {
-        KeySource::Remote(set) => Some(set),
-        KeySource::Inline(_) => None,
-    }
 }
 
 /// RFC 8725 §3.11 (explicit typing): a JWT of another declared type (a DPoP proof
@@ -674,6 +700,7 @@ pub(crate) mod tests {
             &InVm,
             now,
         )
+        .map_err(|refusal| refusal.reason)
     }
 
     /// A verified token with no claims but `exp`, for cache tests.
@@ -756,5 +783,55 @@ pub(crate) mod tests {
     fn fingerprint_is_a_short_hex_prefix_of_sha256() {
         // SHA-256("abc") = ba7816bf8f01cfea...
         assert_eq!(fingerprint("abc"), "ba7816bf8f01cfea");
+    }
+
+    /// Issue 8: `verify` says which fetched key set it lacks, so that nobody has to parse
+    /// the token a second time to find out.
+    #[test]
+    fn a_refusal_for_want_of_keys_names_the_fetched_key_set() {
+        let f = fixture();
+        let remote_issuer = vec![Issuer {
+            issuer: ISS.into(),
+            audiences: HashSet::from([AUD.to_string()]),
+            keys: KeySource::Remote(3),
+        }];
+        let token = sign(&f, claims());
+        let verify_with = |issuers: &[Issuer], remote: &RemoteKeys| {
+            verify(&token, issuers, remote, LIMITS, &InVm, NOW).unwrap_err()
+        };
+        // Not loaded yet.
+        let mut remote = RemoteKeys::new(4);
+        assert_eq!(
+            verify_with(&remote_issuer, &remote),
+            Refusal {
+                reason: Reason::KeySetUnavailable,
+                key_set: Some(3)
+            }
+        );
+        // Loaded, without the token's kid: a refetch may bring it.
+        let other_key = ES256KeyPair::generate();
+        let document = json!({"keys": [es256_jwk(&other_key, "k2")]}).to_string();
+        let record = crate::keyset::SharedRecord {
+            fetched_at: NOW,
+            document: document.into_bytes(),
+            ..Default::default()
+        };
+        remote.install(3, &record, NOW).unwrap();
+        assert_eq!(
+            verify_with(&remote_issuer, &remote),
+            Refusal {
+                reason: Reason::KeyUnknown,
+                key_set: Some(3)
+            }
+        );
+        // Inline keys: nothing to fetch.
+        let inline = fixture();
+        assert_eq!(
+            verify_with(&inline.issuers, &RemoteKeys::default()),
+            Refusal {
+                reason: Reason::SignatureInvalid,
+                key_set: None
+            }
+        );
     }
 }

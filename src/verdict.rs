@@ -17,7 +17,7 @@ use crate::keyset::{KeySource, RemoteKeys};
 use crate::policy::{self, Require, Route};
 use crate::reject::Reason;
 use crate::replay::ReplayStore;
-use crate::token::{self, fingerprint, VerifiedToken};
+use crate::token::{self, fingerprint, Refusal, VerifiedToken};
 
 /// What the filter knows of a request when it decides. Its `Debug` shows no credential.
 #[derive(Clone, Copy, Default)]
@@ -217,17 +217,17 @@ pub fn decide<'p>(
     };
     let verified = match verify_and_prove(policy, route, token, peer, tokens, now) {
         Ok(verified) => verified,
-        Err(reason @ (Reason::KeySetUnavailable | Reason::KeyUnknown)) => {
-            return match token::remote_key_set(token, &policy.issuers) {
-                Some(set) => Verdict::NeedKeys {
-                    set,
-                    reason,
-                    token_fp: Some(fingerprint(token)),
-                },
-                None => deny(reason, Some(token)),
-            };
+        Err(Refusal {
+            reason,
+            key_set: Some(set),
+        }) => {
+            return Verdict::NeedKeys {
+                set,
+                reason,
+                token_fp: Some(fingerprint(token)),
+            }
         }
-        Err(reason) => return deny(reason, Some(token)),
+        Err(Refusal { reason, .. }) => return deny(reason, Some(token)),
     };
     let headers = claim_headers(policy, &verified);
     // A token bound to a key is accepted only with a signature made with that key, on any
@@ -368,7 +368,7 @@ impl Tokens<'_> {
         policy: &Policy,
         token: &str,
         now: u64,
-    ) -> Result<Rc<VerifiedToken>, Reason> {
+    ) -> Result<Rc<VerifiedToken>, Refusal> {
         let key = self.cache.key(token);
         if let Some(cached) = key.as_ref().and_then(|k| self.cache.get(k, now)) {
             return Ok(cached);
@@ -395,7 +395,7 @@ fn verify_and_prove(
     peer: impl FnOnce() -> Option<PeerCertificate>,
     tokens: &mut Tokens<'_>,
     now: u64,
-) -> Result<Rc<VerifiedToken>, Reason> {
+) -> Result<Rc<VerifiedToken>, Refusal> {
     let verified = tokens.verify(policy, token, now)?;
     let confirmation = verified.confirmation();
     let constrained = match route.require {
@@ -405,7 +405,7 @@ fn verify_and_prove(
         Require::Bearer | Require::None => true,
     };
     if !constrained {
-        return Err(Reason::NotSenderConstrained);
+        return Err(Reason::NotSenderConstrained.into());
     }
     // On every route, a certificate-bound token is accepted only over its certificate.
     confirmation.prove_certificate(peer)?;
