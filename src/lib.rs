@@ -3,17 +3,26 @@
 //! A proxy-wasm HTTP filter that accepts an access token only from the party it was issued
 //! to. For every request, in this order (cheapest first):
 //!
-//! 1. [`policy`]: the path must be normalized; the first rule whose prefix matches decides
-//!    the requirement (`none`, `bearer`, `mtls`, `bound`; `bound` when none matches).
-//! 2. [`extract`]: the token comes from `Authorization: Bearer` only; a token in the URL,
-//!    repeated `Authorization` headers or a malformed credential are refused.
-//! 3. [`token`]: the JWT is verified against the configured issuers' keys ([`jwk`]): `alg`
-//!    from the key, signature, `iss`, `aud`, `exp` (required), `nbf`, `iat`, lifetime.
-//! 4. [`bind`]: the token's `cnf` binding is proved by the request: RFC 8705 certificate
-//!    binding ([`bind::mtls`]).
+//! 1. [`policy`]: the path must be normalized ([`percent`] decodes it one strict way); the
+//!    first rule whose prefix matches decides the requirement (`none`, `bearer`, `mtls`,
+//!    `bound`; `bound` when none matches).
+//! 2. [`extract`]: the token comes from `Authorization: Bearer` only; a token in the URL (under
+//!    any name a server reads as `access_token`), in a form body, repeated `Authorization`
+//!    headers or a malformed credential are refused.
+//! 3. [`token`]: the JWT is verified against the configured issuers' keys ([`jwk`], inline or
+//!    fetched: [`keyset`]): `alg` from the key, signature ([`crypto`]: in the VM or by Envoy),
+//!    `iss`, `aud`, `exp` (required), `nbf`, `iat`, lifetime; verified tokens are cached
+//!    ([`cache`]).
+//! 4. [`bind`]: the token's `cnf` binding is proved by the request: the certificate
+//!    ([`bind::mtls`], RFC 8705) and the request signature ([`bind::jws`], detached JWS),
+//!    recorded once against replay ([`replay`]).
 //!
-//! [`verdict`] runs the pipeline on plain inputs and the time; [`reject`] maps every
-//! refusal to its response. Only `host` (built for wasm32) talks to Envoy.
+//! [`verdict`] runs that pipeline on plain inputs and the time, and says when it needs a key
+//! set or the body. [`lifecycle`] is one held request's life (waiting for keys or a body,
+//! trailers, deadlines). [`reject`] maps every refusal to its response. [`config`] parses and
+//! validates the configuration. What VMs share ([`shared`]: the replay record, fetched key
+//! sets) goes through one trait. Only `host` (built for wasm32, feature `glue`) talks to
+//! Envoy, through [`abi`]'s byte formats and one module of host calls that never panic.
 
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
 #![cfg_attr(target_arch = "wasm32", deny(unsafe_code))]

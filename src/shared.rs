@@ -1,6 +1,6 @@
 //! Proxy-wasm shared data, as the core sees it: a key-value store shared by all of an
 //! Envoy's worker VMs (of one `vm_id`), with compare-and-swap. The glue implements it with
-//! Envoy's host calls; tests use [`Memory`], which behaves as Envoy does.
+//! Envoy's host calls; tests use `Memory`, which behaves as Envoy does.
 //!
 //! Envoy's semantics, which the callers rely on (proxy-wasm-cpp-host `SharedData::set`): every
 //! value carries a token that changes on each write; a write with a token succeeds only if the
