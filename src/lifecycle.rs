@@ -11,6 +11,8 @@
 //! arrive by its deadline is refused (`body_timeout`), and one that arrives late is verified
 //! at the time it arrives, so a signature cannot outlive its window (finding 2).
 
+use std::collections::{HashMap, HashSet};
+
 use crate::reject::Reason;
 
 /// How long a held request may wait, and how much body it may hold.
@@ -229,6 +231,161 @@ impl Held {
     }
 }
 
+/// A request in the [`Table`]: its life, its token's fingerprint (which bounds how many one
+/// token may hold), and whatever the glue needs to decide it (`R`: its facts, the pending
+/// signature, the headers to set).
+pub struct Entry<R> {
+    pub held: Held,
+    pub token_fp: Option<String>,
+    pub request: R,
+}
+
+/// What the glue does with a request whose steps have run out.
+pub enum Driven<R> {
+    /// Let it go on (setting the headers `R` carries).
+    Continue(Entry<R>),
+    /// It is held (the table keeps it).
+    Held,
+    /// Refuse it.
+    Refuse(Reason, Entry<R>),
+}
+
+/// What deciding a held request takes: the glue's access to the verdict, the keys and the
+/// body.
+pub trait Pipeline<R> {
+    /// Decides the request on its headers (again); `may_wait` is false once its wait for keys
+    /// has run out.
+    fn decide(&mut self, entry: &mut Entry<R>, may_wait: bool) -> Decision;
+    /// Verifies what needs the whole body (now complete).
+    fn verify(&mut self, entry: &mut Entry<R>) -> Result<(), Reason>;
+}
+
+/// The requests one VM holds, by context id, and those it refused (until their streams end).
+pub struct Table<R> {
+    held: HashMap<u32, Entry<R>>,
+    refused: HashSet<u32>,
+    /// `max_held_requests`.
+    max: usize,
+}
+
+impl<R> Table<R> {
+    pub fn new(max: usize) -> Self {
+        Table {
+            held: HashMap::new(),
+            refused: HashSet::new(),
+            max: max.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Takes a held request out to feed it an event (put back by [`drive`](Self::drive)).
+    pub fn take(&mut self, id: u32) -> Option<Entry<R>> {
+        self.held.remove(&id)
+    }
+
+    /// Whether the request was refused: whatever of it still arrives is held, never let
+    /// through after the refusal.
+    pub fn is_refused(&self, id: u32) -> bool {
+        self.refused.contains(&id)
+    }
+
+    /// The request's stream has ended.
+    pub fn forget(&mut self, id: u32) {
+        self.held.remove(&id);
+        self.refused.remove(&id);
+    }
+
+    /// Marks a request refused outside [`drive`](Self::drive) (on its headers).
+    pub fn refused(&mut self, id: u32) {
+        self.refused.insert(id);
+    }
+
+    /// The held requests with something due at `now_ms` (see [`Held::due`]), taken out of the
+    /// table with their step.
+    pub fn due(
+        &mut self,
+        now_ms: u64,
+        fetched_at: impl Fn(usize) -> u64,
+    ) -> Vec<(u32, Entry<R>, Step)> {
+        let ids: Vec<(u32, Step)> = self
+            .held
+            .iter_mut()
+            .filter_map(|(id, entry)| Some((*id, entry.held.due(now_ms, &fetched_at)?)))
+            .collect();
+        ids.into_iter()
+            .filter_map(|(id, step)| Some((id, self.held.remove(&id)?, step)))
+            .collect()
+    }
+
+    /// Runs a request's steps until it is held or decided: the one place a request is put
+    /// back, refused or let go.
+    pub fn drive(
+        &mut self,
+        id: u32,
+        mut entry: Entry<R>,
+        mut step: Step,
+        pipeline: &mut dyn Pipeline<R>,
+        now_ms: u64,
+    ) -> Driven<R> {
+        loop {
+            step = match step {
+                Step::Decide { may_wait } => {
+                    let decision = pipeline.decide(&mut entry, may_wait);
+                    entry.held.decided(decision, now_ms)
+                }
+                Step::Verify => {
+                    let result = pipeline.verify(&mut entry);
+                    entry.held.verified(result)
+                }
+                Step::Continue => return Driven::Continue(entry),
+                Step::Refuse(reason) => {
+                    self.refused.insert(id);
+                    return Driven::Refuse(reason, entry);
+                }
+                Step::Pause => match self.admit(&entry) {
+                    Ok(()) => {
+                        self.held.insert(id, entry);
+                        return Driven::Held;
+                    }
+                    Err(reason) => {
+                        self.refused.insert(id);
+                        return Driven::Refuse(reason, entry);
+                    }
+                },
+            };
+        }
+    }
+
+    /// Whether the table has room for one more: at most `max` in all (issue 7: the table
+    /// grew without bound), and one token at most a quarter of them waiting for bodies, whose
+    /// pace is the client's (one client trickling bodies on many streams cannot take every
+    /// place).
+    fn admit(&self, entry: &Entry<R>) -> Result<(), Reason> {
+        if self.held.len() >= self.max {
+            return Err(Reason::HeldRequestsFull);
+        }
+        if entry.held.stage() == Stage::AwaitingBody {
+            let per_token = (self.max / 4).max(1);
+            let same = self
+                .held
+                .values()
+                .filter(|o| o.held.stage() == Stage::AwaitingBody && o.token_fp == entry.token_fp)
+                .count();
+            if same >= per_token {
+                return Err(Reason::HeldRequestsFull);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,5 +574,220 @@ mod tests {
         let mut held = awaiting_keys();
         assert_eq!(held.on_body(5_000, false), Step::Pause);
         assert_eq!(held.decided(Decision::Allow, T0 + 10), Step::Continue);
+    }
+
+    /// A pipeline that answers from a script, and says what it was asked.
+    #[derive(Default)]
+    struct Script {
+        decisions: Vec<Decision>,
+        verdicts: Vec<Result<(), Reason>>,
+        asked: Vec<&'static str>,
+    }
+
+    impl Pipeline<()> for Script {
+        fn decide(&mut self, _: &mut Entry<()>, may_wait: bool) -> Decision {
+            self.asked.push(if may_wait {
+                "decide"
+            } else {
+                "decide, no wait"
+            });
+            self.decisions.remove(0)
+        }
+        fn verify(&mut self, _: &mut Entry<()>) -> Result<(), Reason> {
+            self.asked.push("verify");
+            self.verdicts.remove(0)
+        }
+    }
+
+    fn entry(end_of_stream: bool, token: &str) -> Entry<()> {
+        Entry {
+            held: Held::new(T0, end_of_stream, None, LIMITS),
+            token_fp: Some(token.to_string()),
+            request: (),
+        }
+    }
+
+    const KEYS_0: Decision = Decision::NeedKeys {
+        set: 0,
+        seen_fetched_at: 0,
+        timeout_ms: 2_000,
+    };
+
+    /// The double wait 14b5a40 fixed: the issuer's key set, then the client's, then the body.
+    #[test]
+    fn a_request_waits_for_two_key_sets_in_turn_then_its_body() {
+        let mut table = Table::new(16);
+        let mut script = Script {
+            decisions: vec![
+                KEYS_0,
+                Decision::NeedKeys {
+                    set: 1,
+                    seen_fetched_at: 0,
+                    timeout_ms: 2_000,
+                },
+                Decision::NeedBody,
+            ],
+            verdicts: vec![Ok(())],
+            ..Script::default()
+        };
+        let step = Step::Decide { may_wait: true };
+        assert!(matches!(
+            table.drive(1, entry(false, "t"), step, &mut script, T0),
+            Driven::Held
+        ));
+        // Set 0 arrives: decided again, now waiting for set 1 (not for set 0 again).
+        let due = table.due(T0 + 100, |set| u64::from(set == 0));
+        assert_eq!(due.len(), 1);
+        let (id, e, step) = due.into_iter().next().unwrap();
+        assert!(matches!(
+            table.drive(id, e, step, &mut script, T0 + 100),
+            Driven::Held
+        ));
+        assert!(table.due(T0 + 200, |set| u64::from(set == 0)).is_empty());
+        // Set 1 arrives: now the body is needed; it is not complete, so still held.
+        let (id, e, step) = table.due(T0 + 300, |_| 1).into_iter().next().unwrap();
+        assert!(matches!(
+            table.drive(id, e, step, &mut script, T0 + 300),
+            Driven::Held
+        ));
+        // The body ends: verified, let go.
+        let mut e = table.take(1).unwrap();
+        let step = e.held.on_body(10, true);
+        assert!(matches!(
+            table.drive(1, e, step, &mut script, T0 + 400),
+            Driven::Continue(_)
+        ));
+        assert_eq!(script.asked, ["decide", "decide", "decide", "verify"]);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn the_second_wait_keeps_the_first_deadline_and_is_then_refused() {
+        let mut table = Table::new(16);
+        let mut script = Script {
+            decisions: vec![KEYS_0, KEYS_0, Decision::Deny(Reason::KeySetUnavailable)],
+            ..Script::default()
+        };
+        let step = Step::Decide { may_wait: true };
+        table.drive(1, entry(false, "t"), step, &mut script, T0);
+        let (id, e, step) = table.due(T0 + 1_000, |_| 5).into_iter().next().unwrap();
+        table.drive(id, e, step, &mut script, T0 + 1_000);
+        // The deadline is the first one: T0 + 2000, and then it may not wait again.
+        let (id, e, step) = table.due(T0 + 2_000, |_| 5).into_iter().next().unwrap();
+        assert_eq!(step, Step::Decide { may_wait: false });
+        let driven = table.drive(id, e, step, &mut script, T0 + 2_000);
+        assert!(matches!(
+            driven,
+            Driven::Refuse(Reason::KeySetUnavailable, _)
+        ));
+        assert!(table.is_refused(1));
+        assert_eq!(script.asked, ["decide", "decide", "decide, no wait"]);
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_one_token_holds_a_quarter_of_it_for_bodies() {
+        fn hold_for_body(table: &mut Table<()>, id: u32, token: &str) -> Option<Reason> {
+            let mut script = Script {
+                decisions: vec![Decision::NeedBody],
+                ..Script::default()
+            };
+            match table.drive(
+                id,
+                entry(false, token),
+                Step::Decide { may_wait: true },
+                &mut script,
+                T0,
+            ) {
+                Driven::Held => None,
+                Driven::Refuse(reason, _) => Some(reason),
+                Driven::Continue(_) => panic!("let go"),
+            }
+        }
+        let mut table = Table::new(8);
+        // A quarter of 8 for one token.
+        assert_eq!(hold_for_body(&mut table, 1, "mallory"), None);
+        assert_eq!(hold_for_body(&mut table, 2, "mallory"), None);
+        assert_eq!(
+            hold_for_body(&mut table, 3, "mallory"),
+            Some(Reason::HeldRequestsFull)
+        );
+        // Other tokens fill the rest, then the table is full for everyone.
+        for id in 4..10 {
+            assert_eq!(
+                hold_for_body(&mut table, id, &format!("client-{id}")),
+                None,
+                "{id}"
+            );
+        }
+        assert_eq!(table.len(), 8);
+        assert_eq!(
+            hold_for_body(&mut table, 10, "alice"),
+            Some(Reason::HeldRequestsFull)
+        );
+        // Waiting for keys is not a body's pace: the per-token share does not apply.
+        let mut keys = Table::new(8);
+        for id in 0..8 {
+            let mut script = Script {
+                decisions: vec![KEYS_0],
+                ..Script::default()
+            };
+            let driven = keys.drive(
+                id,
+                entry(false, "t"),
+                Step::Decide { may_wait: true },
+                &mut script,
+                T0,
+            );
+            assert!(matches!(driven, Driven::Held), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_refused_request_stays_refused_until_its_stream_ends() {
+        let mut table = Table::new(8);
+        let mut script = Script {
+            decisions: vec![Decision::NeedBody],
+            verdicts: vec![Err(Reason::RequestSignatureInvalid)],
+            ..Script::default()
+        };
+        table.drive(
+            1,
+            entry(false, "t"),
+            Step::Decide { may_wait: true },
+            &mut script,
+            T0,
+        );
+        let mut e = table.take(1).unwrap();
+        let step = e.held.on_trailers();
+        assert!(matches!(
+            table.drive(1, e, step, &mut script, T0),
+            Driven::Refuse(Reason::RequestSignatureInvalid, _)
+        ));
+        assert!(table.is_refused(1) && table.take(1).is_none());
+        table.forget(1);
+        assert!(!table.is_refused(1));
+    }
+
+    #[test]
+    fn a_body_that_never_comes_is_refused_at_the_deadline_by_the_tick() {
+        let mut table = Table::new(8);
+        let mut script = Script {
+            decisions: vec![Decision::NeedBody],
+            ..Script::default()
+        };
+        table.drive(
+            1,
+            entry(false, "t"),
+            Step::Decide { may_wait: true },
+            &mut script,
+            T0,
+        );
+        assert!(table.due(T0 + 9_999, |_| 0).is_empty());
+        let (id, e, step) = table.due(T0 + 10_000, |_| 0).into_iter().next().unwrap();
+        assert!(e.held.body_never_seen());
+        assert!(matches!(
+            table.drive(id, e, step, &mut script, T0 + 10_000),
+            Driven::Refuse(Reason::BodyTimeout, _)
+        ));
     }
 }

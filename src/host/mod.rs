@@ -11,7 +11,6 @@ mod keysets;
 mod metrics;
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -24,7 +23,7 @@ use crate::crypto::native::{ForeignFunction, Native};
 use crate::crypto::{InVm, SignatureVerifier};
 use crate::extract::is_form_urlencoded;
 use crate::keyset::{namespace, replay_namespace, RemoteKeys};
-use crate::lifecycle::{Decision, Held, Limits, Stage, Step};
+use crate::lifecycle::{Decision, Driven, Entry, Held, Limits, Pipeline, Step, Table};
 use crate::reject::Reason;
 use crate::replay::SharedReplay;
 use crate::verdict::{decide, Pending, Request, Tokens, Verdict};
@@ -66,28 +65,22 @@ struct Shared {
     crypto: Box<dyn SignatureVerifier>,
     cache: RefCell<TokenCache>,
     remote: RefCell<RemoteKeys>,
-    /// Requests held until they are decided, by context id.
-    held: RefCell<HashMap<u32, HeldRequest>>,
-    /// Requests refused, until their stream ends: whatever of them still arrives (body,
-    /// trailers) is held, never let through after the refusal.
-    refused: RefCell<HashSet<u32>>,
+    /// Requests held until they are decided (and those refused, until their streams end).
+    held: RefCell<Table<RequestState>>,
     /// Fetches the key sets, on the schedule all VMs share.
     keysets: RefCell<KeySets>,
     /// The replay record, shared by this plugin's VMs across configurations.
     replay: SharedReplay<EnvoySharedData>,
 }
 
-/// A held request: its life, and what it takes to decide it.
-struct HeldRequest {
-    held: Held,
+/// What it takes to decide a request (again), beside its life in the [`Table`].
+struct RequestState {
     facts: OwnedRequest,
     peer: Option<PeerCertificate>,
-    /// The request signature waiting for the body.
+    /// What waits for the body (the request signature, the form scan).
     pending: Option<Box<Pending>>,
     /// The claim headers to set once it is allowed.
     headers: Vec<(String, String)>,
-    /// The presented token's fingerprint, for the log (never the token).
-    token_fp: Option<String>,
 }
 
 /// A request's facts, owned, to decide it again later.
@@ -230,14 +223,14 @@ impl RootContext for Root {
             &format!("tether: shared data namespace {namespace}"),
         );
         let remote_sets = policy.remote_sets.len();
+        let max_held_requests = policy.max_held_requests;
         let shared = Rc::new(Shared {
             cache: RefCell::new(TokenCache::new(policy.token_cache_entries)),
             remote: RefCell::new(RemoteKeys::new(remote_sets)),
             policy: Rc::new(policy),
             metrics: Metrics::define(),
             crypto,
-            held: RefCell::default(),
-            refused: RefCell::default(),
+            held: RefCell::new(Table::new(max_held_requests)),
             keysets: RefCell::new(KeySets::new(EnvoySharedData, namespace)),
             replay,
         });
@@ -296,7 +289,7 @@ impl HttpContext for Filter {
         let facts = match OwnedRequest::read(&shared.policy) {
             Ok(facts) => facts,
             Err(reason) => {
-                shared.refused.borrow_mut().insert(self.context_id);
+                shared.held.borrow_mut().refused(self.context_id);
                 return refuse(Some(&shared), reason, None);
             }
         };
@@ -304,13 +297,15 @@ impl HttpContext for Filter {
             body_timeout_ms: shared.policy.signed_requests.body_timeout_ms,
             max_body_bytes: shared.policy.signed_requests.max_body_bytes,
         };
-        let request = HeldRequest {
+        let request = Entry {
             held: Held::new(now_millis(), end_of_stream, facts.content_length, limits),
-            facts,
-            peer: None,
-            pending: None,
-            headers: Vec::new(),
             token_fp: None,
+            request: RequestState {
+                facts,
+                peer: None,
+                pending: None,
+                headers: Vec::new(),
+            },
         };
         drive(
             &shared,
@@ -346,8 +341,7 @@ impl HttpContext for Filter {
     fn on_log(&mut self) {
         // A held request that ended (client gone) must not linger.
         if let Some(shared) = &self.shared {
-            shared.held.borrow_mut().remove(&self.context_id);
-            shared.refused.borrow_mut().remove(&self.context_id);
+            shared.held.borrow_mut().forget(self.context_id);
         }
     }
 }
@@ -358,10 +352,10 @@ impl Filter {
         let Some(shared) = self.shared.clone() else {
             return Action::Pause;
         };
-        if shared.refused.borrow().contains(&self.context_id) {
+        if shared.held.borrow().is_refused(self.context_id) {
             return Action::Pause;
         }
-        let Some(mut request) = shared.held.borrow_mut().remove(&self.context_id) else {
+        let Some(mut request) = shared.held.borrow_mut().take(self.context_id) else {
             return Action::Continue;
         };
         let step = event(&mut request.held);
@@ -369,73 +363,60 @@ impl Filter {
     }
 }
 
-/// Carries out a held request's steps until it pauses or is decided. `in_callback`: the
-/// request's own callback is running, so letting it go on is answering `Continue`; from
-/// the root context it is resuming the request.
+/// Runs a request's steps ([`Table::drive`]) and acts on the outcome. `in_callback`: the
+/// request's own callback is running, so letting it go on is answering `Continue`; from the
+/// root context it is resuming the request.
 fn drive(
     shared: &Shared,
     context_id: u32,
-    mut request: HeldRequest,
-    mut step: Step,
+    request: Entry<RequestState>,
+    step: Step,
     in_callback: bool,
 ) -> Action {
-    loop {
-        step = match step {
-            Step::Decide { may_wait } => {
-                let decision = decide_again(shared, &mut request, may_wait);
-                request.held.decided(decision, now_millis())
+    let driven = shared.held.borrow_mut().drive(
+        context_id,
+        request,
+        step,
+        &mut Deciding { shared },
+        now_millis(),
+    );
+    match driven {
+        Driven::Held => Action::Pause,
+        Driven::Continue(entry) => {
+            allow(shared, &entry.request.headers);
+            if !in_callback {
+                let _ = hostcalls::resume_request();
             }
-            Step::Verify => {
-                let result = verify_body(shared, &mut request);
-                request.held.verified(result)
+            Action::Continue
+        }
+        Driven::Refuse(reason, entry) => {
+            if reason == Reason::BodyTimeout && entry.held.body_never_seen() {
+                log(Level::Warn, "tether: a held request's body never reached the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy 1.35 or later)");
             }
-            Step::Continue => {
-                allow(shared, &request.headers);
-                if !in_callback {
-                    let _ = hostcalls::resume_request();
-                }
-                return Action::Continue;
-            }
-            Step::Refuse(reason) => {
-                shared.refused.borrow_mut().insert(context_id);
-                if reason == Reason::BodyTimeout && request.held.body_never_seen() {
-                    log(Level::Warn, "tether: a held request's body never reached the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy 1.35 or later)");
-                }
-                return refuse(Some(shared), reason, request.token_fp.as_deref());
-            }
-            Step::Pause => {
-                // Bounded (`max_held_requests`): beyond it, refuse rather than grow without end.
-                // A body's pace is the client's: one token may hold at most a quarter of the
-                // table waiting for bodies, so that one client trickling bodies on many streams
-                // cannot take every place.
-                let mut held = shared.held.borrow_mut();
-                let awaiting_body = request.held.stage() == Stage::AwaitingBody;
-                let same_token = |other: &HeldRequest| {
-                    other.held.stage() == Stage::AwaitingBody && other.token_fp == request.token_fp
-                };
-                let per_token = (shared.policy.max_held_requests / 4).max(1);
-                if held.len() >= shared.policy.max_held_requests
-                    || (awaiting_body
-                        && held.values().filter(|o| same_token(o)).count() >= per_token)
-                {
-                    drop(held);
-                    shared.refused.borrow_mut().insert(context_id);
-                    return refuse(
-                        Some(shared),
-                        Reason::HeldRequestsFull,
-                        request.token_fp.as_deref(),
-                    );
-                }
-                held.insert(context_id, request);
-                return Action::Pause;
-            }
-        };
+            refuse(Some(shared), reason, entry.token_fp.as_deref())
+        }
+    }
+}
+
+/// The verdict, the keys and the body, for the table's steps.
+struct Deciding<'a> {
+    shared: &'a Shared,
+}
+
+impl Pipeline<RequestState> for Deciding<'_> {
+    fn decide(&mut self, entry: &mut Entry<RequestState>, may_wait: bool) -> Decision {
+        decide_again(self.shared, entry, may_wait)
+    }
+
+    fn verify(&mut self, entry: &mut Entry<RequestState>) -> Result<(), Reason> {
+        verify_body(self.shared, entry)
     }
 }
 
 /// Decides a request on its headers (again, after a wait for keys).
-fn decide_again(shared: &Shared, request: &mut HeldRequest, may_wait: bool) -> Decision {
+fn decide_again(shared: &Shared, entry: &mut Entry<RequestState>, may_wait: bool) -> Decision {
     let policy = &shared.policy;
+    let request = &mut entry.request;
     let facts = &request.facts;
     let authorization: Vec<&[u8]> = facts.authorization.iter().map(Vec::as_slice).collect();
     let signature: Vec<&[u8]> = facts.signature.iter().map(Vec::as_slice).collect();
@@ -479,11 +460,11 @@ fn decide_again(shared: &Shared, request: &mut HeldRequest, may_wait: bool) -> D
             Decision::Allow
         }
         Verdict::Deny { reason, token_fp } => {
-            request.token_fp = token_fp;
+            entry.token_fp = token_fp;
             Decision::Deny(reason)
         }
         Verdict::NeedBody(pending) => {
-            request.token_fp = Some(pending.token_fp.clone());
+            entry.token_fp = Some(pending.token_fp.clone());
             request.pending = Some(pending);
             Decision::NeedBody
         }
@@ -492,7 +473,7 @@ fn decide_again(shared: &Shared, request: &mut HeldRequest, may_wait: bool) -> D
             reason,
             token_fp,
         } => {
-            request.token_fp = token_fp;
+            entry.token_fp = token_fp;
             let wait = may_wait
                 && match reason {
                     // Not loaded yet: wait for the first fetch.
@@ -521,9 +502,9 @@ fn decide_again(shared: &Shared, request: &mut HeldRequest, may_wait: bool) -> D
 
 /// Verifies a held request's signature over its whole body (buffered by Envoy) and records
 /// it against replay.
-fn verify_body(shared: &Shared, request: &mut HeldRequest) -> Result<(), Reason> {
-    let pending = request.pending.take().ok_or(Reason::HostError)?;
-    let size = request.held.complete_body().ok_or(Reason::HostError)?;
+fn verify_body(shared: &Shared, entry: &mut Entry<RequestState>) -> Result<(), Reason> {
+    let pending = entry.request.pending.take().ok_or(Reason::HostError)?;
+    let size = entry.held.complete_body().ok_or(Reason::HostError)?;
     let body = if size == 0 {
         Vec::new()
     } else {
@@ -542,28 +523,21 @@ fn verify_body(shared: &Shared, request: &mut HeldRequest) -> Result<(), Reason>
         &mut &shared.replay,
         now_seconds(),
     )?;
-    request.headers = headers;
+    entry.request.headers = headers;
     Ok(())
 }
 
 /// Decides again the held requests that are due: those whose key set has been (re)loaded,
 /// and those whose wait or body deadline has run out.
 fn resolve_held(shared: &Shared) {
-    let now_ms = now_millis();
-    let due: Vec<(u32, Step)> = {
+    let due = {
         let remote = shared.remote.borrow();
-        let mut held = shared.held.borrow_mut();
-        held.iter_mut()
-            .filter_map(|(id, request)| {
-                let step = request.held.due(now_ms, |set| remote.fetched_at(set))?;
-                Some((*id, step))
-            })
-            .collect()
+        shared
+            .held
+            .borrow_mut()
+            .due(now_millis(), |set| remote.fetched_at(set))
     };
-    for (context_id, step) in due {
-        let Some(request) = shared.held.borrow_mut().remove(&context_id) else {
-            continue;
-        };
+    for (context_id, request, step) in due {
         // The request's stream may be gone; then there is nothing to decide.
         if hostcalls::set_effective_context(context_id).is_err() {
             continue;
