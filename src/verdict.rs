@@ -50,6 +50,58 @@ impl std::fmt::Debug for Request<'_, '_> {
     }
 }
 
+/// A request's facts, owned (to decide it again later), read from its header lines once.
+#[derive(Default)]
+pub struct Facts {
+    pub path: Vec<u8>,
+    /// Every `Authorization` line, in order: a repeated header must be seen as such (Envoy's
+    /// single-header accessor returns only the first of some).
+    pub authorization: Vec<Vec<u8>>,
+    pub method: Vec<u8>,
+    pub scheme: Vec<u8>,
+    pub authority: Vec<u8>,
+    /// Every line of the request-signature header.
+    pub signature: Vec<Vec<u8>>,
+    pub content_length: Option<usize>,
+    /// A `content-type` of `application/x-www-form-urlencoded` (any of them).
+    pub form_body: bool,
+}
+
+impl Facts {
+    /// The facts of a request's header lines (raw names and values, as Envoy gives them),
+    /// and the names of the lines to remove because an upstream could take them for a claim
+    /// header: the claim headers are Tether's to set, on every request, whatever the route.
+    pub fn from_headers(headers: Vec<(Vec<u8>, Vec<u8>)>, policy: &Policy) -> (Facts, Vec<String>) {
+        let mut facts = Facts::default();
+        let mut spoofed = Vec::new();
+        for (name, value) in headers {
+            let Ok(name) = String::from_utf8(name) else {
+                continue;
+            };
+            if policy.spoofs_claim_header(&name) {
+                spoofed.push(name);
+                continue;
+            }
+            match name.as_str() {
+                ":path" => facts.path = value,
+                ":method" => facts.method = value,
+                ":scheme" => facts.scheme = value,
+                ":authority" => facts.authority = value,
+                "authorization" => facts.authorization.push(value),
+                "content-type" => facts.form_body |= extract::is_form_urlencoded(&value),
+                "content-length" => {
+                    facts.content_length = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|n| n.trim().parse().ok())
+                }
+                other if other == policy.signed_requests.header => facts.signature.push(value),
+                _ => {}
+            }
+        }
+        (facts, spoofed)
+    }
+}
+
 /// The decision for a request. Past this point a token is named by its fingerprint only.
 #[derive(Debug)]
 pub enum Verdict<'p> {
@@ -1145,5 +1197,32 @@ mod tests {
         assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
         assert_eq!(last, Err(Reason::ReplayStoreFull));
         assert_eq!(Reason::ReplayStoreFull.status(), 503);
+    }
+
+    #[test]
+    fn facts_read_every_line_and_name_the_look_alikes_to_remove() {
+        let f = fixture();
+        let line = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let (facts, spoofed) = Facts::from_headers(
+            vec![
+                line(":path", "/orders?x=1"),
+                line(":method", "POST"),
+                line("authorization", "Bearer a"),
+                line("authorization", "Bearer b"),
+                line("x_tether_sub", "admin"),
+                line("x-tether-sub", "root"),
+                line("content-type", "application/x-www-form-urlencoded"),
+                line("content-length", " 12 "),
+                line("x-jws-signature", "sig"),
+                (vec![0xff], b"not UTF-8".to_vec()),
+            ],
+            &f.policy,
+        );
+        assert_eq!(facts.path, b"/orders?x=1");
+        assert_eq!(facts.authorization.len(), 2, "both lines, in order");
+        assert_eq!(spoofed, ["x_tether_sub", "x-tether-sub"]);
+        assert!(facts.form_body);
+        assert_eq!(facts.content_length, Some(12));
+        assert_eq!(facts.signature, [b"sig".to_vec()]);
     }
 }

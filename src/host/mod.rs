@@ -21,12 +21,11 @@ use crate::cache::TokenCache;
 use crate::config::Policy;
 use crate::crypto::native::{ForeignFunction, Native};
 use crate::crypto::{InVm, SignatureVerifier};
-use crate::extract::is_form_urlencoded;
 use crate::keyset::{namespace, replay_namespace, RemoteKeys};
 use crate::lifecycle::{Decision, Driven, Entry, Held, Limits, Pipeline, Step, Table};
 use crate::reject::Reason;
 use crate::replay::SharedReplay;
-use crate::verdict::{decide, Pending, Request, Tokens, Verdict};
+use crate::verdict::{decide, Facts, Pending, Request, Tokens, Verdict};
 use hostcalls::{Buffer, EnvoySharedData, Level, Map};
 use keysets::KeySets;
 use metrics::Metrics;
@@ -75,7 +74,7 @@ struct Shared {
 
 /// What it takes to decide a request (again), beside its life in the [`Table`].
 struct RequestState {
-    facts: OwnedRequest,
+    facts: Facts,
     peer: Option<PeerCertificate>,
     /// What waits for the body (the request signature, the form scan).
     pending: Option<Box<Pending>>,
@@ -83,54 +82,15 @@ struct RequestState {
     headers: Vec<(String, String)>,
 }
 
-/// A request's facts, owned, to decide it again later.
-#[derive(Default)]
-struct OwnedRequest {
-    path: Vec<u8>,
-    authorization: Vec<Vec<u8>>,
-    method: Vec<u8>,
-    scheme: Vec<u8>,
-    authority: Vec<u8>,
-    signature: Vec<Vec<u8>>,
-    content_length: Option<usize>,
-    /// A `content-type` of `application/x-www-form-urlencoded` (any of them).
-    form_body: bool,
-}
-
-impl OwnedRequest {
-    /// Reads every header line once (a repeated `Authorization` header must be seen as
-    /// such), and removes every header an upstream could take for a claim header: the
-    /// claim headers are Tether's to set, on every request, whatever the route.
-    fn read(policy: &Policy) -> Result<Self, Reason> {
-        let headers =
-            hostcalls::header_pairs(Map::RequestHeaders).map_err(|_| Reason::HostError)?;
-        let mut facts = OwnedRequest::default();
-        for (name, value) in headers {
-            let Ok(name) = std::str::from_utf8(&name) else {
-                continue;
-            };
-            if policy.spoofs_claim_header(name) {
-                let _ = hostcalls::remove_header(Map::RequestHeaders, name);
-                continue;
-            }
-            match name {
-                ":path" => facts.path = value,
-                ":method" => facts.method = value,
-                ":scheme" => facts.scheme = value,
-                ":authority" => facts.authority = value,
-                "authorization" => facts.authorization.push(value),
-                "content-type" => facts.form_body |= is_form_urlencoded(&value),
-                "content-length" => {
-                    facts.content_length = std::str::from_utf8(&value)
-                        .ok()
-                        .and_then(|n| n.trim().parse().ok())
-                }
-                other if other == policy.signed_requests.header => facts.signature.push(value),
-                _ => {}
-            }
-        }
-        Ok(facts)
+/// Reads the request's header lines once, and removes those an upstream could take for a
+/// claim header.
+fn read_facts(policy: &Policy) -> Result<Facts, Reason> {
+    let headers = hostcalls::header_pairs(Map::RequestHeaders).map_err(|_| Reason::HostError)?;
+    let (facts, spoofed) = Facts::from_headers(headers, policy);
+    for name in spoofed {
+        let _ = hostcalls::remove_header(Map::RequestHeaders, &name);
     }
+    Ok(facts)
 }
 
 /// One per VM and plugin.
@@ -286,7 +246,7 @@ impl HttpContext for Filter {
         let Some(shared) = self.shared.clone() else {
             return refuse(None, Reason::NotConfigured, None);
         };
-        let facts = match OwnedRequest::read(&shared.policy) {
+        let facts = match read_facts(&shared.policy) {
             Ok(facts) => facts,
             Err(reason) => {
                 shared.held.borrow_mut().refused(self.context_id);
