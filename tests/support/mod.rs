@@ -12,6 +12,8 @@
 //! - [`envoy`]: the Envoy process (bootstrap, start, readiness, stats, log, shutdown) and
 //!   `envoy --mode validate`.
 //! - [`client`]: HTTPS requests through `curl`, with or without a client certificate.
+//! - [`wycheproof`]: Project Wycheproof's signature test groups for Tether's algorithms, chosen
+//!   by their parameters, each with its JWK (for tests/wycheproof.rs and tests/e2e_wycheproof.rs).
 //! - [`der`] and [`scratch`]: the small pieces underneath (DER parsing of OpenSSL's output,
 //!   scratch directories).
 //!
@@ -34,6 +36,7 @@ pub mod jwt;
 pub mod keyserver;
 pub mod pki;
 pub mod scratch;
+pub mod wycheproof;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
