@@ -10,7 +10,7 @@ mod hostcalls;
 mod keysets;
 mod metrics;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -70,6 +70,8 @@ struct Shared {
     keysets: RefCell<KeySets>,
     /// The replay record, shared by this plugin's VMs across configurations.
     replay: SharedReplay<EnvoySharedData>,
+    /// The hint about a body that never reached the filter was logged (once per VM).
+    warned_body_withheld: Cell<bool>,
 }
 
 /// What it takes to decide a request (again), beside its life in the [`Table`].
@@ -193,6 +195,7 @@ impl RootContext for Root {
             held: RefCell::new(Table::new(max_held_requests)),
             keysets: RefCell::new(KeySets::new(EnvoySharedData, namespace)),
             replay,
+            warned_body_withheld: Cell::new(false),
         });
         // The first fetch starts on the first tick, not here: a VM configured on Envoy's main
         // thread may be gone before an answer could reach it. The tick also times out held
@@ -350,8 +353,13 @@ fn drive(
             Action::Continue
         }
         Driven::Refuse(reason, entry) => {
-            if reason == Reason::BodyTimeout && entry.held.body_never_seen() {
-                log(Level::Warn, "tether: a held request's body never reached the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy 1.35 or later)");
+            // A client that never sends its body looks the same as an Envoy that holds it back
+            // (`allow_on_headers_stop_iteration` unset): say so once per VM, not per request.
+            if reason == Reason::BodyTimeout
+                && entry.held.body_never_seen()
+                && !shared.warned_body_withheld.replace(true)
+            {
+                log(Level::Warn, "tether: a held request's body never reached the filter before body_timeout_ms; if clients do send bodies, Envoy is holding them back: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy 1.35 or later). Logged once.");
             }
             refuse(Some(shared), reason, entry.token_fp.as_deref())
         }
