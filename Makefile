@@ -7,7 +7,7 @@ WASM := dist/tether.wasm
 export TETHER_ENVOY := $(CURDIR)/$(ENVOY)
 export TETHER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: setup build fmt lint unit e2e test fuzz demo bench clean
+.PHONY: setup build fmt lint unit e2e test fuzz demo bench soak clean
 
 setup:
 	@scripts/setup.sh
@@ -57,6 +57,14 @@ demo: build
 bench: build
 	@scripts/build-ceiling.sh
 	@scripts/bench.sh
+
+# A soak test, not part of `make test`: a million requests of every kind (valid, expired,
+# mis-bound, malformed and oversized tokens, hostile header bytes, signed, replayed, h2 trailers,
+# slow and stalled bodies) through one Envoy with --concurrency 2, over HTTP/1.1 and HTTP/2; every
+# answer, Tether's counters, the upstream, memory, VM health and deadlines are checked
+# (bench/README.md, `make soak`). Fails on any mismatch. Fewer: SOAK_REQUESTS=100000 make soak
+soak: build
+	@scripts/soak.sh
 
 clean:
 	rm -rf target dist build
