@@ -58,6 +58,50 @@ impl Rule {
     }
 }
 
+/// The most letters in a case-insensitive prefix whose spellings are enumerated to see
+/// whether earlier rules cover them all (2^12 spellings); a longer one is not covered by
+/// case-sensitive rules in any configuration a person writes.
+const MAX_ENUMERATED_LETTERS: u32 = 12;
+
+/// The index of an earlier rule that leaves `rule` nothing to match, if any: a single rule
+/// that covers it, or (for a case-insensitive rule) earlier rules that between them cover
+/// every spelling of its prefix (`/a` and `/A` before `/a` ignoring case).
+fn shadowing(earlier: &[Rule], rule: &Rule) -> Option<usize> {
+    if let Some(j) = earlier.iter().position(|e| rule.shadowed_by(e)) {
+        return Some(j);
+    }
+    if rule.case_sensitive {
+        return None;
+    }
+    let letters: Vec<usize> = rule
+        .prefix
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| b.is_ascii_alphabetic())
+        .map(|(i, _)| i)
+        .collect();
+    let count = u32::try_from(letters.len()).ok()?;
+    if count == 0 || count > MAX_ENUMERATED_LETTERS {
+        return None;
+    }
+    let mut last = 0;
+    for spelling in 0u32..(1 << count) {
+        let mut bytes = rule.prefix.clone().into_bytes();
+        for (bit, at) in letters.iter().enumerate() {
+            if let Some(b) = bytes.get_mut(*at) {
+                *b = if spelling & (1 << bit) == 0 {
+                    b.to_ascii_lowercase()
+                } else {
+                    b.to_ascii_uppercase()
+                };
+            }
+        }
+        let spelled = String::from_utf8(bytes).ok()?;
+        last = last.max(earlier.iter().position(|e| e.matches(&spelled))?);
+    }
+    Some(last)
+}
+
 /// What the matching rule asks of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -88,10 +132,7 @@ impl Rules {
                     "rules[{i}].signed_request needs a token: it cannot go with require \"none\""
                 ));
             }
-            if let Some(j) = rules[..i]
-                .iter()
-                .position(|earlier| rule.shadowed_by(earlier))
-            {
+            if let Some(j) = shadowing(&rules[..i], rule) {
                 return Err(format!(
                     "rules[{i}] (prefix {:?}) can never match: rules[{j}] (prefix {:?}) comes first",
                     rule.prefix, rules[j].prefix
@@ -234,6 +275,25 @@ mod tests {
             ignoring_case(rule("/orders", Require::None)),
         ])
         .is_err());
+        // Found by the property tests: two case-sensitive rules that between them cover
+        // every spelling leave a later case-insensitive rule nothing to match.
+        let err = Rules::new(vec![
+            rule("/a", Require::Bearer),
+            rule("/A", Require::Bearer),
+            ignoring_case(rule("/a", Require::None)),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("rules[2]") && err.contains("rules[1]"),
+            "{err}"
+        );
+        // One spelling left uncovered: the rule still matches something.
+        assert!(Rules::new(vec![
+            rule("/ab", Require::Bearer),
+            rule("/AB", Require::Bearer),
+            ignoring_case(rule("/ab", Require::None)),
+        ])
+        .is_ok());
     }
 
     fn contract_rules() -> Rules {
