@@ -13,7 +13,7 @@ use base64::Engine as _;
 use crate::bind::jws::{HmacKey, MIN_HMAC_KEY_BYTES};
 use crate::cache::{DEFAULT_ENTRIES, MAX_ENTRIES};
 use crate::jwk::parse_jwks;
-use crate::keyset::{KeySource, RemoteJwks, DEFAULT_REFRESH_SECONDS, DEFAULT_TIMEOUT_MS};
+use crate::keyset::{JwksEndpoint, KeySource, DEFAULT_REFRESH_SECONDS, DEFAULT_TIMEOUT_MS};
 use crate::policy::{Require, Rule, Rules};
 use crate::token::{Issuer, TimeLimits};
 
@@ -134,7 +134,7 @@ struct RawIssuer {
     issuer: String,
     audiences: Vec<String>,
     jwks: Option<Value>,
-    remote_jwks: Option<RawRemoteJwks>,
+    remote_jwks: Option<RawJwksEndpoint>,
 }
 
 #[derive(Deserialize)]
@@ -158,7 +158,7 @@ struct RawClient {
     client_id: String,
     issuer: Option<String>,
     jwks: Option<Value>,
-    remote_jwks: Option<RawRemoteJwks>,
+    remote_jwks: Option<RawJwksEndpoint>,
     hmac_keys: Option<Vec<RawHmacKey>>,
 }
 
@@ -220,7 +220,7 @@ impl RawSecret {
 /// A key set fetched from an Envoy cluster.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRemoteJwks {
+struct RawJwksEndpoint {
     cluster: String,
     authority: Option<String>,
     path: String,
@@ -238,8 +238,8 @@ fn default_timeout_ms() -> u64 {
     DEFAULT_TIMEOUT_MS
 }
 
-impl RawRemoteJwks {
-    fn compile(self, at: &str) -> Result<RemoteJwks, String> {
+impl RawJwksEndpoint {
+    fn compile(self, at: &str) -> Result<JwksEndpoint, String> {
         if self.cluster.is_empty() {
             return Err(format!("{at}.remote_jwks.cluster must not be empty"));
         }
@@ -257,7 +257,7 @@ impl RawRemoteJwks {
             ));
         }
         let authority = self.authority.unwrap_or_else(|| self.cluster.clone());
-        Ok(RemoteJwks {
+        Ok(JwksEndpoint {
             cluster: self.cluster,
             authority,
             path: self.path,
@@ -267,13 +267,13 @@ impl RawRemoteJwks {
     }
 }
 
-/// Compiles an issuer's or client's key source: inline keys, or a remote set registered in
-/// `remote_sets` (the same source registered once).
+/// Compiles an issuer's or client's key source: inline keys, or a fetched key set registered in
+/// `jwks_endpoints` (the same source registered once).
 fn key_source(
     at: &str,
     jwks: Option<&Value>,
-    remote: Option<RawRemoteJwks>,
-    remote_sets: &mut Vec<RemoteJwks>,
+    remote: Option<RawJwksEndpoint>,
+    jwks_endpoints: &mut Vec<JwksEndpoint>,
     notes: &mut Vec<String>,
 ) -> Result<Option<KeySource>, String> {
     match (jwks, remote) {
@@ -283,14 +283,14 @@ fn key_source(
         (None, None) => Ok(None),
         (None, Some(remote)) => {
             let remote = remote.compile(at)?;
-            let index = match remote_sets.iter().position(|r| *r == remote) {
+            let index = match jwks_endpoints.iter().position(|r| *r == remote) {
                 Some(index) => index,
                 None => {
-                    remote_sets.push(remote);
-                    remote_sets.len() - 1
+                    jwks_endpoints.push(remote);
+                    jwks_endpoints.len() - 1
                 }
             };
-            Ok(Some(KeySource::Remote(index)))
+            Ok(Some(KeySource::Fetched(index)))
         }
         (Some(jwks), None) => {
             let set = parse_jwks(jwks).map_err(|e| format!("{at}.jwks: {e}"))?;
@@ -373,7 +373,7 @@ pub struct Policy {
     /// Clients that sign requests, by `client_id`.
     pub clients: Vec<Client>,
     /// Key sets fetched from `jwks_uri`s, referred to by index from issuers and clients.
-    pub remote_sets: Vec<RemoteJwks>,
+    pub jwks_endpoints: Vec<JwksEndpoint>,
     pub signed_requests: SignedRequests,
     /// The most requests one worker VM holds at once (for a key set or a body).
     pub max_held_requests: usize,
@@ -462,8 +462,8 @@ impl Policy {
             return Err(format!("token_cache_entries must be at most {MAX_ENTRIES}"));
         }
         let mut notes = Vec::new();
-        let mut remote_sets = Vec::new();
-        let issuers = compile_issuers(raw.issuers, &mut remote_sets, &mut notes)?;
+        let mut jwks_endpoints = Vec::new();
+        let issuers = compile_issuers(raw.issuers, &mut jwks_endpoints, &mut notes)?;
         let rules = Rules::new(
             raw.rules
                 .into_iter()
@@ -478,7 +478,7 @@ impl Policy {
         let clients = compile_clients(
             raw.clients,
             &issuers,
-            &mut remote_sets,
+            &mut jwks_endpoints,
             &mut notes,
             environment,
         )?;
@@ -495,7 +495,7 @@ impl Policy {
             strip_authorization: raw.strip_authorization,
             token_cache_entries: raw.token_cache_entries,
             clients,
-            remote_sets,
+            jwks_endpoints,
             signed_requests,
             max_held_requests: raw.max_held_requests,
             form_body_tokens: raw.form_body_tokens,
@@ -506,7 +506,7 @@ impl Policy {
 
 fn compile_issuers(
     raw: Vec<RawIssuer>,
-    remote_sets: &mut Vec<RemoteJwks>,
+    jwks_endpoints: &mut Vec<JwksEndpoint>,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Issuer>, String> {
     if raw.is_empty() {
@@ -534,7 +534,7 @@ fn compile_issuers(
             &at,
             issuer.jwks.as_ref(),
             issuer.remote_jwks,
-            remote_sets,
+            jwks_endpoints,
             notes,
         )?
         .ok_or_else(|| format!("{at} needs exactly one of \"jwks\" and \"remote_jwks\""))?;
@@ -550,7 +550,7 @@ fn compile_issuers(
 fn compile_clients(
     raw: Vec<RawClient>,
     issuers: &[Issuer],
-    remote_sets: &mut Vec<RemoteJwks>,
+    jwks_endpoints: &mut Vec<JwksEndpoint>,
     notes: &mut Vec<String>,
     environment: Environment<'_>,
 ) -> Result<Vec<Client>, String> {
@@ -589,7 +589,7 @@ fn compile_clients(
             &at,
             client.jwks.as_ref(),
             client.remote_jwks,
-            remote_sets,
+            jwks_endpoints,
             notes,
         )?;
         let mut hmac_keys: Vec<HmacKey> = Vec::new();
@@ -998,14 +998,14 @@ mod tests {
         c["issuers"][0]["remote_jwks"] = remote.clone();
         c["clients"] = json!([{"client_id": "batch-job", "remote_jwks": remote}]);
         let policy = parse(&c).unwrap();
-        assert_eq!(policy.remote_sets.len(), 1);
-        let set = &policy.remote_sets[0];
+        assert_eq!(policy.jwks_endpoints.len(), 1);
+        let set = &policy.jwks_endpoints[0];
         assert_eq!(
             (set.authority.as_str(), set.refresh_seconds, set.timeout_ms),
             ("idp", 300, 2000)
         );
-        assert!(matches!(policy.issuers[0].keys, KeySource::Remote(0)));
-        assert!(matches!(policy.clients[0].keys, KeySource::Remote(0)));
+        assert!(matches!(policy.issuers[0].keys, KeySource::Fetched(0)));
+        assert!(matches!(policy.clients[0].keys, KeySource::Fetched(0)));
     }
 
     #[test]

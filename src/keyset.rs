@@ -68,13 +68,14 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Debug)]
 pub enum KeySource {
     Inline(Vec<VerificationKey>),
-    /// Index into the policy's remote key sets.
-    Remote(usize),
+    /// A fetched key set: its index in the policy's `jwks_endpoints`.
+    Fetched(usize),
 }
 
-/// A key set fetched over HTTP from an Envoy cluster.
+/// Where a fetched key set comes from: its `jwks_uri`, reached through an Envoy cluster
+/// (`remote_jwks` in the configuration).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteJwks {
+pub struct JwksEndpoint {
     pub cluster: String,
     pub authority: String,
     pub path: String,
@@ -82,7 +83,7 @@ pub struct RemoteJwks {
     pub timeout_ms: u64,
 }
 
-impl RemoteJwks {
+impl JwksEndpoint {
     /// The shared-data key of this key set under `namespace`: the same source is fetched
     /// once, whichever issuers or clients use it.
     pub fn shared_key(&self, namespace: &str) -> String {
@@ -96,7 +97,7 @@ impl RemoteJwks {
 
 /// The shared record of a key set: when it was fetched, and the document.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SharedRecord {
+pub struct KeySetRecord {
     /// When the document was last fetched successfully (0: never).
     pub fetched_at: u64,
     /// Not before this time may a VM start a fetch (a fetch in flight, or a failure's backoff).
@@ -107,7 +108,7 @@ pub struct SharedRecord {
     pub document: Vec<u8>,
 }
 
-impl SharedRecord {
+impl KeySetRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(24 + self.document.len());
         out.extend_from_slice(&self.fetched_at.to_be_bytes());
@@ -124,7 +125,7 @@ impl SharedRecord {
                 .and_then(|b| b.try_into().ok())
                 .map_or(0, u64::from_be_bytes)
         };
-        SharedRecord {
+        KeySetRecord {
             fetched_at: word(0),
             busy_until: word(1),
             refetch_requested_at: word(2),
@@ -143,7 +144,7 @@ impl SharedRecord {
 
     /// Whether a VM should fetch now: never fetched, stale, an early refetch asked for after
     /// the last fetch, or an implausible record; and nobody is fetching or backing off.
-    pub fn due(&self, source: &RemoteJwks, now: u64) -> bool {
+    pub fn due(&self, source: &JwksEndpoint, now: u64) -> bool {
         if !self.plausible(now) {
             return true;
         }
@@ -156,31 +157,31 @@ impl SharedRecord {
     }
 }
 
-/// One VM's decoded remote key sets.
+/// One VM's decoded keys of the fetched key sets.
 #[derive(Debug, Default)]
-pub struct RemoteKeys {
-    sets: Vec<RemoteSet>,
+pub struct FetchedKeys {
+    sets: Vec<Decoded>,
 }
 
 #[derive(Debug, Default)]
-struct RemoteSet {
+struct Decoded {
     keys: Option<Rc<Vec<VerificationKey>>>,
     /// `fetched_at` of the document the keys were decoded from.
     fetched_at: u64,
 }
 
-impl RemoteKeys {
+impl FetchedKeys {
     pub fn new(count: usize) -> Self {
-        RemoteKeys {
-            sets: (0..count).map(|_| RemoteSet::default()).collect(),
+        FetchedKeys {
+            sets: (0..count).map(|_| Decoded::default()).collect(),
         }
     }
 
-    /// The keys of a source: inline ones, or the decoded remote ones once loaded.
+    /// The keys of a source: inline ones, or the decoded fetched ones once loaded.
     pub fn resolve<'a>(&'a self, source: &'a KeySource) -> Result<&'a [VerificationKey], Reason> {
         match source {
             KeySource::Inline(keys) => Ok(keys),
-            KeySource::Remote(i) => self
+            KeySource::Fetched(i) => self
                 .sets
                 .get(*i)
                 .and_then(|s| s.keys.as_deref())
@@ -198,7 +199,7 @@ impl RemoteKeys {
     /// Decodes a shared record newer than what this VM has, at `now`. An implausible record
     /// or a document that is not a usable JWKS leaves the last good keys in place (and the
     /// caller asks for a refetch).
-    pub fn install(&mut self, i: usize, record: &SharedRecord, now: u64) -> Result<bool, String> {
+    pub fn install(&mut self, i: usize, record: &KeySetRecord, now: u64) -> Result<bool, String> {
         let Some(set) = self.sets.get_mut(i) else {
             return Ok(false);
         };
@@ -278,17 +279,17 @@ impl<S: SharedData> Fetcher<S> {
         }
     }
 
-    fn read(&self, source: &RemoteJwks) -> Option<(SharedRecord, Option<u32>)> {
+    fn read(&self, source: &JwksEndpoint) -> Option<(KeySetRecord, Option<u32>)> {
         let (bytes, cas) = match self.data.get(&source.shared_key(&self.namespace)).ok()? {
             Some((bytes, cas)) => (bytes, Some(cas)),
             None => (Vec::new(), None),
         };
-        Some((SharedRecord::decode(&bytes), cas))
+        Some((KeySetRecord::decode(&bytes), cas))
     }
 
     /// Applies `change` to a shared record with compare-and-swap; `false` if it could not
     /// (or `change` declined).
-    fn update(&self, source: &RemoteJwks, change: impl Fn(&mut SharedRecord) -> bool) -> bool {
+    fn update(&self, source: &JwksEndpoint, change: impl Fn(&mut KeySetRecord) -> bool) -> bool {
         let key = source.shared_key(&self.namespace);
         for _ in 0..ATTEMPTS {
             let Some((mut record, cas)) = self.read(source) else {
@@ -310,10 +311,10 @@ impl<S: SharedData> Fetcher<S> {
     /// are due with `dispatch` (which sends one and returns its call token, or `None`).
     pub fn refresh(
         &mut self,
-        sources: &[RemoteJwks],
-        keys: &mut RemoteKeys,
+        sources: &[JwksEndpoint],
+        keys: &mut FetchedKeys,
         now: u64,
-        dispatch: &mut dyn FnMut(&RemoteJwks) -> Option<u32>,
+        dispatch: &mut dyn FnMut(&JwksEndpoint) -> Option<u32>,
     ) -> Vec<FetchEvent> {
         let mut events = Vec::new();
         for (i, source) in sources.iter().enumerate() {
@@ -343,9 +344,9 @@ impl<S: SharedData> Fetcher<S> {
                 }
                 if !r.plausible(now) {
                     // Times no fetch of Tether's wrote: start over from a clean record.
-                    *r = SharedRecord {
+                    *r = KeySetRecord {
                         document: std::mem::take(&mut r.document),
-                        ..SharedRecord::default()
+                        ..KeySetRecord::default()
                     };
                 }
                 r.busy_until = now.saturating_add(busy_for);
@@ -381,8 +382,8 @@ impl<S: SharedData> Fetcher<S> {
         &mut self,
         token: u32,
         answer: Result<Vec<u8>, String>,
-        sources: &[RemoteJwks],
-        keys: &mut RemoteKeys,
+        sources: &[JwksEndpoint],
+        keys: &mut FetchedKeys,
         now: u64,
     ) -> Vec<FetchEvent> {
         let mut events = Vec::new();
@@ -435,7 +436,7 @@ impl<S: SharedData> Fetcher<S> {
     /// Asks for an early refetch of `source` (an unknown `kid`): at most one per
     /// [`EARLY_REFETCH_INTERVAL_SECONDS`] per key set, across all VMs. Whether it was granted
     /// (then the request waits for it).
-    pub fn request_refetch(&self, source: &RemoteJwks, now: u64) -> bool {
+    pub fn request_refetch(&self, source: &JwksEndpoint, now: u64) -> bool {
         self.update(source, |r| {
             let allowed = r.refetch_requested_at == 0
                 || now
@@ -455,8 +456,8 @@ impl<S: SharedData> Fetcher<S> {
 mod tests {
     use super::*;
 
-    fn source() -> RemoteJwks {
-        RemoteJwks {
+    fn source() -> JwksEndpoint {
+        JwksEndpoint {
             cluster: "idp".into(),
             authority: "idp.example.com".into(),
             path: "/.well-known/jwks.json".into(),
@@ -470,33 +471,33 @@ mod tests {
 
     #[test]
     fn record_round_trips() {
-        let record = SharedRecord {
+        let record = KeySetRecord {
             fetched_at: 10,
             busy_until: 20,
             refetch_requested_at: 30,
             document: DOCUMENT.as_bytes().to_vec(),
         };
-        assert_eq!(SharedRecord::decode(&record.encode()), record);
-        assert_eq!(SharedRecord::decode(&[]), SharedRecord::default());
+        assert_eq!(KeySetRecord::decode(&record.encode()), record);
+        assert_eq!(KeySetRecord::decode(&[]), KeySetRecord::default());
     }
 
     #[test]
     fn fetch_is_due_when_never_fetched_stale_or_asked_for() {
         let s = source();
-        assert!(SharedRecord::default().due(&s, 100));
-        let fresh = SharedRecord {
+        assert!(KeySetRecord::default().due(&s, 100));
+        let fresh = KeySetRecord {
             fetched_at: 100,
             ..Default::default()
         };
         assert!(!fresh.due(&s, 399));
         assert!(fresh.due(&s, 400));
-        let asked = SharedRecord {
+        let asked = KeySetRecord {
             fetched_at: 100,
             refetch_requested_at: 150,
             ..Default::default()
         };
         assert!(asked.due(&s, 150));
-        let busy = SharedRecord {
+        let busy = KeySetRecord {
             busy_until: 160,
             ..asked
         };
@@ -505,13 +506,13 @@ mod tests {
 
     #[test]
     fn installed_keys_resolve_and_bad_documents_keep_the_last_good() {
-        let mut keys = RemoteKeys::new(1);
-        let source = KeySource::Remote(0);
+        let mut keys = FetchedKeys::new(1);
+        let source = KeySource::Fetched(0);
         assert_eq!(
             keys.resolve(&source).unwrap_err(),
             Reason::KeySetUnavailable
         );
-        let good = SharedRecord {
+        let good = KeySetRecord {
             fetched_at: 10,
             document: DOCUMENT.as_bytes().to_vec(),
             ..Default::default()
@@ -519,7 +520,7 @@ mod tests {
         assert_eq!(keys.install(0, &good, 10), Ok(true));
         assert_eq!(keys.resolve(&source).unwrap().len(), 1);
         assert_eq!(keys.install(0, &good, 10), Ok(false));
-        let bad = SharedRecord {
+        let bad = KeySetRecord {
             fetched_at: 20,
             document: b"{}".to_vec(),
             ..Default::default()
@@ -559,24 +560,24 @@ mod tests {
     fn implausible_records_are_not_installed_and_are_refetched() {
         let s = source();
         let now = 1_000;
-        let injected = SharedRecord {
+        let injected = KeySetRecord {
             fetched_at: u64::MAX / 2,
             document: DOCUMENT.as_bytes().to_vec(),
             ..Default::default()
         };
         assert!(!injected.plausible(now));
         assert!(injected.due(&s, now));
-        let mut keys = RemoteKeys::new(1);
+        let mut keys = FetchedKeys::new(1);
         assert!(keys.install(0, &injected, now).is_err());
-        assert!(keys.resolve(&KeySource::Remote(0)).is_err());
-        let blocking = SharedRecord {
+        assert!(keys.resolve(&KeySource::Fetched(0)).is_err());
+        let blocking = KeySetRecord {
             fetched_at: now,
             busy_until: now + 3_600,
             ..Default::default()
         };
         assert!(blocking.due(&s, now));
         // A fetch's own claim is plausible, and holds.
-        let claimed = SharedRecord {
+        let claimed = KeySetRecord {
             fetched_at: now,
             busy_until: now + MAX_FUTURE_SECONDS,
             ..Default::default()
@@ -588,14 +589,14 @@ mod tests {
     /// `fetched_at`; a VM that had decoded a later one must still take the new keys.
     #[test]
     fn a_record_with_an_earlier_fetch_time_is_still_installed() {
-        let mut keys = RemoteKeys::new(1);
-        let later = SharedRecord {
+        let mut keys = FetchedKeys::new(1);
+        let later = KeySetRecord {
             fetched_at: 1_060,
             document: DOCUMENT.as_bytes().to_vec(),
             ..Default::default()
         };
         assert_eq!(keys.install(0, &later, 1_000), Ok(true));
-        let reset = SharedRecord {
+        let reset = KeySetRecord {
             fetched_at: 1_001,
             ..later.clone()
         };
@@ -606,9 +607,9 @@ mod tests {
 
     #[test]
     fn a_document_that_is_not_a_usable_jwks_is_not_installed() {
-        let mut keys = RemoteKeys::new(1);
+        let mut keys = FetchedKeys::new(1);
         for document in [&b"not json"[..], b"{}", b"{\"keys\": []}", b"[1]"] {
-            let record = SharedRecord {
+            let record = KeySetRecord {
                 fetched_at: 10,
                 document: document.to_vec(),
                 ..Default::default()
@@ -628,7 +629,7 @@ mod tests {
     }
 
     impl Calls {
-        fn dispatch(&mut self) -> impl FnMut(&RemoteJwks) -> Option<u32> + '_ {
+        fn dispatch(&mut self) -> impl FnMut(&JwksEndpoint) -> Option<u32> + '_ {
             move |source| {
                 self.sent.push(source.path.clone());
                 (!self.fail).then_some(self.sent.len() as u32)
@@ -656,7 +657,7 @@ mod tests {
             Fetcher::new(&data, "ns".into()),
             Fetcher::new(&data, "ns".into()),
         );
-        let (mut keys_a, mut keys_b) = (RemoteKeys::new(1), RemoteKeys::new(1));
+        let (mut keys_a, mut keys_b) = (FetchedKeys::new(1), FetchedKeys::new(1));
         let (mut calls_a, mut calls_b) = (Calls::default(), Calls::default());
         a.refresh(&sources, &mut keys_a, 100, &mut calls_a.dispatch());
         b.refresh(&sources, &mut keys_b, 100, &mut calls_b.dispatch());
@@ -669,11 +670,11 @@ mod tests {
             100,
         );
         assert_eq!(fetched(&events), [true]);
-        assert!(keys_a.resolve(&KeySource::Remote(0)).is_ok());
+        assert!(keys_a.resolve(&KeySource::Fetched(0)).is_ok());
         // The other VM's next tick decodes the shared document, and fetches nothing.
-        assert!(keys_b.resolve(&KeySource::Remote(0)).is_err());
+        assert!(keys_b.resolve(&KeySource::Fetched(0)).is_err());
         b.refresh(&sources, &mut keys_b, 101, &mut calls_b.dispatch());
-        assert!(keys_b.resolve(&KeySource::Remote(0)).is_ok());
+        assert!(keys_b.resolve(&KeySource::Fetched(0)).is_ok());
         assert_eq!(calls_b.sent.len(), 0);
         // Stale after refresh_seconds: fetched again, once.
         a.refresh(&sources, &mut keys_a, 400, &mut calls_a.dispatch());
@@ -688,7 +689,7 @@ mod tests {
         let data = Memory::default();
         let sources = [source()];
         let mut vm = Fetcher::new(&data, "ns".into());
-        let mut keys = RemoteKeys::new(1);
+        let mut keys = FetchedKeys::new(1);
         let mut calls = Calls::default();
         vm.refresh(&sources, &mut keys, 100, &mut calls.dispatch());
         vm.on_answer(
@@ -703,7 +704,7 @@ mod tests {
         assert_eq!(fetched(&events), [false]);
         assert!(matches!(&events[1], FetchEvent::Warning(w) if w.contains("HTTP status 500")));
         assert!(
-            keys.resolve(&KeySource::Remote(0)).is_ok(),
+            keys.resolve(&KeySource::Fetched(0)).is_ok(),
             "the last good keys stay"
         );
         vm.refresh(&sources, &mut keys, 404, &mut calls.dispatch());
@@ -717,7 +718,7 @@ mod tests {
         let data = Memory::default();
         let sources = [source()];
         let mut vm = Fetcher::new(&data, "ns".into());
-        let mut keys = RemoteKeys::new(1);
+        let mut keys = FetchedKeys::new(1);
         let mut calls = Calls {
             fail: true,
             ..Calls::default()
@@ -740,7 +741,7 @@ mod tests {
             Fetcher::new(&data, "ns".into()),
             Fetcher::new(&data, "ns".into()),
         );
-        let mut keys = RemoteKeys::new(1);
+        let mut keys = FetchedKeys::new(1);
         let mut vm = Fetcher::new(&data, "ns".into());
         let mut calls = Calls::default();
         vm.refresh(&sources, &mut keys, 100, &mut calls.dispatch());
@@ -764,14 +765,14 @@ mod tests {
     fn a_refused_shared_record_is_fetched_again() {
         let data = Memory::default();
         let sources = [source()];
-        let injected = SharedRecord {
+        let injected = KeySetRecord {
             fetched_at: 100,
             document: b"{\"not\": \"a key set\"}".to_vec(),
             ..Default::default()
         };
         data.put(&sources[0].shared_key("ns"), &injected.encode());
         let mut vm = Fetcher::new(&data, "ns".into());
-        let mut keys = RemoteKeys::new(1);
+        let mut keys = FetchedKeys::new(1);
         let mut calls = Calls::default();
         let events = vm.refresh(&sources, &mut keys, 100, &mut calls.dispatch());
         assert!(matches!(&events[0], FetchEvent::Warning(w) if w.contains("refused")));
@@ -783,7 +784,7 @@ mod tests {
         let data = Memory::default();
         let sources = [source()];
         let mut vm = Fetcher::new(&data, "ns".into());
-        let mut keys = RemoteKeys::new(1);
+        let mut keys = FetchedKeys::new(1);
         let mut calls = Calls::default();
         vm.refresh(&sources, &mut keys, 100, &mut calls.dispatch());
         assert!(vm

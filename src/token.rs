@@ -19,7 +19,7 @@ use crate::bind::Confirmation;
 use crate::crypto::SignatureVerifier;
 use crate::extract::MAX_TOKEN_BYTES;
 use crate::jwk::{Alg, VerificationKey};
-use crate::keyset::{KeySource, RemoteKeys};
+use crate::keyset::{FetchedKeys, KeySource};
 use crate::reject::Reason;
 
 /// The largest JOSE header Tether decodes (base64url characters).
@@ -162,7 +162,7 @@ impl Refusal {
         Refusal {
             reason,
             key_set: match keys {
-                KeySource::Remote(set) => Some(*set),
+                KeySource::Fetched(set) => Some(*set),
                 KeySource::Inline(_) => None,
             },
         }
@@ -173,7 +173,7 @@ impl Refusal {
 pub fn verify(
     token: &str,
     issuers: &[Issuer],
-    remote: &RemoteKeys,
+    fetched: &FetchedKeys,
     limits: TimeLimits,
     crypto: &dyn SignatureVerifier,
     now: u64,
@@ -215,7 +215,7 @@ pub fn verify(
         .ok_or(Reason::IssuerUnknown)?;
 
     let signing_input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    let keys = remote
+    let keys = fetched
         .resolve(&issuer.keys)
         .map_err(|reason| Refusal::for_want_of(reason, &issuer.keys))?;
     let candidates = candidate_keys(keys, header.kid.as_deref(), alg).map_err(|reason| {
@@ -695,7 +695,7 @@ pub(crate) mod tests {
         verify(
             token,
             &f.issuers,
-            &RemoteKeys::default(),
+            &FetchedKeys::default(),
             LIMITS,
             &InVm,
             now,
@@ -790,19 +790,19 @@ pub(crate) mod tests {
     #[test]
     fn a_refusal_for_want_of_keys_names_the_fetched_key_set() {
         let f = fixture();
-        let remote_issuer = vec![Issuer {
+        let fetched_issuer = vec![Issuer {
             issuer: ISS.into(),
             audiences: HashSet::from([AUD.to_string()]),
-            keys: KeySource::Remote(3),
+            keys: KeySource::Fetched(3),
         }];
         let token = sign(&f, claims());
-        let verify_with = |issuers: &[Issuer], remote: &RemoteKeys| {
-            verify(&token, issuers, remote, LIMITS, &InVm, NOW).unwrap_err()
+        let verify_with = |issuers: &[Issuer], fetched: &FetchedKeys| {
+            verify(&token, issuers, fetched, LIMITS, &InVm, NOW).unwrap_err()
         };
         // Not loaded yet.
-        let mut remote = RemoteKeys::new(4);
+        let mut fetched = FetchedKeys::new(4);
         assert_eq!(
-            verify_with(&remote_issuer, &remote),
+            verify_with(&fetched_issuer, &fetched),
             Refusal {
                 reason: Reason::KeySetUnavailable,
                 key_set: Some(3)
@@ -811,14 +811,14 @@ pub(crate) mod tests {
         // Loaded, without the token's kid: a refetch may bring it.
         let other_key = ES256KeyPair::generate();
         let document = json!({"keys": [es256_jwk(&other_key, "k2")]}).to_string();
-        let record = crate::keyset::SharedRecord {
+        let record = crate::keyset::KeySetRecord {
             fetched_at: NOW,
             document: document.into_bytes(),
             ..Default::default()
         };
-        remote.install(3, &record, NOW).unwrap();
+        fetched.install(3, &record, NOW).unwrap();
         assert_eq!(
-            verify_with(&remote_issuer, &remote),
+            verify_with(&fetched_issuer, &fetched),
             Refusal {
                 reason: Reason::KeyUnknown,
                 key_set: Some(3)
@@ -827,7 +827,7 @@ pub(crate) mod tests {
         // Inline keys: nothing to fetch.
         let inline = fixture();
         assert_eq!(
-            verify_with(&inline.issuers, &RemoteKeys::default()),
+            verify_with(&inline.issuers, &FetchedKeys::default()),
             Refusal {
                 reason: Reason::SignatureInvalid,
                 key_set: None

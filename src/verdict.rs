@@ -13,7 +13,7 @@ use crate::cache::TokenCache;
 use crate::config::{Client, FormBodyTokens, Policy};
 use crate::crypto::SignatureVerifier;
 use crate::extract;
-use crate::keyset::{KeySource, RemoteKeys};
+use crate::keyset::{FetchedKeys, KeySource};
 use crate::policy::{self, Require, Route};
 use crate::reject::Reason;
 use crate::replay::ReplayStore;
@@ -155,7 +155,7 @@ impl Pending {
     pub fn finish(
         self,
         policy: &Policy,
-        remote: &RemoteKeys,
+        fetched: &FetchedKeys,
         body: &[u8],
         crypto: &dyn SignatureVerifier,
         replay: &mut dyn ReplayStore,
@@ -176,7 +176,7 @@ impl Pending {
             return Err(Reason::TokenInBody);
         }
         if let Some(signature) = self.signature {
-            signature.verify(policy, remote, body, crypto, replay, now)?;
+            signature.verify(policy, fetched, body, crypto, replay, now)?;
         }
         Ok(self.headers)
     }
@@ -187,7 +187,7 @@ impl PendingSignature {
     fn verify(
         self,
         policy: &Policy,
-        remote: &RemoteKeys,
+        fetched: &FetchedKeys,
         body: &[u8],
         crypto: &dyn SignatureVerifier,
         replay: &mut dyn ReplayStore,
@@ -199,7 +199,7 @@ impl PendingSignature {
         if self.jws.iat().unwrap_or(0) < replay.remembers_since() {
             return Err(Reason::RequestSignatureExpired);
         }
-        let keys = signing_keys(policy, remote, &self.token, self.client)?;
+        let keys = signing_keys(policy, fetched, &self.token, self.client)?;
         self.jws.verify_body(keys, body, crypto)?;
         // Recorded only once valid, so that a forged signature cannot block a genuine one.
         let expiry = self
@@ -213,13 +213,13 @@ impl PendingSignature {
 /// The keys a request signature is checked with: the token's `cnf.jwk`, or its client's.
 fn signing_keys<'a>(
     policy: &'a Policy,
-    remote: &'a RemoteKeys,
+    fetched: &'a FetchedKeys,
     token: &'a VerifiedToken,
     client: Option<usize>,
 ) -> Result<SigningKeys<'a>, Reason> {
     match client.and_then(|i| policy.clients.get(i)) {
         Some(client) => Ok(SigningKeys::Client {
-            keys: remote.resolve(&client.keys)?,
+            keys: fetched.resolve(&client.keys)?,
             hmac_keys: &client.hmac_keys,
         }),
         None => Ok(SigningKeys::Bound(
@@ -292,7 +292,7 @@ pub fn decide<'p>(
         return Verdict::Allow { headers };
     }
     let signature = if needs_signature {
-        match signature_pending(policy, tokens.remote, &request, path, token, verified, now) {
+        match signature_pending(policy, tokens.fetched, &request, path, token, verified, now) {
             Ok(signature) => Some(signature),
             Err((reason, Some(set))) => {
                 return Verdict::NeedKeys {
@@ -319,10 +319,10 @@ pub fn decide<'p>(
 }
 
 /// Reads the request signature and runs every check that needs no body. A refusal that a
-/// (re)fetch of a remote key set may cure names that set.
+/// (re)fetch of a fetched key set may cure names that set.
 fn signature_pending(
     policy: &Policy,
-    remote: &RemoteKeys,
+    fetched: &FetchedKeys,
     request: &Request<'_, '_>,
     path: &str,
     token: &str,
@@ -332,7 +332,7 @@ fn signature_pending(
     let pending =
         signature_checks(policy, request, path, token, verified, now).map_err(|r| (r, None))?;
     // The key must exist now; if the client's keys are fetched, a refetch may bring it.
-    let selected = signing_keys(policy, remote, &pending.token, pending.client)
+    let selected = signing_keys(policy, fetched, &pending.token, pending.client)
         .and_then(|keys| pending.jws.select_key(keys).map(|_| ()));
     match selected {
         Ok(()) => Ok(pending),
@@ -343,7 +343,7 @@ fn signature_pending(
             );
             let set = match pending.client.and_then(|i| policy.clients.get(i)) {
                 Some(Client {
-                    keys: KeySource::Remote(set),
+                    keys: KeySource::Fetched(set),
                     ..
                 }) if curable => Some(*set),
                 _ => None,
@@ -409,8 +409,8 @@ fn signature_checks(
 pub struct Tokens<'a> {
     pub crypto: &'a dyn SignatureVerifier,
     pub cache: &'a mut TokenCache,
-    /// This VM's decoded remote key sets.
-    pub remote: &'a RemoteKeys,
+    /// This VM's decoded fetched key sets.
+    pub fetched: &'a FetchedKeys,
 }
 
 impl Tokens<'_> {
@@ -428,7 +428,7 @@ impl Tokens<'_> {
         let verified = Rc::new(token::verify(
             token,
             &policy.issuers,
-            self.remote,
+            self.fetched,
             policy.limits,
             self.crypto,
             now,
@@ -568,7 +568,7 @@ mod tests {
         let mut tokens = Tokens {
             crypto: &InVm,
             cache: &mut cache,
-            remote: &RemoteKeys::default(),
+            fetched: &FetchedKeys::default(),
         };
         decide(&f.policy, request, || peer, &mut tokens, NOW)
     }
@@ -598,7 +598,7 @@ mod tests {
         Tokens {
             crypto: &InVm,
             cache: Box::leak(Box::new(TokenCache::new(0))),
-            remote: Box::leak(Box::new(RemoteKeys::default())),
+            fetched: Box::leak(Box::new(FetchedKeys::default())),
         }
     }
 
@@ -626,7 +626,7 @@ mod tests {
         let mut tokens = Tokens {
             crypto: &counting,
             cache: &mut cache,
-            remote: &RemoteKeys::default(),
+            fetched: &FetchedKeys::default(),
         };
         let values = [auth.as_bytes()];
         let request = Request {
@@ -674,7 +674,7 @@ mod tests {
         let mut tokens = Tokens {
             crypto: &counting,
             cache: &mut cache,
-            remote: &RemoteKeys::default(),
+            fetched: &FetchedKeys::default(),
         };
         let values = [auth.as_bytes()];
         let request = Request {
@@ -948,7 +948,7 @@ mod tests {
             let mut store = &record;
             pending.finish(
                 &f.policy,
-                &RemoteKeys::default(),
+                &FetchedKeys::default(),
                 body,
                 &InVm,
                 &mut store,
@@ -1009,7 +1009,7 @@ mod tests {
             let mut store = &record;
             held().finish(
                 &f.policy,
-                &RemoteKeys::default(),
+                &FetchedKeys::default(),
                 b"a=1",
                 &InVm,
                 &mut store,
@@ -1075,7 +1075,14 @@ mod tests {
                 since,
                 inner: crate::replay::in_memory(1),
             };
-            pending.finish(&policy, &RemoteKeys::default(), b"", &InVm, &mut store, NOW)
+            pending.finish(
+                &policy,
+                &FetchedKeys::default(),
+                b"",
+                &InVm,
+                &mut store,
+                NOW,
+            )
         };
         // Remembered: the (forged) signature itself is what fails.
         assert_eq!(finish(NOW), Err(Reason::RequestSignatureInvalid));
@@ -1184,7 +1191,7 @@ mod tests {
                 pending
                     .finish(
                         &f.policy,
-                        &RemoteKeys::default(),
+                        &FetchedKeys::default(),
                         body.as_bytes(),
                         &InVm,
                         &mut store,

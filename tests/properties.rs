@@ -775,7 +775,7 @@ mod token {
     use jwt_simple::prelude::{Claims, Duration, Ed25519KeyPair, EdDSAKeyPairLike, UnixTimeStamp};
     use tether::crypto::InVm;
     use tether::jwk::parse_jwks;
-    use tether::keyset::{KeySource, RemoteKeys};
+    use tether::keyset::{KeySource, FetchedKeys};
     use tether::reject::Reason;
     use tether::token::{fingerprint, verify, Issuer, TimeLimits};
 
@@ -830,7 +830,7 @@ mod token {
     }
 
     fn check(token: &str, limits: TimeLimits, now: u64) -> Result<(), Reason> {
-        verify(token, issuers(), &RemoteKeys::default(), limits, &InVm, now)
+        verify(token, issuers(), &FetchedKeys::default(), limits, &InVm, now)
             .map(|_| ())
             .map_err(|refusal| refusal.reason)
     }
@@ -2525,7 +2525,7 @@ mod abi {
 
 mod shared_records {
     use super::*;
-    use tether::keyset::{KeySource, RemoteKeys, SharedRecord};
+    use tether::keyset::{KeySource, FetchedKeys, KeySetRecord};
     use tether::reject::Reason;
     use tether::replay::{Bucket, WindowRecord, BUCKET_ENTRIES};
 
@@ -2554,12 +2554,12 @@ mod shared_records {
             max_age_seconds in any::<u64>(),
             remembers_since in any::<u64>(),
         ) {
-            let decoded = SharedRecord::decode(&bytes);
+            let decoded = KeySetRecord::decode(&bytes);
             if bytes.len() >= 24 {
                 prop_assert_eq!(decoded.encode(), bytes.clone());
             }
-            let record = SharedRecord { fetched_at, busy_until, refetch_requested_at, document };
-            prop_assert_eq!(SharedRecord::decode(&record.encode()), record);
+            let record = KeySetRecord { fetched_at, busy_until, refetch_requested_at, document };
+            prop_assert_eq!(KeySetRecord::decode(&record.encode()), record);
 
             // Only a record of exactly its size is a window record (another version's is none).
             prop_assert_eq!(WindowRecord::decode(&bytes).is_some(), bytes.len() == 16);
@@ -2582,23 +2582,23 @@ mod shared_records {
             refetch_requested_at in moment(120),
             document in document(),
         ) {
-            let record = SharedRecord {
+            let record = KeySetRecord {
                 fetched_at: fetched_at.resolve(now),
                 busy_until: busy_until.resolve(now),
                 refetch_requested_at: refetch_requested_at.resolve(now),
                 document,
             };
-            let mut keys = RemoteKeys::new(1);
+            let mut keys = FetchedKeys::new(1);
             match keys.install(0, &record, now) {
                 Ok(true) => {
                     prop_assert!(record.plausible(now));
                     prop_assert_eq!(keys.fetched_at(0), record.fetched_at);
-                    prop_assert!(keys.resolve(&KeySource::Remote(0)).is_ok_and(|k| !k.is_empty()));
+                    prop_assert!(keys.resolve(&KeySource::Fetched(0)).is_ok_and(|k| !k.is_empty()));
                 }
                 Ok(false) => prop_assert_eq!(record.fetched_at, 0),
                 Err(_) => {
                     prop_assert_eq!(keys.fetched_at(0), 0);
-                    let resolved = keys.resolve(&KeySource::Remote(0)).err();
+                    let resolved = keys.resolve(&KeySource::Fetched(0)).err();
                     prop_assert_eq!(resolved, Some(Reason::KeySetUnavailable));
                 }
             }

@@ -6,8 +6,8 @@
 //! state machine; this module feeds it the events (headers, body, trailers, keys, ticks) and
 //! carries out its steps. Every host call goes through [`hostcalls`], which never panics.
 
+mod fetch;
 mod hostcalls;
-mod keysets;
 mod metrics;
 
 use std::cell::{Cell, RefCell};
@@ -21,13 +21,12 @@ use crate::cache::TokenCache;
 use crate::config::Policy;
 use crate::crypto::native::{ForeignFunction, Native};
 use crate::crypto::{InVm, SignatureVerifier};
-use crate::keyset::{namespace, replay_namespace, RemoteKeys};
+use crate::keyset::{namespace, replay_namespace, FetchedKeys, Fetcher};
 use crate::lifecycle::{Decision, Driven, Entry, Held, Limits, Pipeline, Step, Table};
 use crate::reject::Reason;
 use crate::replay::SharedReplay;
 use crate::verdict::{decide, Facts, Pending, Request, Tokens, Verdict};
 use hostcalls::{Buffer, EnvoySharedData, Level, Map};
-use keysets::KeySets;
 use metrics::Metrics;
 
 #[allow(unsafe_code)] // `main!` exports the VM entry point with #[no_mangle].
@@ -63,11 +62,11 @@ struct Shared {
     metrics: Metrics,
     crypto: Box<dyn SignatureVerifier>,
     cache: RefCell<TokenCache>,
-    remote: RefCell<RemoteKeys>,
+    fetched: RefCell<FetchedKeys>,
     /// Requests held until they are decided (and those refused, until their streams end).
     held: RefCell<Table<RequestState>>,
     /// Fetches the key sets, on the schedule all VMs share.
-    keysets: RefCell<KeySets>,
+    fetcher: RefCell<Fetcher<EnvoySharedData>>,
     /// The replay record, shared by this plugin's VMs across configurations.
     replay: SharedReplay<EnvoySharedData>,
     /// The hint about a body that never reached the filter was logged (once per VM).
@@ -110,18 +109,18 @@ impl Context for Root {
         _trailers: usize,
     ) {
         if let Some(shared) = &self.shared {
-            let answer = keysets::read_answer(headers, body_size);
+            let answer = fetch::read_answer(headers, body_size);
             let events = {
-                let mut keys = shared.remote.borrow_mut();
-                shared.keysets.borrow_mut().on_answer(
+                let mut keys = shared.fetched.borrow_mut();
+                shared.fetcher.borrow_mut().on_answer(
                     token,
                     answer,
-                    &shared.policy.remote_sets,
+                    &shared.policy.jwks_endpoints,
                     &mut keys,
                     now_seconds(),
                 )
             };
-            keysets::report(shared, events);
+            fetch::report(shared, events);
             resolve_held(shared);
         }
     }
@@ -184,16 +183,16 @@ impl RootContext for Root {
             Level::Info,
             &format!("tether: shared data namespace {namespace}"),
         );
-        let remote_sets = policy.remote_sets.len();
+        let jwks_endpoints = policy.jwks_endpoints.len();
         let max_held_requests = policy.max_held_requests;
         let shared = Rc::new(Shared {
             cache: RefCell::new(TokenCache::new(policy.token_cache_entries)),
-            remote: RefCell::new(RemoteKeys::new(remote_sets)),
+            fetched: RefCell::new(FetchedKeys::new(jwks_endpoints)),
             policy: Rc::new(policy),
             metrics: Metrics::define(),
             crypto,
             held: RefCell::new(Table::new(max_held_requests)),
-            keysets: RefCell::new(KeySets::new(EnvoySharedData, namespace)),
+            fetcher: RefCell::new(Fetcher::new(EnvoySharedData, namespace)),
             replay,
             warned_body_withheld: Cell::new(false),
         });
@@ -211,15 +210,15 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             let events = {
-                let mut keys = shared.remote.borrow_mut();
-                shared.keysets.borrow_mut().refresh(
-                    &shared.policy.remote_sets,
+                let mut keys = shared.fetched.borrow_mut();
+                shared.fetcher.borrow_mut().refresh(
+                    &shared.policy.jwks_endpoints,
                     &mut keys,
                     now_seconds(),
-                    &mut keysets::dispatch,
+                    &mut fetch::dispatch,
                 )
             };
-            keysets::report(shared, events);
+            fetch::report(shared, events);
             resolve_held(shared);
         }
     }
@@ -410,13 +409,13 @@ fn decide_again(shared: &Shared, entry: &mut Entry<RequestState>, may_wait: bool
     // the request is served uncached rather than trapping the VM.
     let mut spare = TokenCache::new(0);
     let mut cache = shared.cache.try_borrow_mut();
-    let remote = shared.remote.try_borrow();
-    let empty = RemoteKeys::default();
-    let remote = remote.as_deref().unwrap_or(&empty);
+    let fetched = shared.fetched.try_borrow();
+    let empty = FetchedKeys::default();
+    let fetched = fetched.as_deref().unwrap_or(&empty);
     let mut tokens = Tokens {
         crypto: shared.crypto.as_ref(),
         cache: cache.as_deref_mut().unwrap_or(&mut spare),
-        remote,
+        fetched,
     };
     let verdict = decide(policy, facts_view, &mut read_peer, &mut tokens, now);
     let decision = match verdict {
@@ -447,17 +446,17 @@ fn decide_again(shared: &Shared, entry: &mut Entry<RequestState>, may_wait: bool
                     // Not loaded yet: wait for the first fetch.
                     Reason::KeySetUnavailable => true,
                     // An unknown `kid`: one early refetch, rate-limited per key set.
-                    _ => policy.remote_sets.get(set).is_some_and(|source| {
+                    _ => policy.jwks_endpoints.get(set).is_some_and(|source| {
                         shared
-                            .keysets
+                            .fetcher
                             .try_borrow()
                             .is_ok_and(|fetcher| fetcher.request_refetch(source, now))
                     }),
                 };
-            match policy.remote_sets.get(set) {
+            match policy.jwks_endpoints.get(set) {
                 Some(source) if wait => Decision::NeedKeys {
                     set,
-                    seen_fetched_at: remote.fetched_at(set),
+                    seen_fetched_at: fetched.fetched_at(set),
                     timeout_ms: source.timeout_ms,
                 },
                 _ => Decision::Deny(reason),
@@ -482,10 +481,10 @@ fn verify_body(shared: &Shared, entry: &mut Entry<RequestState>) -> Result<(), R
             .map_err(|_| Reason::HostError)?
             .ok_or(Reason::HostError)?
     };
-    let remote = shared.remote.try_borrow().map_err(|_| Reason::HostError)?;
+    let fetched = shared.fetched.try_borrow().map_err(|_| Reason::HostError)?;
     let headers = pending.finish(
         &shared.policy,
-        &remote,
+        &fetched,
         &body,
         shared.crypto.as_ref(),
         &mut &shared.replay,
@@ -499,11 +498,11 @@ fn verify_body(shared: &Shared, entry: &mut Entry<RequestState>) -> Result<(), R
 /// and those whose wait or body deadline has run out.
 fn resolve_held(shared: &Shared) {
     let due = {
-        let remote = shared.remote.borrow();
+        let fetched = shared.fetched.borrow();
         shared
             .held
             .borrow_mut()
-            .due(now_millis(), |set| remote.fetched_at(set))
+            .due(now_millis(), |set| fetched.fetched_at(set))
     };
     for (context_id, request, step) in due {
         // The request's stream may be gone; then there is nothing to decide.

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use super::hostcalls::{self, Buffer, EnvoySharedData, Level, Map};
+use super::hostcalls::{self, Buffer, Level, Map};
 use super::{log, Shared};
-use crate::keyset::{FetchEvent, Fetcher, RemoteJwks, MAX_DOCUMENT_BYTES};
+use crate::keyset::{FetchEvent, JwksEndpoint, MAX_DOCUMENT_BYTES};
 
 /// Sends the fetch of `source` with the SDK's `dispatch_http_call` (which registers the call
 /// with the dispatcher that routes the answer back to the root context); its call token.
-pub fn dispatch(source: &RemoteJwks) -> Option<u32> {
+pub fn dispatch(source: &JwksEndpoint) -> Option<u32> {
     let headers = vec![
         (":method", "GET"),
         (":path", source.path.as_str()),
@@ -57,6 +57,3 @@ pub fn read_answer(headers: usize, body_size: usize) -> Result<Vec<u8>, String> 
         Err(status) => Err(format!("response body unreadable ({status:?})")),
     }
 }
-
-/// This VM's fetcher over Envoy's shared data.
-pub type KeySets = Fetcher<EnvoySharedData>;
