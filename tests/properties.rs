@@ -775,7 +775,7 @@ mod token {
     use jwt_simple::prelude::{Claims, Duration, Ed25519KeyPair, EdDSAKeyPairLike, UnixTimeStamp};
     use tether::crypto::InVm;
     use tether::jwk::parse_jwks;
-    use tether::keyset::{KeySource, FetchedKeys};
+    use tether::keyset::{FetchedKeys, KeySource};
     use tether::reject::Reason;
     use tether::token::{fingerprint, verify, Issuer, TimeLimits};
 
@@ -830,9 +830,16 @@ mod token {
     }
 
     fn check(token: &str, limits: TimeLimits, now: u64) -> Result<(), Reason> {
-        verify(token, issuers(), &FetchedKeys::default(), limits, &InVm, now)
-            .map(|_| ())
-            .map_err(|refusal| refusal.reason)
+        verify(
+            token,
+            issuers(),
+            &FetchedKeys::default(),
+            limits,
+            &InVm,
+            now,
+        )
+        .map(|_| ())
+        .map_err(|refusal| refusal.reason)
     }
 
     /// Where a time claim stands: at a threshold of the checks (now; the clock skew behind
@@ -2525,7 +2532,7 @@ mod abi {
 
 mod shared_records {
     use super::*;
-    use tether::keyset::{KeySource, FetchedKeys, KeySetRecord};
+    use tether::keyset::{FetchedKeys, KeySetRecord, KeySource};
     use tether::reject::Reason;
     use tether::replay::{Bucket, WindowRecord, BUCKET_ENTRIES};
 
