@@ -13,7 +13,8 @@ use crate::cache::TokenCache;
 use crate::config::{Client, FormBodyTokens, Policy};
 use crate::crypto::SignatureVerifier;
 use crate::extract;
-use crate::keyset::{FetchedKeys, KeySource};
+use crate::keyset::{FetchedKeys, JwksEndpoint, KeySource};
+use crate::lifecycle::Decision;
 use crate::policy::{self, Require, Route};
 use crate::reject::Reason;
 use crate::replay::ReplayStore;
@@ -122,6 +123,83 @@ pub enum Verdict<'p> {
         reason: Reason,
         token_fp: Option<String>,
     },
+}
+
+/// What a verdict leaves for later: the claim headers to set once allowed, the checks that
+/// wait for the body, and the presented token's fingerprint.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    pub headers: Vec<(String, String)>,
+    pub pending: Option<Box<Pending>>,
+    pub token_fp: Option<String>,
+}
+
+impl Verdict<'_> {
+    /// The verdict as a held request's life sees it. A request waits for a key set only if
+    /// `may_wait` (its first deadline has not passed): for a set not loaded yet, always; for a
+    /// `kid` the loaded set lacks, only when `refetch` grants the early refetch (one per 30
+    /// seconds per set, across VMs), so that made-up `kid`s cannot hold requests or hammer the
+    /// identity provider. Otherwise the reason stands.
+    pub fn into_decision(
+        self,
+        policy: &Policy,
+        fetched: &FetchedKeys,
+        may_wait: bool,
+        refetch: impl FnOnce(&JwksEndpoint) -> bool,
+    ) -> (Decision, Leftovers) {
+        match self {
+            Verdict::Allow { headers } => {
+                let headers = headers
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), value))
+                    .collect();
+                let leftovers = Leftovers {
+                    headers,
+                    ..Leftovers::default()
+                };
+                (Decision::Allow, leftovers)
+            }
+            Verdict::Deny { reason, token_fp } => {
+                let leftovers = Leftovers {
+                    token_fp,
+                    ..Leftovers::default()
+                };
+                (Decision::Deny(reason), leftovers)
+            }
+            Verdict::NeedBody(pending) => {
+                let leftovers = Leftovers {
+                    token_fp: Some(pending.token_fp.clone()),
+                    pending: Some(pending),
+                    ..Leftovers::default()
+                };
+                (Decision::NeedBody, leftovers)
+            }
+            Verdict::NeedKeys {
+                set,
+                reason,
+                token_fp,
+            } => {
+                let leftovers = Leftovers {
+                    token_fp,
+                    ..Leftovers::default()
+                };
+                let Some(endpoint) = policy.jwks_endpoints.get(set) else {
+                    return (Decision::Deny(reason), leftovers);
+                };
+                let wait = may_wait && (reason == Reason::KeySetUnavailable || refetch(endpoint));
+                let decision = if wait {
+                    Decision::NeedKeys {
+                        set,
+                        seen_fetched_at: fetched.fetched_at(set),
+                        timeout_ms: endpoint.timeout_ms,
+                    }
+                } else {
+                    Decision::Deny(reason)
+                };
+                (decision, leftovers)
+            }
+        }
+    }
 }
 
 /// A request waiting for its body, with everything already checked but what needs the body:
@@ -1231,5 +1309,55 @@ mod tests {
         assert!(facts.form_body);
         assert_eq!(facts.content_length, Some(12));
         assert_eq!(facts.signature, [b"sig".to_vec()]);
+    }
+
+    /// The wait rule: a set not loaded yet is always waited for (while the request may wait);
+    /// an unknown `kid` only when an early refetch is granted; never past the deadline.
+    #[test]
+    fn a_request_waits_for_keys_only_when_a_fetch_may_bring_them() {
+        let config = json!({
+            "issuers": [{"issuer": ISS, "audiences": [AUD],
+                         "remote_jwks": {"cluster": "idp", "path": "/jwks", "timeout_ms": 1500}}]
+        });
+        let policy = Policy::from_json(config.to_string().as_bytes()).unwrap();
+        let fetched = FetchedKeys::new(1);
+        let need = |reason| Verdict::NeedKeys {
+            set: 0,
+            reason,
+            token_fp: Some("fp".into()),
+        };
+        let waits = Decision::NeedKeys {
+            set: 0,
+            seen_fetched_at: 0,
+            timeout_ms: 1500,
+        };
+        let decide = |reason, may_wait, granted: bool| {
+            let asked = Cell::new(false);
+            let (decision, leftovers) =
+                need(reason).into_decision(&policy, &fetched, may_wait, |_| {
+                    asked.set(true);
+                    granted
+                });
+            assert_eq!(leftovers.token_fp.as_deref(), Some("fp"));
+            (decision, asked.get())
+        };
+        assert_eq!(
+            decide(Reason::KeySetUnavailable, true, false),
+            (waits, false)
+        );
+        assert_eq!(decide(Reason::KeyUnknown, true, true), (waits, true));
+        assert_eq!(
+            decide(Reason::KeyUnknown, true, false),
+            (Decision::Deny(Reason::KeyUnknown), true)
+        );
+        // Past the deadline: no wait, and no refetch asked for.
+        assert_eq!(
+            decide(Reason::KeySetUnavailable, false, true),
+            (Decision::Deny(Reason::KeySetUnavailable), false)
+        );
+        assert_eq!(
+            decide(Reason::KeyUnknown, false, true),
+            (Decision::Deny(Reason::KeyUnknown), false)
+        );
     }
 }

@@ -25,7 +25,7 @@ use crate::keyset::{namespace, replay_namespace, FetchedKeys, Fetcher};
 use crate::lifecycle::{Decision, Driven, Entry, Held, Limits, Pipeline, Step, Table};
 use crate::reject::Reason;
 use crate::replay::SharedReplay;
-use crate::verdict::{decide, Facts, Pending, Request, Tokens, Verdict};
+use crate::verdict::{decide, Facts, Pending, Request, Tokens};
 use hostcalls::{Buffer, EnvoySharedData, Level, Map};
 use metrics::Metrics;
 
@@ -418,52 +418,16 @@ fn decide_again(shared: &Shared, entry: &mut Entry<RequestState>, may_wait: bool
         fetched,
     };
     let verdict = decide(policy, facts_view, &mut read_peer, &mut tokens, now);
-    let decision = match verdict {
-        Verdict::Allow { headers } => {
-            request.headers = headers
-                .into_iter()
-                .map(|(name, value)| (name.to_string(), value))
-                .collect();
-            Decision::Allow
-        }
-        Verdict::Deny { reason, token_fp } => {
-            entry.token_fp = token_fp;
-            Decision::Deny(reason)
-        }
-        Verdict::NeedBody(pending) => {
-            entry.token_fp = Some(pending.token_fp.clone());
-            request.pending = Some(pending);
-            Decision::NeedBody
-        }
-        Verdict::NeedKeys {
-            set,
-            reason,
-            token_fp,
-        } => {
-            entry.token_fp = token_fp;
-            let wait = may_wait
-                && match reason {
-                    // Not loaded yet: wait for the first fetch.
-                    Reason::KeySetUnavailable => true,
-                    // An unknown `kid`: one early refetch, rate-limited per key set.
-                    _ => policy.jwks_endpoints.get(set).is_some_and(|source| {
-                        shared
-                            .fetcher
-                            .try_borrow()
-                            .is_ok_and(|fetcher| fetcher.request_refetch(source, now))
-                    }),
-                };
-            match policy.jwks_endpoints.get(set) {
-                Some(source) if wait => Decision::NeedKeys {
-                    set,
-                    seen_fetched_at: fetched.fetched_at(set),
-                    timeout_ms: source.timeout_ms,
-                },
-                _ => Decision::Deny(reason),
-            }
-        }
-    };
+    let (decision, leftovers) = verdict.into_decision(policy, fetched, may_wait, |endpoint| {
+        shared
+            .fetcher
+            .try_borrow()
+            .is_ok_and(|fetcher| fetcher.request_refetch(endpoint, now))
+    });
     request.peer = peer;
+    request.headers = leftovers.headers;
+    request.pending = leftovers.pending;
+    entry.token_fp = leftovers.token_fp;
     decision
 }
 
