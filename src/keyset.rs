@@ -321,7 +321,8 @@ impl<S: SharedData> Fetcher<S> {
             let Some((record, _)) = self.read(source) else {
                 continue;
             };
-            if let Err(error) = keys.install(i, &record, now) {
+            let installed = keys.install(i, &record, now);
+            if let Err(error) = &installed {
                 // Tether writes only checked documents with plausible times: this record was
                 // written by something else. Fetch it again rather than trust or keep it.
                 events.push(FetchEvent::Warning(format!(
@@ -334,7 +335,10 @@ impl<S: SharedData> Fetcher<S> {
                     true
                 });
             }
-            if self.in_flight.values().any(|s| *s == i) {
+            // Most ticks have nothing due: decided on the record already read, without reading
+            // it (and its document) a second time to claim a fetch.
+            let due = installed.is_err() || record.due(source, now);
+            if !due || self.in_flight.values().any(|s| *s == i) {
                 continue;
             }
             let busy_for = source.timeout_ms.div_ceil(1000) + 1;
