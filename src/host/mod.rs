@@ -69,6 +69,8 @@ struct Shared {
     fetcher: RefCell<Fetcher<EnvoySharedData>>,
     /// The replay record, shared by this plugin's VMs across configurations.
     replay: SharedReplay<EnvoySharedData>,
+    /// How long a held request's body may take and how large it may be (from the policy).
+    limits: Limits,
     /// The hint about a body that never reached the filter was logged (once per VM).
     warned_body_withheld: Cell<bool>,
 }
@@ -185,6 +187,10 @@ impl RootContext for Root {
         );
         let jwks_endpoints = policy.jwks_endpoints.len();
         let max_held_requests = policy.max_held_requests;
+        let limits = Limits {
+            body_timeout_ms: policy.signed_requests.body_timeout_ms,
+            max_body_bytes: policy.signed_requests.max_body_bytes,
+        };
         let shared = Rc::new(Shared {
             cache: RefCell::new(TokenCache::new(policy.token_cache_entries)),
             fetched: RefCell::new(FetchedKeys::new(jwks_endpoints)),
@@ -194,6 +200,7 @@ impl RootContext for Root {
             held: RefCell::new(Table::new(max_held_requests)),
             fetcher: RefCell::new(Fetcher::new(EnvoySharedData, namespace)),
             replay,
+            limits,
             warned_body_withheld: Cell::new(false),
         });
         // The first fetch starts on the first tick, not here: a VM configured on Envoy's main
@@ -255,12 +262,13 @@ impl HttpContext for Filter {
                 return refuse(Some(&shared), reason, None);
             }
         };
-        let limits = Limits {
-            body_timeout_ms: shared.policy.signed_requests.body_timeout_ms,
-            max_body_bytes: shared.policy.signed_requests.max_body_bytes,
-        };
         let request = Entry {
-            held: Held::new(now_millis(), end_of_stream, facts.content_length, limits),
+            held: Held::new(
+                now_millis(),
+                end_of_stream,
+                facts.content_length,
+                shared.limits,
+            ),
             token_fp: None,
             request: RequestState {
                 facts,
@@ -283,7 +291,11 @@ impl HttpContext for Filter {
     }
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
-        if let Some(shared) = &self.shared {
+        if let Some(shared) = self
+            .shared
+            .as_ref()
+            .filter(|s| !s.policy.claims_to_headers.is_empty())
+        {
             // A claim header's look-alike is no more welcome as a trailer.
             if let Ok(trailers) = hostcalls::header_pairs(Map::RequestTrailers) {
                 for (name, _) in trailers {
