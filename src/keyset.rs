@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::abi::Status;
 use crate::jwk::{parse_fetched_jwks, VerificationKey};
+use crate::percent::hex;
 use crate::reject::Reason;
 use crate::shared::SharedData;
 
@@ -58,10 +59,6 @@ pub fn replay_namespace(root_id: &[u8]) -> String {
         .chain_update(root_id)
         .finalize();
     format!("tether.{}", hex(&digest[..8]))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where a key set comes from.

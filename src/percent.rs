@@ -1,7 +1,13 @@
-//! Hex digits and percent-encoding (RFC 3986 §2.1), decoded one way everywhere Tether reads
+//! Hex and percent-encoding (RFC 3986 §2.1), decoded one way everywhere Tether reads
 //! a URL or a form: a `%` must be followed by exactly two hex digits, nothing more lenient
 //! (Rust's `from_str_radix` would also take `%+f`), so that no check decodes differently
 //! from the servers it protects.
+
+/// Lowercase hex of `bytes` (as Envoy writes digests, and as Tether names things in logs and
+/// shared-data keys).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// The byte two ASCII hex digits (either case) spell; `None` for anything else.
 pub fn hex_byte(pair: &[u8]) -> Option<u8> {
@@ -48,6 +54,8 @@ mod tests {
     #[test]
     fn hex_pairs_are_exactly_two_hex_digits() {
         assert_eq!(hex_byte(b"2e"), Some(0x2e));
+        assert_eq!(hex(&[0x00, 0x2e, 0xff]), "002eff");
+        assert_eq!(hex_byte(hex(&[0xc0]).as_bytes()), Some(0xc0));
         assert_eq!(hex_byte(b"C0"), Some(0xc0));
         // Regression test for the review of issue 7: `from_str_radix` takes a sign.
         for bad in [&b"+f"[..], b"-1", b" f", b"g0", b"0", b"000", b""] {

@@ -132,10 +132,7 @@ impl VerifiedToken {
 /// A short, non-reversible name for a token in logs: the first 8 bytes of its SHA-256,
 /// in hex. The token itself is never logged.
 pub fn fingerprint(token: &str) -> String {
-    Sha256::digest(token.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::percent::hex(&Sha256::digest(token.as_bytes())[..8])
 }
 
 /// Why a token is not accepted, and the fetched key set that a (re)fetch may cure that with:
