@@ -360,17 +360,11 @@ impl<S: SharedData> Fetcher<S> {
                 Some(token) => {
                     self.in_flight.insert(token, i);
                 }
-                None => {
-                    events.push(FetchEvent::Fetched { ok: false });
-                    events.push(FetchEvent::Warning(format!(
-                        "cannot fetch the key set from cluster {:?}",
-                        source.cluster
-                    )));
-                    self.update(source, |r| {
-                        r.busy_until = now.saturating_add(RETRY_SECONDS);
-                        true
-                    });
-                }
+                None => events.extend(self.failed(
+                    source,
+                    format!("cannot fetch the key set from cluster {:?}", source.cluster),
+                    now,
+                )),
             }
         }
         events
@@ -416,22 +410,29 @@ impl<S: SharedData> Fetcher<S> {
                     true
                 });
             }
-            Err(error) => {
-                events.push(FetchEvent::Fetched { ok: false });
-                events.push(FetchEvent::Warning(format!(
+            Err(error) => events.extend(self.failed(
+                source,
+                format!(
                     "key set fetch from cluster {:?} failed: {error}; keeping the last good key set",
                     source.cluster
-                )));
-                self.update(source, |r| {
-                    r.busy_until = now.saturating_add(RETRY_SECONDS);
-                    true
-                });
-            }
+                ),
+                now,
+            )),
         }
         if let Some((record, _)) = self.read(source) {
             let _ = keys.install(i, &record, now);
         }
         events
+    }
+
+    /// A fetch that failed (`why`): counted and logged; the last good key set stays, and the
+    /// next attempt comes after [`RETRY_SECONDS`].
+    fn failed(&self, source: &JwksEndpoint, why: String, now: u64) -> [FetchEvent; 2] {
+        self.update(source, |r| {
+            r.busy_until = now.saturating_add(RETRY_SECONDS);
+            true
+        });
+        [FetchEvent::Fetched { ok: false }, FetchEvent::Warning(why)]
     }
 
     /// Asks for an early refetch of `source` (an unknown `kid`): at most one per
