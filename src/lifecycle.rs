@@ -607,6 +607,17 @@ mod tests {
         }
     }
 
+    /// A request with a body to come, whose headers just arrived: decided a first time.
+    fn start(table: &mut Table<()>, id: u32, token: &str, script: &mut Script) -> Driven<()> {
+        table.drive(
+            id,
+            entry(false, token),
+            Step::Decide { may_wait: true },
+            script,
+            T0,
+        )
+    }
+
     const KEYS_0: Decision = Decision::NeedKeys {
         set: 0,
         seen_fetched_at: 0,
@@ -630,9 +641,8 @@ mod tests {
             verdicts: vec![Ok(())],
             ..Script::default()
         };
-        let step = Step::Decide { may_wait: true };
         assert!(matches!(
-            table.drive(1, entry(false, "t"), step, &mut script, T0),
+            start(&mut table, 1, "t", &mut script),
             Driven::Held
         ));
         // Set 0 arrives: decided again, now waiting for set 1 (not for set 0 again).
@@ -668,8 +678,7 @@ mod tests {
             decisions: vec![KEYS_0, KEYS_0, Decision::Deny(Reason::KeySetUnavailable)],
             ..Script::default()
         };
-        let step = Step::Decide { may_wait: true };
-        table.drive(1, entry(false, "t"), step, &mut script, T0);
+        start(&mut table, 1, "t", &mut script);
         let (id, e, step) = table.due(T0 + 1_000, |_| 5).into_iter().next().unwrap();
         table.drive(id, e, step, &mut script, T0 + 1_000);
         // The deadline is the first one: T0 + 2000, and then it may not wait again.
@@ -691,13 +700,7 @@ mod tests {
                 decisions: vec![Decision::NeedBody],
                 ..Script::default()
             };
-            match table.drive(
-                id,
-                entry(false, token),
-                Step::Decide { may_wait: true },
-                &mut script,
-                T0,
-            ) {
+            match start(table, id, token, &mut script) {
                 Driven::Held => None,
                 Driven::Refuse(reason, _) => Some(reason),
                 Driven::Continue(_) => panic!("let go"),
@@ -731,13 +734,7 @@ mod tests {
                 decisions: vec![KEYS_0],
                 ..Script::default()
             };
-            let driven = keys.drive(
-                id,
-                entry(false, "t"),
-                Step::Decide { may_wait: true },
-                &mut script,
-                T0,
-            );
+            let driven = start(&mut keys, id, "t", &mut script);
             assert!(matches!(driven, Driven::Held), "{id}");
         }
     }
@@ -750,13 +747,7 @@ mod tests {
             verdicts: vec![Err(Reason::RequestSignatureInvalid)],
             ..Script::default()
         };
-        table.drive(
-            1,
-            entry(false, "t"),
-            Step::Decide { may_wait: true },
-            &mut script,
-            T0,
-        );
+        start(&mut table, 1, "t", &mut script);
         let mut e = table.take(1).unwrap();
         let step = e.held.on_trailers();
         assert!(matches!(
@@ -775,13 +766,7 @@ mod tests {
             decisions: vec![Decision::NeedBody],
             ..Script::default()
         };
-        table.drive(
-            1,
-            entry(false, "t"),
-            Step::Decide { may_wait: true },
-            &mut script,
-            T0,
-        );
+        start(&mut table, 1, "t", &mut script);
         assert!(table.due(T0 + 9_999, |_| 0).is_empty());
         let (id, e, step) = table.due(T0 + 10_000, |_| 0).into_iter().next().unwrap();
         assert!(e.held.body_never_seen());

@@ -937,34 +937,20 @@ mod tests {
     fn a_client_id_selects_keys_only_for_its_own_issuer() {
         const OTHER: &str = "https://other-idp.example.com";
         let f = fixture();
-        let config = json!({
-            "issuers": [
+        let policy = hs256_client_policy(
+            json!([
                 {"issuer": ISS, "audiences": [AUD], "jwks": {"keys": [jwk_of(&f.key)]}},
                 {"issuer": OTHER, "audiences": [AUD], "jwks": {"keys": [jwk_of(&f.key)]}}
-            ],
-            "clients": [{"client_id": "alice-app", "issuer": ISS,
-                         "hmac_keys": [{"kid": "h1", "k": URL_SAFE_NO_PAD.encode([7u8; 32])}]}],
-            "rules": [{"prefix": "/", "require": "bearer", "signed_request": true}]
-        });
-        let policy = Policy::from_json(config.to_string().as_bytes()).unwrap();
+            ]),
+            Some(ISS),
+        );
         let pending_for = |issuer: &str| {
-            let t = signed_token(&f, issuer, &[("client_id", json!("alice-app"))]);
-            let auth = format!("Bearer {t}");
-            let header = json!({"alg": "HS256", "kid": "h1", "iat": NOW, "htm": "POST",
-                "htu": "https://api.example/pay", "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(&t))});
-            let signature = format!("{}..AAAA", URL_SAFE_NO_PAD.encode(header.to_string()));
-            let authorization = [auth.as_bytes()];
-            let signatures = [signature.as_bytes()];
-            let request = Request {
-                path: b"/pay",
-                authorization: &authorization,
-                method: b"POST",
-                scheme: b"https",
-                authority: b"api.example",
-                signature: &signatures,
-                form_body: false,
-            };
-            match decide(&policy, request, || None, &mut uncached(), NOW) {
+            let post = SignedPost::new(&signed_token(
+                &f,
+                issuer,
+                &[("client_id", json!("alice-app"))],
+            ));
+            match post.with(|request| decide(&policy, request, || None, &mut uncached(), NOW)) {
                 Verdict::NeedBody(pending) => Ok(pending.signature.and_then(|s| s.client)),
                 Verdict::Deny { reason, .. } => Err(reason),
                 other => panic!("{other:?}"),
@@ -972,6 +958,55 @@ mod tests {
         };
         assert_eq!(pending_for(ISS), Ok(Some(0)));
         assert_eq!(pending_for(OTHER), Err(Reason::RequestSignatureKeyUnknown));
+    }
+
+    /// A policy with the issuers `issuers` (JSON) and one client, `alice-app` (of `issuer`, if
+    /// given), signing with the HS256 key `h1`, on a signed `/` rule.
+    fn hs256_client_policy(issuers: Value, issuer: Option<&str>) -> Policy {
+        let mut client = json!({"client_id": "alice-app",
+            "hmac_keys": [{"kid": "h1", "k": URL_SAFE_NO_PAD.encode([7u8; 32])}]});
+        if let Some(issuer) = issuer {
+            client["issuer"] = json!(issuer);
+        }
+        let config = json!({
+            "issuers": issuers,
+            "clients": [client],
+            "rules": [{"prefix": "/", "require": "bearer", "signed_request": true}]
+        });
+        Policy::from_json(config.to_string().as_bytes()).unwrap()
+    }
+
+    /// `POST https://api.example/pay` with a token and an HS256 request signature by key `h1`
+    /// whose header fits the request, but whose signature bytes are not genuine.
+    struct SignedPost {
+        authorization: String,
+        signature: String,
+    }
+
+    impl SignedPost {
+        fn new(token: &str) -> Self {
+            let header = json!({"alg": "HS256", "kid": "h1", "iat": NOW, "htm": "POST",
+                "htu": "https://api.example/pay", "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(token))});
+            SignedPost {
+                authorization: format!("Bearer {token}"),
+                signature: format!("{}..AAAA", URL_SAFE_NO_PAD.encode(header.to_string())),
+            }
+        }
+
+        /// Runs `f` on the request's facts.
+        fn with<T>(&self, f: impl FnOnce(Request<'_, '_>) -> T) -> T {
+            let authorization = [self.authorization.as_bytes()];
+            let signature = [self.signature.as_bytes()];
+            f(Request {
+                path: b"/pay",
+                authorization: &authorization,
+                method: b"POST",
+                scheme: b"https",
+                authority: b"api.example",
+                signature: &signature,
+                form_body: false,
+            })
+        }
     }
 
     fn jwk_of(key: &ES256KeyPair) -> Value {
@@ -1120,32 +1155,14 @@ mod tests {
     #[test]
     fn a_signature_older_than_the_replay_record_remembers_is_refused() {
         let f = fixture();
-        let config = json!({
-            "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": {"keys": [jwk_of(&f.key)]}}],
-            "clients": [{"client_id": "alice-app",
-                         "hmac_keys": [{"kid": "h1", "k": URL_SAFE_NO_PAD.encode([7u8; 32])}]}],
-            "rules": [{"prefix": "/", "require": "bearer", "signed_request": true}]
-        });
-        let policy = Policy::from_json(config.to_string().as_bytes()).unwrap();
-        let t = signed_token(&f, ISS, &[("client_id", json!("alice-app"))]);
-        let auth = format!("Bearer {t}");
-        let header = json!({"alg": "HS256", "kid": "h1", "iat": NOW, "htm": "POST",
-            "htu": "https://api.example/pay", "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(&t))});
-        let signature = format!("{}..AAAA", URL_SAFE_NO_PAD.encode(header.to_string()));
-        let authorization = [auth.as_bytes()];
-        let signatures = [signature.as_bytes()];
-        let request = Request {
-            path: b"/pay",
-            authorization: &authorization,
-            method: b"POST",
-            scheme: b"https",
-            authority: b"api.example",
-            signature: &signatures,
-            form_body: false,
-        };
+        let policy = hs256_client_policy(
+            json!([{"issuer": ISS, "audiences": [AUD], "jwks": {"keys": [jwk_of(&f.key)]}}]),
+            None,
+        );
+        let post = SignedPost::new(&signed_token(&f, ISS, &[("client_id", json!("alice-app"))]));
         let finish = |since: u64| {
             let Verdict::NeedBody(pending) =
-                decide(&policy, request, || None, &mut uncached(), NOW)
+                post.with(|request| decide(&policy, request, || None, &mut uncached(), NOW))
             else {
                 panic!("not held for the body");
             };

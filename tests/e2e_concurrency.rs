@@ -4,11 +4,9 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use support::echo::EchoBackend;
 use support::envoy::{Bootstrap, Envoy};
@@ -16,7 +14,7 @@ use support::jws::{self, Signer};
 use support::jwt::Issuer;
 use support::keyserver::KeyServer;
 use support::pki::Pki;
-use support::repo_root;
+use support::run_interop_client;
 use support::scratch::ScratchDir;
 
 const ISSUER: &str = "https://idp.example.com";
@@ -28,7 +26,6 @@ const SIGNATURE_HEADER: &str = "x-payment-signature";
 /// Sends each request on `connections` keep-alive connections at once
 /// (tests/interop/race_client.py); the statuses, one list per request.
 fn race(envoy: &Envoy, pki: &Pki, connections: usize, requests: &[Vec<u8>]) -> Vec<Vec<u16>> {
-    let dir = ScratchDir::new("race");
     let spec = json!({
         "port": envoy.https_port(),
         "ca": pki.ca,
@@ -37,20 +34,7 @@ fn race(envoy: &Envoy, pki: &Pki, connections: usize, requests: &[Vec<u8>]) -> V
         "connections": connections,
         "requests": requests.iter().map(|r| STANDARD.encode(r)).collect::<Vec<_>>(),
     });
-    let spec_file = dir.join("spec.json");
-    std::fs::write(&spec_file, spec.to_string()).expect("write the race spec");
-    let output = Command::new(repo_root().join(".venv/bin/python"))
-        .arg(repo_root().join("tests/interop/race_client.py"))
-        .arg(&spec_file)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the race client");
-    assert!(
-        output.status.success(),
-        "race client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: Value = serde_json::from_slice(&output.stdout).expect("race client output");
+    let result = run_interop_client("race_client.py", &spec);
     result["statuses"]
         .as_array()
         .expect("statuses")

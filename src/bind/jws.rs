@@ -605,32 +605,19 @@ mod tests {
     }
 
     /// What production does with a signature, in one call: the checks on the headers
-    /// (`check_request`), then the signature over the body (`verify_body`), as
-    /// `verdict::Pending` runs them.
-    trait CheckThenVerify {
-        fn check_then_verify(
-            &self,
-            request: &SignedRequest<'_>,
-            body: &[u8],
-            token: &str,
-            keys: SigningKeys<'_>,
-            now: u64,
-        ) -> Result<(), Reason>;
-    }
-
-    impl CheckThenVerify for DetachedJws {
-        fn check_then_verify(
-            &self,
-            request: &SignedRequest<'_>,
-            body: &[u8],
-            token: &str,
-            keys: SigningKeys<'_>,
-            now: u64,
-        ) -> Result<(), Reason> {
-            self.check_request(request, token, WINDOW, now)?;
-            self.check_window(WINDOW, now)?;
-            self.verify_body(keys, body, &InVm)
-        }
+    /// (`check_request`, `check_window`), then the signature over the body (`verify_body`),
+    /// as `verdict::Pending` runs them.
+    fn check_then_verify(
+        jws: &DetachedJws,
+        request: &SignedRequest<'_>,
+        body: &[u8],
+        token: &str,
+        keys: SigningKeys<'_>,
+        now: u64,
+    ) -> Result<(), Reason> {
+        jws.check_request(request, token, WINDOW, now)?;
+        jws.check_window(WINDOW, now)?;
+        jws.verify_body(keys, body, &InVm)
     }
 
     // A request signed the way a client would, with an ES256 key of its own (cnf.jwk).
@@ -690,7 +677,8 @@ mod tests {
         body: &[u8],
         now: u64,
     ) -> Result<(), Reason> {
-        DetachedJws::parse(jws.as_bytes())?.check_then_verify(
+        check_then_verify(
+            &DetachedJws::parse(jws.as_bytes())?,
             request,
             body,
             TOKEN,
@@ -746,7 +734,8 @@ mod tests {
             Err(Reason::RequestSignatureMismatch)
         );
         let parsed = DetachedJws::parse(jws.as_bytes()).unwrap();
-        let other_token = parsed.check_then_verify(
+        let other_token = check_then_verify(
+            &parsed,
             &REQUEST,
             BODY,
             "another.token.x",
@@ -804,9 +793,8 @@ mod tests {
             hmac_keys: &[],
         };
         let run = |header: Value| {
-            DetachedJws::parse(sign(&c, header, BODY).as_bytes())
-                .unwrap()
-                .check_then_verify(&REQUEST, BODY, TOKEN, keys, NOW)
+            let jws = DetachedJws::parse(sign(&c, header, BODY).as_bytes()).unwrap();
+            check_then_verify(&jws, &REQUEST, BODY, TOKEN, keys, NOW)
         };
         assert_eq!(run(request_header()), Ok(()));
         let mut no_kid = request_header();
@@ -843,7 +831,7 @@ mod tests {
         };
         let parsed = DetachedJws::parse(jws.as_bytes()).unwrap();
         assert_eq!(
-            parsed.check_then_verify(&REQUEST, BODY, TOKEN, keys, NOW),
+            check_then_verify(&parsed, &REQUEST, BODY, TOKEN, keys, NOW),
             Ok(())
         );
         let wrong = [HmacKey {
@@ -855,7 +843,7 @@ mod tests {
             hmac_keys: &wrong,
         };
         assert_eq!(
-            parsed.check_then_verify(&REQUEST, BODY, TOKEN, keys, NOW),
+            check_then_verify(&parsed, &REQUEST, BODY, TOKEN, keys, NOW),
             Err(Reason::RequestSignatureInvalid)
         );
     }

@@ -3,15 +3,12 @@
 //! by `tests/interop/h2_client.py` (Python's `h2`, an independent HTTP/2 implementation),
 //! because curl can do none of it.
 
-use std::process::{Command, Stdio};
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::pki::{ClientCert, Pki};
-use super::repo_root;
-use super::scratch::ScratchDir;
+use super::run_interop_client;
 
 /// The wire protocol of a [`Frames`] run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,7 +139,6 @@ impl<'a> Frames<'a> {
 
     /// Sends the streams and returns their answers, in order.
     pub fn send(&self, streams: &[Stream]) -> Vec<Answer> {
-        let dir = ScratchDir::new("frames");
         let spec = json!({
             "port": self.port,
             "ca": self.pki.ca,
@@ -155,23 +151,7 @@ impl<'a> Frames<'a> {
                 "events": s.events,
             })).collect::<Vec<_>>(),
         });
-        let spec_file = dir.join("spec.json");
-        std::fs::write(&spec_file, spec.to_string()).expect("write the frame spec");
-        let output = Command::new(repo_root().join(".venv/bin/python"))
-            .arg(repo_root().join("tests/interop/h2_client.py"))
-            .arg(&spec_file)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run the h2 client (run `make setup`): {e}"));
-        assert!(
-            output.status.success(),
-            "h2 client failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        if std::env::var_os("H2_DEBUG").is_some() {
-            eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-        }
-        let result: Value = serde_json::from_slice(&output.stdout).expect("h2 client output");
+        let result = run_interop_client("h2_client.py", &spec);
         result["streams"]
             .as_array()
             .expect("streams")

@@ -64,6 +64,27 @@ pub fn openssl(args: &[&str]) -> Vec<u8> {
     output.stdout
 }
 
+/// Runs the test client `tests/interop/<script>` with the project's Python (`.venv`, made by
+/// `make setup`) on `spec`, written to a JSON file; its output, as JSON. Panics with the
+/// client's stderr if it fails (and shows its stderr anyway when `H2_DEBUG` is set).
+pub fn run_interop_client(script: &str, spec: &serde_json::Value) -> serde_json::Value {
+    let dir = scratch::ScratchDir::new("client");
+    let spec_file = dir.join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).expect("write the client spec");
+    let output = Command::new(repo_root().join(".venv/bin/python"))
+        .arg(repo_root().join("tests/interop").join(script))
+        .arg(&spec_file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script} (run `make setup`): {e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{script} failed: {stderr}");
+    if std::env::var_os("H2_DEBUG").is_some() {
+        eprintln!("{stderr}");
+    }
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{script} output: {e}"))
+}
+
 /// Seconds since the Unix epoch, as JWT `NumericDate` values are counted (RFC 7519 §2).
 pub fn now() -> i64 {
     let since_epoch = std::time::SystemTime::now()
