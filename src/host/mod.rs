@@ -111,6 +111,7 @@ impl Context for Root {
         _trailers: usize,
     ) {
         if let Some(shared) = &self.shared {
+            let now_ms = now_millis();
             let answer = fetch::read_answer(headers, body_size);
             let events = {
                 let mut keys = shared.fetched.borrow_mut();
@@ -119,11 +120,11 @@ impl Context for Root {
                     answer,
                     &shared.policy.jwks_endpoints,
                     &mut keys,
-                    now_seconds(),
+                    now_ms / 1000,
                 )
             };
             fetch::report(shared, events);
-            resolve_held(shared);
+            resolve_held(shared, now_ms);
         }
     }
 }
@@ -216,17 +217,18 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
+            let now_ms = now_millis();
             let events = {
                 let mut keys = shared.fetched.borrow_mut();
                 shared.fetcher.borrow_mut().refresh(
                     &shared.policy.jwks_endpoints,
                     &mut keys,
-                    now_seconds(),
+                    now_ms / 1000,
                     &mut fetch::dispatch,
                 )
             };
             fetch::report(shared, events);
-            resolve_held(shared);
+            resolve_held(shared, now_ms);
         }
     }
 
@@ -262,13 +264,10 @@ impl HttpContext for Filter {
                 return refuse(Some(&shared), reason, None);
             }
         };
+        // The host's clock, read once for the whole callback.
+        let now_ms = now_millis();
         let request = Entry {
-            held: Held::new(
-                now_millis(),
-                end_of_stream,
-                facts.content_length,
-                shared.limits,
-            ),
+            held: Held::new(now_ms, end_of_stream, facts.content_length, shared.limits),
             token_fp: None,
             request: RequestState {
                 facts,
@@ -283,6 +282,7 @@ impl HttpContext for Filter {
             request,
             Step::Decide { may_wait: true },
             true,
+            now_ms,
         )
     }
 
@@ -333,7 +333,7 @@ impl Filter {
             return Action::Continue;
         };
         let step = event(&mut request.held);
-        drive(&shared, self.context_id, request, step, true)
+        drive(&shared, self.context_id, request, step, true, now_millis())
     }
 }
 
@@ -346,13 +346,14 @@ fn drive(
     request: Entry<RequestState>,
     step: Step,
     in_callback: bool,
+    now_ms: u64,
 ) -> Action {
     let driven = shared.held.borrow_mut().drive(
         context_id,
         request,
         step,
-        &mut Deciding { shared },
-        now_millis(),
+        &mut Deciding { shared, now_ms },
+        now_ms,
     );
     match driven {
         Driven::Held => Action::Pause,
@@ -377,23 +378,29 @@ fn drive(
     }
 }
 
-/// The verdict, the keys and the body, for the table's steps.
+/// The verdict, the keys and the body, for the table's steps, at the callback's time.
 struct Deciding<'a> {
     shared: &'a Shared,
+    now_ms: u64,
 }
 
 impl Pipeline<RequestState> for Deciding<'_> {
     fn decide(&mut self, entry: &mut Entry<RequestState>, may_wait: bool) -> Decision {
-        decide_again(self.shared, entry, may_wait)
+        decide_again(self.shared, entry, may_wait, self.now_ms / 1000)
     }
 
     fn verify(&mut self, entry: &mut Entry<RequestState>) -> Result<(), Reason> {
-        verify_body(self.shared, entry)
+        verify_body(self.shared, entry, self.now_ms / 1000)
     }
 }
 
 /// Decides a request on its headers (again, after a wait for keys).
-fn decide_again(shared: &Shared, entry: &mut Entry<RequestState>, may_wait: bool) -> Decision {
+fn decide_again(
+    shared: &Shared,
+    entry: &mut Entry<RequestState>,
+    may_wait: bool,
+    now: u64,
+) -> Decision {
     let policy = &shared.policy;
     let request = &mut entry.request;
     let facts = &request.facts;
@@ -408,7 +415,6 @@ fn decide_again(shared: &Shared, entry: &mut Entry<RequestState>, may_wait: bool
         signature: &signature,
         form_body: facts.form_body,
     };
-    let now = now_seconds();
     // The connection's certificate is read once, when a binding first needs it.
     let mut peer = request.peer;
     let mut read_peer = || {
@@ -445,7 +451,7 @@ fn decide_again(shared: &Shared, entry: &mut Entry<RequestState>, may_wait: bool
 
 /// Verifies a held request's signature over its whole body (buffered by Envoy) and records
 /// it against replay.
-fn verify_body(shared: &Shared, entry: &mut Entry<RequestState>) -> Result<(), Reason> {
+fn verify_body(shared: &Shared, entry: &mut Entry<RequestState>, now: u64) -> Result<(), Reason> {
     let pending = entry.request.pending.take().ok_or(Reason::HostError)?;
     let size = entry.held.complete_body().ok_or(Reason::HostError)?;
     let body = if size == 0 {
@@ -464,7 +470,7 @@ fn verify_body(shared: &Shared, entry: &mut Entry<RequestState>) -> Result<(), R
         &body,
         shared.crypto.as_ref(),
         &mut &shared.replay,
-        now_seconds(),
+        now,
     )?;
     entry.request.headers = headers;
     Ok(())
@@ -472,20 +478,20 @@ fn verify_body(shared: &Shared, entry: &mut Entry<RequestState>) -> Result<(), R
 
 /// Decides again the held requests that are due: those whose key set has been (re)loaded,
 /// and those whose wait or body deadline has run out.
-fn resolve_held(shared: &Shared) {
+fn resolve_held(shared: &Shared, now_ms: u64) {
     let due = {
         let fetched = shared.fetched.borrow();
         shared
             .held
             .borrow_mut()
-            .due(now_millis(), |set| fetched.fetched_at(set))
+            .due(now_ms, |set| fetched.fetched_at(set))
     };
     for (context_id, request, step) in due {
         // The request's stream may be gone; then there is nothing to decide.
         if hostcalls::set_effective_context(context_id).is_err() {
             continue;
         }
-        drive(shared, context_id, request, step, false);
+        drive(shared, context_id, request, step, false, now_ms);
     }
 }
 
