@@ -63,6 +63,16 @@ const TOKEN_PARAMETERS: [&str; 2] = [QUERY_PARAMETER, "bearer_token"];
 /// servers), spaces around it trimmed, ASCII case, ` ` or `.` read as `_` (PHP), and the
 /// bracket syntax of PHP, Rack and Node's `qs` (see [`names_read_from`]).
 fn is_access_token_name(raw: &[u8]) -> bool {
+    // A plain name (the usual case) needs none of the normalisations below: compared as it is,
+    // without allocating.
+    let plain = !raw
+        .iter()
+        .any(|b| matches!(b, b'%' | b'+' | b'[' | b'.' | 0) || b.is_ascii_whitespace());
+    if plain {
+        return TOKEN_PARAMETERS
+            .iter()
+            .any(|parameter| raw.eq_ignore_ascii_case(parameter.as_bytes()));
+    }
     let mut name = raw.to_vec();
     for _ in 0..DECODING_ROUNDS {
         let decoded = form_decode(&name);

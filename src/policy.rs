@@ -196,6 +196,11 @@ pub fn is_normalized(path: &str) -> bool {
     {
         return false;
     }
+    // Without escapes the path is visible ASCII, checked above: nothing to decode (the usual
+    // case, and no allocation on the request path).
+    if !bytes.contains(&b'%') {
+        return true;
+    }
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
