@@ -10,9 +10,10 @@ use serde_json::Value;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
+use crate::bind::dpop::{self, Nonces};
 use crate::bind::jws::{HmacKey, MIN_HMAC_KEY_BYTES};
 use crate::cache::{DEFAULT_ENTRIES, MAX_ENTRIES};
-use crate::jwk::parse_jwks;
+use crate::jwk::{parse_jwks, Alg};
 use crate::keyset::{JwksEndpoint, KeySource, DEFAULT_REFRESH_SECONDS, DEFAULT_TIMEOUT_MS};
 use crate::policy::{Require, Rule, Rules};
 use crate::token::{Issuer, TimeLimits};
@@ -94,7 +95,33 @@ struct RawConfig {
     max_held_requests: usize,
     #[serde(default)]
     form_body_tokens: FormBodyTokens,
+    dpop: Option<RawDpop>,
 }
+
+/// DPoP (RFC 9449) proofs: `dpop`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDpop {
+    algs: Option<Vec<String>>,
+    #[serde(default = "default_dpop_max_age")]
+    max_age_seconds: u64,
+    nonce_secret: Option<RawSecret>,
+    #[serde(default = "default_nonce_lifetime")]
+    nonce_lifetime_seconds: u64,
+}
+
+fn default_dpop_max_age() -> u64 {
+    dpop::DEFAULT_MAX_AGE_SECONDS
+}
+
+fn default_nonce_lifetime() -> u64 {
+    dpop::DEFAULT_NONCE_LIFETIME_SECONDS
+}
+
+/// Bounds of `dpop.max_age_seconds`.
+pub const DPOP_MAX_AGE_RANGE: std::ops::RangeInclusive<u64> = 1..=3600;
+/// Bounds of `dpop.nonce_lifetime_seconds`.
+pub const NONCE_LIFETIME_RANGE: std::ops::RangeInclusive<u64> = 10..=86_400;
 
 /// What to do with an `application/x-www-form-urlencoded` body on a route that examines a
 /// token (RFC 6750 §2.2 lets a client send the token as its `access_token` parameter).
@@ -144,6 +171,8 @@ struct RawRule {
     require: Require,
     #[serde(default)]
     signed_request: bool,
+    #[serde(default)]
+    dpop_nonce: bool,
     #[serde(default = "default_true")]
     case_sensitive: bool,
 }
@@ -378,6 +407,8 @@ pub struct Policy {
     /// The most requests one worker VM holds at once (for a key set or a body).
     pub max_held_requests: usize,
     pub form_body_tokens: FormBodyTokens,
+    /// How DPoP proofs are checked (defaults without a `dpop` block).
+    pub dpop: dpop::Settings,
     /// Things worth logging at start-up that are not errors (skipped JWKS keys).
     pub notes: Vec<String>,
 }
@@ -471,6 +502,7 @@ impl Policy {
                     prefix: r.prefix,
                     require: r.require,
                     signed_request: r.signed_request,
+                    dpop_nonce: r.dpop_nonce,
                     case_sensitive: r.case_sensitive,
                 })
                 .collect(),
@@ -484,6 +516,14 @@ impl Policy {
         )?;
         let claims_to_headers = compile_claim_headers(raw.claims_to_headers)?;
         let signed_requests = compile_signed_requests(raw.signed_requests, &claims_to_headers)?;
+        let dpop = compile_dpop(raw.dpop, environment)?;
+        if dpop.nonces.is_none() {
+            if let Some(i) = rules.iter().position(|rule| rule.dpop_nonce) {
+                return Err(format!(
+                    "rules[{i}].dpop_nonce needs dpop.nonce_secret: nonces are made with it"
+                ));
+            }
+        }
         Ok(Policy {
             issuers,
             rules,
@@ -499,6 +539,7 @@ impl Policy {
             signed_requests,
             max_held_requests: raw.max_held_requests,
             form_body_tokens: raw.form_body_tokens,
+            dpop,
             notes,
         })
     }
@@ -674,6 +715,67 @@ fn compile_signed_requests(
         max_body_bytes: raw.max_body_bytes,
         body_timeout_ms: raw.body_timeout_ms,
     })
+}
+
+fn compile_dpop(
+    raw: Option<RawDpop>,
+    environment: Environment<'_>,
+) -> Result<dpop::Settings, String> {
+    let Some(raw) = raw else {
+        return Ok(dpop::Settings::default());
+    };
+    let algs = match raw.algs {
+        None => dpop::DEFAULT_ALGS.to_vec(),
+        Some(names) => {
+            let mut algs: Vec<Alg> = Vec::with_capacity(names.len());
+            for (i, name) in names.iter().enumerate() {
+                // `Alg` has no `none` and no MAC: RFC 9449 §4.3 check 5 wants an asymmetric
+                // algorithm, so that only the key's holder can make a proof.
+                let alg = Alg::from_name(name).ok_or_else(|| {
+                    format!("dpop.algs[{i}] {name:?} is not an asymmetric JWS algorithm Tether verifies")
+                })?;
+                if algs.contains(&alg) {
+                    return Err(format!("dpop.algs[{i}] {name:?} is listed twice"));
+                }
+                algs.push(alg);
+            }
+            if algs.is_empty() {
+                return Err("dpop.algs must name at least one algorithm".into());
+            }
+            algs
+        }
+    };
+    if !DPOP_MAX_AGE_RANGE.contains(&raw.max_age_seconds) {
+        return Err(format!(
+            "dpop.max_age_seconds must be between {} and {}",
+            DPOP_MAX_AGE_RANGE.start(),
+            DPOP_MAX_AGE_RANGE.end()
+        ));
+    }
+    if !NONCE_LIFETIME_RANGE.contains(&raw.nonce_lifetime_seconds) {
+        return Err(format!(
+            "dpop.nonce_lifetime_seconds must be between {} and {}",
+            NONCE_LIFETIME_RANGE.start(),
+            NONCE_LIFETIME_RANGE.end()
+        ));
+    }
+    let nonces = match raw.nonce_secret {
+        None => None,
+        Some(secret) => {
+            let secret = secret.resolve("dpop.nonce_secret", environment)?;
+            let secret = URL_SAFE_NO_PAD
+                .decode(secret.trim())
+                .map_err(|_| "dpop.nonce_secret is not unpadded base64url".to_string())?;
+            if secret.len() < dpop::MIN_NONCE_SECRET_BYTES {
+                return Err(format!(
+                    "dpop.nonce_secret must be at least {} bytes",
+                    dpop::MIN_NONCE_SECRET_BYTES
+                ));
+            }
+            Some(Nonces::new(secret, raw.nonce_lifetime_seconds))
+        }
+    };
+    Ok(dpop::Settings::new(algs, raw.max_age_seconds, nonces, true))
 }
 
 fn compile_claim_headers(raw: Vec<RawClaimHeader>) -> Result<Vec<ClaimHeader>, String> {
@@ -941,6 +1043,95 @@ mod tests {
 
     /// Issue 7 ("secrets in Envoy's config dump"): an HMAC key given by the name of an
     /// environment variable of the VM.
+    /// Issue 9's configuration example.
+    #[test]
+    fn dpop_contract_example_parses() {
+        let secret = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let mut c = contract();
+        c["dpop"] = json!({"algs": ["ES256", "EdDSA"], "max_age_seconds": 60,
+                           "nonce_secret": secret, "nonce_lifetime_seconds": 300});
+        c["rules"] = json!([{"prefix": "/transfers", "require": "dpop", "dpop_nonce": true},
+                            {"prefix": "/", "require": "bound"}]);
+        let policy = parse(&c).unwrap();
+        assert_eq!(policy.dpop.algs, vec![Alg::Es256, Alg::EdDsa]);
+        assert_eq!(policy.dpop.algs_challenge, "ES256 EdDSA");
+        assert!(policy.dpop.nonces.is_some() && policy.dpop.announced);
+        let route = policy.rules.requirement("/transfers/1");
+        assert_eq!(route.require, Require::Dpop);
+        assert!(route.dpop_nonce);
+    }
+
+    #[test]
+    fn dpop_defaults_apply_without_a_dpop_block() {
+        let policy = parse(&contract()).unwrap();
+        assert_eq!(policy.dpop.algs_challenge, "ES256 ES384 EdDSA PS256 RS256");
+        assert_eq!(policy.dpop.max_age_seconds, 60);
+        assert!(policy.dpop.nonces.is_none() && !policy.dpop.announced);
+        // A `dpop` route needs no block: the defaults serve it.
+        let mut c = contract();
+        c["rules"] = json!([{"prefix": "/", "require": "dpop"}]);
+        assert!(parse(&c).is_ok());
+        c["dpop"] = json!({});
+        let policy = parse(&c).unwrap();
+        assert!(policy.dpop.announced && policy.dpop.nonces.is_none());
+        assert_eq!(policy.dpop.algs.len(), 5);
+    }
+
+    #[test]
+    fn dpop_settings_are_checked() {
+        let secret = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let bad = [
+            (json!({"algs": ["none"]}), "dpop.algs[0]"),
+            (json!({"algs": ["HS256"]}), "dpop.algs[0]"),
+            (json!({"algs": ["ES256", "ES256"]}), "listed twice"),
+            (json!({"algs": []}), "at least one"),
+            (json!({"max_age_seconds": 0}), "dpop.max_age_seconds"),
+            (json!({"max_age_seconds": 3601}), "dpop.max_age_seconds"),
+            (
+                json!({"nonce_lifetime_seconds": 9}),
+                "dpop.nonce_lifetime_seconds",
+            ),
+            (
+                json!({"nonce_lifetime_seconds": 86_401}),
+                "dpop.nonce_lifetime_seconds",
+            ),
+            (json!({"nonce_secret": "c2hvcnQ"}), "at least 32 bytes"),
+            (json!({"nonce_secret": "not base64!"}), "unpadded base64url"),
+            (
+                json!({"nonce_secret": secret, "nonce_ttl": 5}),
+                "unknown field",
+            ),
+        ];
+        for (dpop, expected) in bad {
+            let mut c = contract();
+            c["dpop"] = dpop.clone();
+            let err = parse(&c).unwrap_err().0;
+            assert!(err.contains(expected), "{dpop}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_nonce_route_needs_a_nonce_secret_and_a_token() {
+        let mut c = contract();
+        c["rules"] = json!([{"prefix": "/transfers", "require": "dpop", "dpop_nonce": true}]);
+        let err = parse(&c).unwrap_err().0;
+        assert!(
+            err.contains("rules[0].dpop_nonce needs dpop.nonce_secret"),
+            "{err}"
+        );
+        c["dpop"] = json!({"algs": ["ES256"]});
+        assert!(parse(&c).is_err());
+        c["dpop"] = json!({"nonce_secret": {"env": "TETHER_NONCE"}});
+        let secret = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let env = |name: &str| (name == "TETHER_NONCE").then(|| secret.clone());
+        assert!(Policy::from_json_with(c.to_string().as_bytes(), &env).is_ok());
+        c["rules"] = json!([{"prefix": "/public", "require": "none", "dpop_nonce": true}]);
+        let err = Policy::from_json_with(c.to_string().as_bytes(), &env)
+            .unwrap_err()
+            .0;
+        assert!(err.contains("cannot go with require \"none\""), "{err}");
+    }
+
     #[test]
     fn hmac_key_from_the_environment() {
         const K: &str = "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow";

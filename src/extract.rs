@@ -1,7 +1,7 @@
 //! Where the access token is: the `Authorization` header, and nowhere else.
 //!
 //! RFC 6750 §2 allows three ways to send a Bearer token. Tether accepts only the
-//! `Authorization` header (§2.1). A token in the URI query (§2.3) is refused: URLs are
+//! `Authorization` header (§2.1), with the `Bearer` or the `DPoP` scheme (RFC 9449 §7.1). A token in the URI query (§2.3) is refused: URLs are
 //! logged by proxies and servers and leak through `Referer`, so such a token must be
 //! treated as already stolen. The form-body method (§2.2) is never read.
 
@@ -121,16 +121,26 @@ fn names_read_from(name: &[u8]) -> Vec<&[u8]> {
     }
 }
 
-/// Reads the Bearer token from the request's `Authorization` header values (raw bytes,
-/// one per header line).
+/// The authentication scheme an access token is presented with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Bearer` (RFC 6750 §2.1).
+    Bearer,
+    /// `DPoP` (RFC 9449 §7.1): the token comes with a proof in the `DPoP` header.
+    Dpop,
+}
+
+/// Reads the access token and its scheme from the request's `Authorization` header values
+/// (raw bytes, one per header line): `Bearer` (RFC 6750 §2.1) or `DPoP` (RFC 9449 §7.1), the
+/// scheme case-insensitive (RFC 9110 §11.1); both carry a `token68`, a b64token.
 ///
 /// More than one `Authorization` header is ambiguous (an upstream might use another one
 /// than Tether checked) and refused (RFC 6750 §3.1, `invalid_request`). Envoy hands a
 /// filter some repeated headers joined with `,`; a `b64token` (RFC 6750 §2.1) never
-/// contains a comma, so a comma in a Bearer credential is refused the same way.
+/// contains a comma, so a comma in a credential is refused the same way.
 ///
-/// `Ok(None)` means no Bearer credential: no header, or another scheme (`Basic`, ...).
-pub fn bearer_token<'r>(authorization: &[&'r [u8]]) -> Result<Option<&'r str>, Reason> {
+/// `Ok(None)` means no access token: no header, or another scheme (`Basic`, ...).
+pub fn credential<'r>(authorization: &[&'r [u8]]) -> Result<Option<(Scheme, &'r str)>, Reason> {
     let value = match authorization {
         [] => return Ok(None),
         [value] => *value,
@@ -140,10 +150,13 @@ pub fn bearer_token<'r>(authorization: &[&'r [u8]]) -> Result<Option<&'r str>, R
     let value = std::str::from_utf8(value).map_err(|_| Reason::MalformedAuthorization)?;
     let value = value.trim_matches(|c| c == ' ' || c == '\t');
     let (scheme, credential) = value.split_once(' ').unwrap_or((value, ""));
-    // The auth-scheme is case-insensitive (RFC 7235 §2.1).
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Ok(None);
-    }
+    };
     if credential.contains(',') {
         return Err(Reason::MultipleAuthorization);
     }
@@ -157,7 +170,7 @@ pub fn bearer_token<'r>(authorization: &[&'r [u8]]) -> Result<Option<&'r str>, R
     if !is_b64token(token) {
         return Err(Reason::MalformedAuthorization);
     }
-    Ok(Some(token))
+    Ok(Some((scheme, token)))
 }
 
 /// RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
@@ -172,6 +185,30 @@ fn is_b64token(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The token of a `Bearer` credential.
+    fn bearer_token<'r>(authorization: &[&'r [u8]]) -> Result<Option<&'r str>, Reason> {
+        credential(authorization).map(|c| c.filter(|(s, _)| *s == Scheme::Bearer).map(|(_, t)| t))
+    }
+
+    #[test]
+    fn dpop_scheme_is_read_case_insensitively() {
+        for value in ["DPoP abc.def.ghi", "dpop abc.def.ghi", "DPOP  abc.def.ghi"] {
+            assert_eq!(
+                credential(&[value.as_bytes()]),
+                Ok(Some((Scheme::Dpop, "abc.def.ghi")))
+            );
+        }
+        assert_eq!(
+            credential(&["DPoP".as_bytes()]),
+            Err(Reason::MalformedAuthorization)
+        );
+        assert_eq!(
+            credential(&["DPoP a,DPoP b".as_bytes()]),
+            Err(Reason::MultipleAuthorization)
+        );
+        assert_eq!(credential(&["DPoPabc".as_bytes()]), Ok(None));
+    }
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {

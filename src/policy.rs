@@ -16,6 +16,9 @@ pub enum Require {
     Mtls,
     /// A valid access token whose `cnf` names a binding that the request proves.
     Bound,
+    /// A valid DPoP-bound access token (`cnf.jkt`) presented with the `DPoP` scheme and a valid
+    /// proof (RFC 9449 §7).
+    Dpop,
 }
 
 /// The requirement applied when no rule matches: the strictest one.
@@ -29,6 +32,8 @@ pub struct Rule {
     pub require: Require,
     /// Whether every request must carry a valid request signature.
     pub signed_request: bool,
+    /// Whether DPoP proofs on this route must carry a nonce Tether issued (RFC 9449 §8).
+    pub dpop_nonce: bool,
     /// Whether `prefix` matches case-sensitively (the default, like Envoy's route
     /// `case_sensitive`). Turn it off where Envoy's route or the back end ignores case,
     /// or `/ORDERS` would skip the `/orders` rule and still reach the orders service.
@@ -107,12 +112,14 @@ fn shadowing(earlier: &[Rule], rule: &Rule) -> Option<usize> {
 pub struct Route {
     pub require: Require,
     pub signed_request: bool,
+    pub dpop_nonce: bool,
 }
 
 /// The route applied when no rule matches: the strictest requirement, no signature.
 const DEFAULT_ROUTE: Route = Route {
     require: DEFAULT_REQUIRE,
     signed_request: false,
+    dpop_nonce: false,
 };
 
 /// The ordered rules of a policy.
@@ -132,6 +139,11 @@ impl Rules {
                     "rules[{i}].signed_request needs a token: it cannot go with require \"none\""
                 ));
             }
+            if rule.dpop_nonce && rule.require == Require::None {
+                return Err(format!(
+                    "rules[{i}].dpop_nonce needs a token: it cannot go with require \"none\""
+                ));
+            }
             if let Some(j) = shadowing(&rules[..i], rule) {
                 return Err(format!(
                     "rules[{i}] (prefix {:?}) can never match: rules[{j}] (prefix {:?}) comes first",
@@ -140,6 +152,11 @@ impl Rules {
             }
         }
         Ok(Rules(rules))
+    }
+
+    /// The rules, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        self.0.iter()
     }
 
     /// The route for a request path (the `:path` pseudo-header, query included).
@@ -151,6 +168,7 @@ impl Rules {
             .map_or(DEFAULT_ROUTE, |rule| Route {
                 require: rule.require,
                 signed_request: rule.signed_request,
+                dpop_nonce: rule.dpop_nonce,
             })
     }
 }
@@ -230,6 +248,7 @@ mod tests {
             prefix: prefix.to_string(),
             require,
             signed_request: false,
+            dpop_nonce: false,
             case_sensitive: true,
         }
     }

@@ -22,6 +22,11 @@ pub enum ErrorCode {
     Unavailable,
     /// The access token, or its proof of possession, is not acceptable (401).
     InvalidToken,
+    /// The DPoP proof is missing or not acceptable (401, RFC 9449 §7.1).
+    InvalidDpopProof,
+    /// The route asks for a DPoP proof with a fresh server nonce (401, RFC 9449 §8): the
+    /// response carries one in `DPoP-Nonce`.
+    UseDpopNonce,
 }
 
 impl ErrorCode {
@@ -34,6 +39,8 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => Some("invalid_request"),
             ErrorCode::InvalidToken => Some("invalid_token"),
             ErrorCode::InvalidSignature => Some("invalid_signature"),
+            ErrorCode::InvalidDpopProof => Some("invalid_dpop_proof"),
+            ErrorCode::UseDpopNonce => Some("use_dpop_nonce"),
         }
     }
 }
@@ -119,8 +126,8 @@ reasons! {
     AudienceMismatch => "audience_mismatch", 401, InvalidToken, "token audience is not accepted";
     /// The route requires a sender-constrained token and the token has no (or an empty) `cnf`.
     NotSenderConstrained => "not_sender_constrained", 401, InvalidToken, "token is not sender-constrained";
-    /// The token's `cnf` names a proof this route cannot check (for example `jkt` before
-    /// DPoP support), or a route requiring a certificate binding got another kind.
+    /// The token's `cnf` names a confirmation method Tether cannot prove (`jku`, `kid`, ...):
+    /// accepting it without its proof would make it a bearer token.
     BindingUnsupported => "binding_unsupported", 401, InvalidToken, "token binding cannot be proved";
     /// `cnf` is not a JSON object, or its `x5t#S256` is not a base64url SHA-256 digest.
     CnfMalformed => "cnf_malformed", 401, InvalidToken, "token confirmation claim is malformed";
@@ -143,8 +150,52 @@ reasons! {
     RequestSignatureInvalid => "request_signature_invalid", 401, InvalidSignature, "request signature is invalid";
     /// The signature was already used: a captured request replayed.
     RequestSignatureReplayed => "request_signature_replayed", 401, InvalidSignature, "request signature was already used";
-    /// The replay store has no room for a new signature: fail closed rather than forget.
-    ReplayStoreFull => "replay_store_full", 503, Unavailable, "request signatures cannot be checked for replay right now";
+    /// The replay store has no room for a new signature or DPoP proof: fail closed rather
+    /// than forget.
+    ReplayStoreFull => "replay_store_full", 503, Unavailable, "signatures cannot be checked for replay right now";
+    /// A DPoP-bound token (`cnf.jkt`) presented with the `Bearer` scheme: a downgrade that
+    /// would skip its proof (RFC 9449 §7.2). Refused on every route.
+    DpopTokenAsBearer => "dpop_token_as_bearer", 401, InvalidToken, "a DPoP-bound token must be presented with the DPoP scheme";
+    /// A token presented with the `DPoP` scheme has no `cnf.jkt`: there is no key for the proof
+    /// to prove (RFC 9449 §7.1).
+    TokenNotDpopBound => "token_not_dpop_bound", 401, InvalidToken, "token is not bound to a DPoP key";
+    /// The `DPoP` scheme without a `DPoP` header (RFC 9449 §7.1).
+    DpopProofMissing => "dpop_proof_missing", 401, InvalidDpopProof, "no DPoP proof";
+    /// More than one `DPoP` header, or one holding a comma-joined list (RFC 9449 §4.3 check 1).
+    MultipleDpopProofs => "multiple_dpop_proofs", 401, InvalidDpopProof, "more than one DPoP proof";
+    /// The proof is not a compact JWS with JSON header and claims, is larger than 8 KiB, repeats
+    /// a member, or names a `crit` extension (RFC 9449 §4.3 check 2).
+    DpopProofMalformed => "dpop_proof_malformed", 401, InvalidDpopProof, "DPoP proof is not a well-formed JWT";
+    /// The proof's `typ` is not `dpop+jwt` (RFC 9449 §4.3 check 4).
+    DpopProofTypeInvalid => "dpop_proof_type_invalid", 401, InvalidDpopProof, "DPoP proof typ is not dpop+jwt";
+    /// The proof's `alg` is not in `dpop.algs` (never `none`, never a MAC; §4.3 check 5).
+    DpopAlgorithmNotAllowed => "dpop_algorithm_not_allowed", 401, InvalidDpopProof, "DPoP proof algorithm is not allowed";
+    /// The proof's `jwk` is missing, holds private members, is of an unsupported type or size,
+    /// or does not fit `alg` (RFC 9449 §4.3 check 7).
+    DpopKeyInvalid => "dpop_key_invalid", 401, InvalidDpopProof, "DPoP proof key is missing, private or unsupported";
+    /// The proof's signature does not verify with its `jwk` (RFC 9449 §4.3 check 6).
+    DpopSignatureInvalid => "dpop_signature_invalid", 401, InvalidDpopProof, "DPoP proof signature is invalid";
+    /// The proof has no `jti`, or one longer than 256 bytes (RFC 9449 §4.2, §4.3 check 3).
+    DpopJtiInvalid => "dpop_jti_invalid", 401, InvalidDpopProof, "DPoP proof jti is missing or too long";
+    /// The proof's `htm` is not the request's method (RFC 9449 §4.3 check 8).
+    DpopMethodMismatch => "dpop_method_mismatch", 401, InvalidDpopProof, "DPoP proof htm does not match the request method";
+    /// The proof's `htu` is not the request's URI, query and fragment aside (§4.3 check 9).
+    DpopUriMismatch => "dpop_uri_mismatch", 401, InvalidDpopProof, "DPoP proof htu does not match the request URI";
+    /// The proof's `iat` is missing, older than `dpop.max_age_seconds`, or ahead of the clock
+    /// beyond `clock_skew_seconds` (RFC 9449 §4.3 check 11, §11.1).
+    DpopIatInvalid => "dpop_iat_invalid", 401, InvalidDpopProof, "DPoP proof iat is missing or outside the accepted window";
+    /// The proof's `ath` is missing or not the hash of the presented token (§4.3 check 12).
+    DpopAthMismatch => "dpop_ath_mismatch", 401, InvalidDpopProof, "DPoP proof ath does not match the access token";
+    /// The proof's key is not the key the token is bound to: its thumbprint is not the token's
+    /// `cnf.jkt` (RFC 9449 §4.3 check 12, §6.1).
+    DpopKeyMismatch => "dpop_key_mismatch", 401, InvalidDpopProof, "DPoP proof key is not the key the token is bound to";
+    /// The route asks for a server nonce and the proof has none (RFC 9449 §8).
+    DpopNonceMissing => "dpop_nonce_missing", 401, UseDpopNonce, "a DPoP nonce is required";
+    /// The proof's nonce is not one Tether issued in the current or the previous window.
+    DpopNonceInvalid => "dpop_nonce_invalid", 401, UseDpopNonce, "DPoP nonce is invalid or expired";
+    /// The proof (its key and `jti`) was already used: a captured request replayed
+    /// (RFC 9449 §11.1).
+    DpopProofReplayed => "dpop_proof_replayed", 401, InvalidDpopProof, "DPoP proof was already used";
     /// The body of a signed request is larger than `max_body_bytes`.
     BodyTooLarge => "body_too_large", 413, TooLarge, "request body exceeds the size limit";
     /// The body of a request held for its signature did not arrive within `body_timeout_ms`
@@ -164,23 +215,96 @@ reasons! {
     NotConfigured => "not_configured", 503, Unavailable, "the filter has no valid configuration";
 }
 
-/// The realm of every challenge Tether sends.
+use crate::extract::Scheme;
+
+/// The realm of every Bearer challenge Tether sends.
 pub const REALM: &str = "tether";
 
+/// The challenges a refusal sends (RFC 9110 §11.6.1): the schemes the route accepts, and the
+/// scheme the request used, whose challenge carries the error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// Announce `Bearer` (RFC 6750 §3).
+    pub bearer: bool,
+    /// Announce `DPoP` with its algorithms (RFC 9449 §7.1).
+    pub dpop: bool,
+    /// The scheme the request presented its token with, if any.
+    pub used: Option<Scheme>,
+    /// The route gives out DPoP nonces (`dpop_nonce`): the response carries a fresh
+    /// `DPoP-Nonce` (RFC 9449 §8).
+    pub nonce: bool,
+}
+
+impl Challenge {
+    /// A refusal before any route is known: the Bearer challenge alone.
+    pub const BEARER: Challenge = Challenge {
+        bearer: true,
+        dpop: false,
+        used: None,
+        nonce: false,
+    };
+}
+
+impl Default for Challenge {
+    fn default() -> Self {
+        Challenge::BEARER
+    }
+}
+
 impl Reason {
-    /// The `WWW-Authenticate` value for this refusal (RFC 6750 §3), if it has one.
-    pub fn www_authenticate(self) -> Option<String> {
-        match self.error_code() {
-            ErrorCode::Unavailable | ErrorCode::TooLarge | ErrorCode::Timeout => None,
-            ErrorCode::None => Some(format!("Bearer realm=\"{REALM}\"")),
-            ErrorCode::InvalidRequest | ErrorCode::InvalidToken | ErrorCode::InvalidSignature => {
-                Some(format!(
-                    "Bearer realm=\"{REALM}\", error=\"{}\", error_description=\"{}\"",
-                    self.error_code().as_str().unwrap_or_default(),
-                    self.description()
-                ))
+    /// The `WWW-Authenticate` value for this refusal (RFC 6750 §3, RFC 9449 §7.1), if it has
+    /// one: a challenge per scheme the route accepts (`dpop_algs` names the DPoP algorithms),
+    /// the one that carries the error first. A DPoP proof's error goes in the DPoP challenge;
+    /// any other in the challenge of the scheme the request used.
+    pub fn www_authenticate(self, challenge: Challenge, dpop_algs: &str) -> Option<String> {
+        let code = self.error_code();
+        if matches!(
+            code,
+            ErrorCode::Unavailable | ErrorCode::TooLarge | ErrorCode::Timeout
+        ) {
+            return None;
+        }
+        let dpop_error = matches!(code, ErrorCode::InvalidDpopProof | ErrorCode::UseDpopNonce);
+        let bearer = challenge.bearer;
+        let dpop = challenge.dpop || dpop_error || challenge.used == Some(Scheme::Dpop);
+        let preferred = if dpop_error {
+            Some(Scheme::Dpop)
+        } else {
+            challenge.used
+        };
+        // The carrier must be a scheme the response announces.
+        let carrier = match preferred {
+            Some(Scheme::Bearer) if bearer => Scheme::Bearer,
+            Some(Scheme::Dpop) if dpop => Scheme::Dpop,
+            _ if bearer => Scheme::Bearer,
+            _ => Scheme::Dpop,
+        };
+        let error = code.as_str().map(|error| {
+            format!(
+                "error=\"{error}\", error_description=\"{}\"",
+                self.description()
+            )
+        });
+        let render = |scheme: Scheme| {
+            let error = error.as_deref().filter(|_| scheme == carrier);
+            match (scheme, error) {
+                (Scheme::Bearer, None) => format!("Bearer realm=\"{REALM}\""),
+                (Scheme::Bearer, Some(error)) => format!("Bearer realm=\"{REALM}\", {error}"),
+                (Scheme::Dpop, None) => format!("DPoP algs=\"{dpop_algs}\""),
+                // RFC 9449 §8's form: the error first.
+                (Scheme::Dpop, Some(error)) if code == ErrorCode::UseDpopNonce => {
+                    format!("DPoP {error}, algs=\"{dpop_algs}\"")
+                }
+                (Scheme::Dpop, Some(error)) => format!("DPoP algs=\"{dpop_algs}\", {error}"),
+            }
+        };
+        let mut challenges = vec![render(carrier)];
+        for (announced, scheme) in [(bearer, Scheme::Bearer), (dpop, Scheme::Dpop)] {
+            if announced && scheme != carrier {
+                challenges.push(render(scheme));
             }
         }
+        Some(challenges.join(", "))
     }
 
     /// The JSON body of the refusal: `{"error": ..., "error_description": ...}`. A refusal
@@ -207,10 +331,30 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    const ALGS: &str = "ES256 EdDSA";
+
+    fn both(used: Option<Scheme>) -> Challenge {
+        Challenge {
+            bearer: true,
+            dpop: true,
+            used,
+            nonce: false,
+        }
+    }
+
+    fn dpop_only(used: Option<Scheme>) -> Challenge {
+        Challenge {
+            bearer: false,
+            ..both(used)
+        }
+    }
+
     #[test]
     fn missing_token_challenge_has_no_error_code() {
         assert_eq!(
-            Reason::TokenMissing.www_authenticate().unwrap(),
+            Reason::TokenMissing
+                .www_authenticate(Challenge::BEARER, ALGS)
+                .unwrap(),
             "Bearer realm=\"tether\""
         );
         assert_eq!(Reason::TokenMissing.status(), 401);
@@ -219,9 +363,97 @@ mod tests {
     #[test]
     fn invalid_token_challenge_names_error_and_description() {
         assert_eq!(
-            Reason::TokenExpired.www_authenticate().unwrap(),
+            Reason::TokenExpired
+                .www_authenticate(Challenge::BEARER, ALGS)
+                .unwrap(),
             "Bearer realm=\"tether\", error=\"invalid_token\", error_description=\"token has expired\""
         );
+    }
+
+    /// RFC 9449 §7.1: a DPoP route without a token gets the bare DPoP challenge; a route that
+    /// accepts both schemes announces both (§7.2, RFC 9110 §11.6.1).
+    #[test]
+    fn missing_token_challenges_every_accepted_scheme() {
+        assert_eq!(
+            Reason::TokenMissing
+                .www_authenticate(dpop_only(None), ALGS)
+                .unwrap(),
+            "DPoP algs=\"ES256 EdDSA\""
+        );
+        assert_eq!(
+            Reason::TokenMissing
+                .www_authenticate(both(None), ALGS)
+                .unwrap(),
+            "Bearer realm=\"tether\", DPoP algs=\"ES256 EdDSA\""
+        );
+    }
+
+    #[test]
+    fn a_bad_proof_is_answered_in_the_dpop_challenge() {
+        let expected = "DPoP algs=\"ES256 EdDSA\", error=\"invalid_dpop_proof\", error_description=\"DPoP proof signature is invalid\"";
+        assert_eq!(
+            Reason::DpopSignatureInvalid
+                .www_authenticate(dpop_only(Some(Scheme::Dpop)), ALGS)
+                .unwrap(),
+            expected
+        );
+        assert_eq!(
+            Reason::DpopSignatureInvalid
+                .www_authenticate(both(Some(Scheme::Dpop)), ALGS)
+                .unwrap(),
+            format!("{expected}, Bearer realm=\"tether\"")
+        );
+    }
+
+    #[test]
+    fn a_bad_token_is_answered_in_the_scheme_it_came_with() {
+        assert_eq!(
+            Reason::TokenExpired
+                .www_authenticate(both(Some(Scheme::Dpop)), ALGS)
+                .unwrap(),
+            "DPoP algs=\"ES256 EdDSA\", error=\"invalid_token\", error_description=\"token has expired\", Bearer realm=\"tether\""
+        );
+        assert_eq!(
+            Reason::TokenExpired
+                .www_authenticate(both(Some(Scheme::Bearer)), ALGS)
+                .unwrap(),
+            "Bearer realm=\"tether\", error=\"invalid_token\", error_description=\"token has expired\", DPoP algs=\"ES256 EdDSA\""
+        );
+        // A Bearer token on a route that takes DPoP only: the DPoP challenge says why.
+        assert_eq!(
+            Reason::DpopTokenAsBearer
+                .www_authenticate(dpop_only(Some(Scheme::Bearer)), ALGS)
+                .unwrap(),
+            "DPoP algs=\"ES256 EdDSA\", error=\"invalid_token\", error_description=\"a DPoP-bound token must be presented with the DPoP scheme\""
+        );
+    }
+
+    /// RFC 9449 §8's form of the nonce challenge.
+    #[test]
+    fn a_missing_nonce_asks_for_one() {
+        assert_eq!(
+            Reason::DpopNonceMissing
+                .www_authenticate(dpop_only(Some(Scheme::Dpop)), ALGS)
+                .unwrap(),
+            "DPoP error=\"use_dpop_nonce\", error_description=\"a DPoP nonce is required\", algs=\"ES256 EdDSA\""
+        );
+        let body: serde_json::Value =
+            serde_json::from_str(&Reason::DpopNonceInvalid.body()).unwrap();
+        assert_eq!(body["error"], "use_dpop_nonce");
+        let body: serde_json::Value =
+            serde_json::from_str(&Reason::DpopUriMismatch.body()).unwrap();
+        assert_eq!(body["error"], "invalid_dpop_proof");
+    }
+
+    #[test]
+    fn refusals_without_a_challenge_stay_without_one() {
+        for r in [
+            Reason::ReplayStoreFull,
+            Reason::BodyTooLarge,
+            Reason::BodyTimeout,
+        ] {
+            assert_eq!(r.www_authenticate(both(Some(Scheme::Dpop)), ALGS), None);
+        }
     }
 
     #[test]

@@ -7,16 +7,17 @@
 
 use std::rc::Rc;
 
+use crate::bind::dpop;
 use crate::bind::jws::{DetachedJws, SignedRequest, SigningKeys, Window};
 use crate::bind::mtls::PeerCertificate;
 use crate::cache::TokenCache;
 use crate::config::{Client, FormBodyTokens, Policy};
 use crate::crypto::SignatureVerifier;
-use crate::extract;
+use crate::extract::{self, Scheme};
 use crate::keyset::{FetchedKeys, JwksEndpoint, KeySource};
 use crate::lifecycle::Decision;
 use crate::policy::{self, Require, Route};
-use crate::reject::Reason;
+use crate::reject::{Challenge, Reason};
 use crate::replay::ReplayStore;
 use crate::token::{self, fingerprint, Refusal, VerifiedToken};
 
@@ -33,6 +34,8 @@ pub struct Request<'a, 'r> {
     pub authority: &'r [u8],
     /// Every value of the request-signature header.
     pub signature: &'a [&'r [u8]],
+    /// Every value of the `DPoP` header (RFC 9449 §4.1).
+    pub dpop: &'a [&'r [u8]],
     /// The body is `application/x-www-form-urlencoded`, where RFC 6750 §2.2 lets a token
     /// travel as the `access_token` parameter.
     pub form_body: bool,
@@ -46,6 +49,7 @@ impl std::fmt::Debug for Request<'_, '_> {
             .field("authority", &String::from_utf8_lossy(self.authority))
             .field("authorization_headers", &self.authorization.len())
             .field("signature_headers", &self.signature.len())
+            .field("dpop_headers", &self.dpop.len())
             .field("form_body", &self.form_body)
             .finish()
     }
@@ -63,6 +67,8 @@ pub struct Facts {
     pub authority: Vec<u8>,
     /// Every line of the request-signature header.
     pub signature: Vec<Vec<u8>>,
+    /// Every line of the `DPoP` header.
+    pub dpop: Vec<Vec<u8>>,
     pub content_length: Option<usize>,
     /// A `content-type` of `application/x-www-form-urlencoded` (any of them).
     pub form_body: bool,
@@ -89,6 +95,7 @@ impl Facts {
                 ":scheme" => facts.scheme = value,
                 ":authority" => facts.authority = value,
                 "authorization" => facts.authorization.push(value),
+                "dpop" => facts.dpop.push(value),
                 "content-type" => facts.form_body |= extract::is_form_urlencoded(&value),
                 "content-length" => {
                     facts.content_length = std::str::from_utf8(&value)
@@ -107,11 +114,16 @@ impl Facts {
 #[derive(Debug)]
 pub enum Verdict<'p> {
     /// Forward the request, setting these headers (from `claims_to_headers`).
-    Allow { headers: Vec<(&'p str, String)> },
-    /// Refuse the request. `token_fp` is the presented token's fingerprint, for the log.
+    Allow {
+        headers: Vec<(&'p str, String)>,
+        challenge: Challenge,
+    },
+    /// Refuse the request. `token_fp` is the presented token's fingerprint, for the log;
+    /// `challenge` the schemes the refusal challenges.
     Deny {
         reason: Reason,
         token_fp: Option<String>,
+        challenge: Challenge,
     },
     /// Everything but the request signature is verified: it needs the body.
     NeedBody(Box<Pending>),
@@ -122,16 +134,18 @@ pub enum Verdict<'p> {
         set: usize,
         reason: Reason,
         token_fp: Option<String>,
+        challenge: Challenge,
     },
 }
 
 /// What a verdict leaves for later: the claim headers to set once allowed, the checks that
-/// wait for the body, and the presented token's fingerprint.
+/// wait for the body, the presented token's fingerprint, and the challenges of a refusal.
 #[derive(Debug, Default)]
 pub struct Leftovers {
     pub headers: Vec<(String, String)>,
     pub pending: Option<Box<Pending>>,
     pub token_fp: Option<String>,
+    pub challenge: Challenge,
 }
 
 impl Verdict<'_> {
@@ -148,20 +162,26 @@ impl Verdict<'_> {
         refetch: impl FnOnce(&JwksEndpoint) -> bool,
     ) -> (Decision, Leftovers) {
         match self {
-            Verdict::Allow { headers } => {
+            Verdict::Allow { headers, challenge } => {
                 let headers = headers
                     .into_iter()
                     .map(|(name, value)| (name.to_string(), value))
                     .collect();
                 let leftovers = Leftovers {
                     headers,
+                    challenge,
                     ..Leftovers::default()
                 };
                 (Decision::Allow, leftovers)
             }
-            Verdict::Deny { reason, token_fp } => {
+            Verdict::Deny {
+                reason,
+                token_fp,
+                challenge,
+            } => {
                 let leftovers = Leftovers {
                     token_fp,
+                    challenge,
                     ..Leftovers::default()
                 };
                 (Decision::Deny(reason), leftovers)
@@ -169,6 +189,7 @@ impl Verdict<'_> {
             Verdict::NeedBody(pending) => {
                 let leftovers = Leftovers {
                     token_fp: Some(pending.token_fp.clone()),
+                    challenge: pending.challenge,
                     pending: Some(pending),
                     ..Leftovers::default()
                 };
@@ -178,9 +199,11 @@ impl Verdict<'_> {
                 set,
                 reason,
                 token_fp,
+                challenge,
             } => {
                 let leftovers = Leftovers {
                     token_fp,
+                    challenge,
                     ..Leftovers::default()
                 };
                 let Some(endpoint) = policy.jwks_endpoints.get(set) else {
@@ -214,6 +237,8 @@ pub struct Pending {
     headers: Vec<(String, String)>,
     /// The presented token's fingerprint, for the log.
     pub token_fp: String,
+    /// The challenges of a refusal.
+    challenge: Challenge,
 }
 
 /// A request signature whose every check but the one over the body has passed.
@@ -313,6 +338,18 @@ fn window(policy: &Policy) -> Window {
     }
 }
 
+/// The challenges a refusal on `route` sends: Bearer unless the route takes DPoP only, DPoP
+/// where the route takes only it or the configuration announces it (RFC 9449 §7.2).
+fn route_challenge(policy: &Policy, route: Route) -> Challenge {
+    Challenge {
+        bearer: route.require != Require::Dpop,
+        dpop: route.require == Require::Dpop
+            || (policy.dpop.announced && matches!(route.require, Require::Bearer | Require::Bound)),
+        used: None,
+        nonce: route.dpop_nonce,
+    }
+}
+
 /// Decides a request at time `now` (seconds since the Unix epoch), as far as its headers
 /// allow. `peer` gives the connection's client certificate; it is asked only when a
 /// binding needs it.
@@ -323,67 +360,73 @@ pub fn decide<'p>(
     tokens: &mut Tokens<'_>,
     now: u64,
 ) -> Verdict<'p> {
-    let deny = |reason, token: Option<&str>| Verdict::Deny {
+    let deny = |reason, token: Option<&str>, challenge| Verdict::Deny {
         reason,
         token_fp: token.map(fingerprint),
+        challenge,
     };
     let path = match std::str::from_utf8(request.path) {
         Ok(path) if policy::is_normalized(path) => path,
-        _ => return deny(Reason::PathNotNormalized, None),
+        _ => return deny(Reason::PathNotNormalized, None, Challenge::BEARER),
     };
     let route = policy.rules.requirement(path);
+    let mut challenge = route_challenge(policy, route);
     if route.require == Require::None {
         return Verdict::Allow {
             headers: Vec::new(),
+            challenge,
         };
     }
     if let Err(reason) = extract::reject_token_in_query(path) {
-        return deny(reason, None);
+        return deny(reason, None, challenge);
     }
-    let token = match extract::bearer_token(request.authorization) {
-        Ok(Some(token)) => token,
-        Ok(None) => return deny(Reason::TokenMissing, None),
-        Err(reason) => return deny(reason, None),
+    let (scheme, token) = match extract::credential(request.authorization) {
+        Ok(Some(credential)) => credential,
+        Ok(None) => return deny(Reason::TokenMissing, None, challenge),
+        Err(reason) => return deny(reason, None, challenge),
     };
-    let verified = match verify_and_prove(policy, route, token, peer, tokens, now) {
+    challenge.used = Some(scheme);
+    let need_keys = |set, reason| Verdict::NeedKeys {
+        set,
+        reason,
+        token_fp: Some(fingerprint(token)),
+        challenge,
+    };
+    let verified = match verify_and_prove(policy, route, scheme, token, peer, tokens, now) {
         Ok(verified) => verified,
         Err(Refusal {
             reason,
             key_set: Some(set),
-        }) => {
-            return Verdict::NeedKeys {
-                set,
-                reason,
-                token_fp: Some(fingerprint(token)),
-            }
-        }
-        Err(Refusal { reason, .. }) => return deny(reason, Some(token)),
+        }) => return need_keys(set, reason),
+        Err(Refusal { reason, .. }) => return deny(reason, Some(token), challenge),
     };
     let headers = claim_headers(policy, &verified);
     // A token bound to a key is accepted only with a signature made with that key, on any
     // route; a signed route asks every request for one.
     let needs_signature = route.signed_request || verified.confirmation().jwk.is_some();
     let token_expires_at = verified.expires_at();
+    let jkt = verified.confirmation().jkt.clone();
     // A second token in a form body would reach the upstream unchecked (RFC 6750 §2.2).
     let scan_form = request.form_body && policy.form_body_tokens == FormBodyTokens::Refuse;
-    if !needs_signature && !scan_form {
-        return Verdict::Allow { headers };
-    }
+    // Everything that may wait for a key set comes before the DPoP proof, whose `jti` is
+    // recorded: a request decided again after the wait must not meet its own proof.
     let signature = if needs_signature {
         match signature_pending(policy, tokens.fetched, &request, path, token, verified, now) {
             Ok(signature) => Some(signature),
-            Err((reason, Some(set))) => {
-                return Verdict::NeedKeys {
-                    set,
-                    reason,
-                    token_fp: Some(fingerprint(token)),
-                }
-            }
-            Err((reason, None)) => return deny(reason, Some(token)),
+            Err((reason, Some(set))) => return need_keys(set, reason),
+            Err((reason, None)) => return deny(reason, Some(token), challenge),
         }
     } else {
         None
     };
+    if let (Scheme::Dpop, Some(jkt)) = (scheme, jkt.as_deref()) {
+        if let Err(reason) = prove_dpop(policy, route, &request, path, token, jkt, tokens, now) {
+            return deny(reason, Some(token), challenge);
+        }
+    }
+    if signature.is_none() && !scan_form {
+        return Verdict::Allow { headers, challenge };
+    }
     Verdict::NeedBody(Box::new(Pending {
         token_expires_at,
         signature,
@@ -393,7 +436,45 @@ pub fn decide<'p>(
             .map(|(name, value)| (name.to_string(), value))
             .collect(),
         token_fp: fingerprint(token),
+        challenge,
     }))
+}
+
+/// Checks the request's DPoP proof of the key the token is bound to (`jkt`), and records it
+/// against replay (RFC 9449 §4.3, §7.1).
+#[allow(clippy::too_many_arguments)]
+fn prove_dpop(
+    policy: &Policy,
+    route: Route,
+    request: &Request<'_, '_>,
+    path: &str,
+    token: &str,
+    jkt: &str,
+    tokens: &mut Tokens<'_>,
+    now: u64,
+) -> Result<(), Reason> {
+    let text = |bytes| std::str::from_utf8(bytes).map_err(|_| Reason::DpopUriMismatch);
+    let method = std::str::from_utf8(request.method).map_err(|_| Reason::DpopMethodMismatch)?;
+    let uri = format!(
+        "{}://{}{path}",
+        text(request.scheme)?,
+        text(request.authority)?
+    );
+    let expected = dpop::Expected {
+        settings: &policy.dpop,
+        jkt,
+        access_token: token,
+        nonce_required: route.dpop_nonce,
+        clock_skew_seconds: policy.limits.clock_skew_seconds,
+    };
+    dpop::verify(
+        request.dpop,
+        dpop::Target { method, uri: &uri },
+        &expected,
+        tokens.crypto,
+        &mut *tokens.replay,
+        now,
+    )
 }
 
 /// Reads the request signature and runs every check that needs no body. A refusal that a
@@ -483,12 +564,15 @@ fn signature_checks(
     })
 }
 
-/// How access tokens are verified: the signature verifier and the cache of verified tokens.
+/// What verifying a request's token and its proofs takes: the signature verifier, the cache
+/// of verified tokens, the fetched key sets and the replay record (for DPoP proofs).
 pub struct Tokens<'a> {
     pub crypto: &'a dyn SignatureVerifier,
     pub cache: &'a mut TokenCache,
     /// This VM's decoded fetched key sets.
     pub fetched: &'a FetchedKeys,
+    /// Where DPoP proofs are recorded once.
+    pub replay: &'a mut dyn ReplayStore,
 }
 
 impl Tokens<'_> {
@@ -518,9 +602,13 @@ impl Tokens<'_> {
     }
 }
 
+/// Verifies the token, checks that its binding fits the scheme it came with and the route,
+/// and proves its certificate binding. (Its key bindings are proved later: the DPoP proof on
+/// the headers, the request signature over the body.)
 fn verify_and_prove(
     policy: &Policy,
     route: Route,
+    scheme: Scheme,
     token: &str,
     peer: impl FnOnce() -> Option<PeerCertificate>,
     tokens: &mut Tokens<'_>,
@@ -528,10 +616,18 @@ fn verify_and_prove(
 ) -> Result<Rc<VerifiedToken>, Refusal> {
     let verified = tokens.verify(policy, token, now)?;
     let confirmation = verified.confirmation();
+    match (scheme, confirmation.jkt.is_some()) {
+        // RFC 9449 §7.2: a DPoP-bound token as a Bearer token would skip its proof.
+        (Scheme::Bearer, true) => return Err(Reason::DpopTokenAsBearer.into()),
+        // §7.1: the DPoP scheme names a token bound to the proof's key.
+        (Scheme::Dpop, false) => return Err(Reason::TokenNotDpopBound.into()),
+        _ => {}
+    }
     let constrained = match route.require {
         Require::Mtls => confirmation.x5t_s256.is_some(),
-        // A key binding counts: its proof, the request signature, is required below.
+        // A key binding counts: its proof (DPoP, or the request signature) is required.
         Require::Bound => confirmation.is_bound(),
+        Require::Dpop => confirmation.jkt.is_some(),
         Require::Bearer | Require::None => true,
     };
     if !constrained {
@@ -647,20 +743,23 @@ mod tests {
             crypto: &InVm,
             cache: &mut cache,
             fetched: &FetchedKeys::default(),
+            replay: &mut NoReplay,
         };
         decide(&f.policy, request, || peer, &mut tokens, NOW)
     }
 
     fn allowed<'p>(v: Verdict<'p>) -> Option<Vec<(&'p str, String)>> {
         match v {
-            Verdict::Allow { headers } => Some(headers),
+            Verdict::Allow { headers, .. } => Some(headers),
             _ => None,
         }
     }
 
     fn denied(v: Verdict<'_>) -> Option<(Reason, Option<String>)> {
         match v {
-            Verdict::Deny { reason, token_fp } => Some((reason, token_fp)),
+            Verdict::Deny {
+                reason, token_fp, ..
+            } => Some((reason, token_fp)),
             _ => None,
         }
     }
@@ -677,6 +776,16 @@ mod tests {
             crypto: &InVm,
             cache: Box::leak(Box::new(TokenCache::new(0))),
             fetched: Box::leak(Box::new(FetchedKeys::default())),
+            replay: Box::leak(Box::new(NoReplay)),
+        }
+    }
+
+    /// A replay record for tests that present no DPoP proof: any use is a test bug.
+    struct NoReplay;
+
+    impl ReplayStore for NoReplay {
+        fn first_use(&mut self, _: &[u8; 32], _: u64, _: u64) -> Result<(), Reason> {
+            panic!("no DPoP proof in this test")
         }
     }
 
@@ -705,6 +814,7 @@ mod tests {
             crypto: &counting,
             cache: &mut cache,
             fetched: &FetchedKeys::default(),
+            replay: &mut NoReplay,
         };
         let values = [auth.as_bytes()];
         let request = Request {
@@ -753,6 +863,7 @@ mod tests {
             crypto: &counting,
             cache: &mut cache,
             fetched: &FetchedKeys::default(),
+            replay: &mut NoReplay,
         };
         let values = [auth.as_bytes()];
         let request = Request {
@@ -1004,6 +1115,7 @@ mod tests {
                 scheme: b"https",
                 authority: b"api.example",
                 signature: &signature,
+                dpop: &[],
                 form_body: false,
             })
         }
@@ -1271,6 +1383,7 @@ mod tests {
                 scheme: b"https",
                 authority: b"api.example",
                 signature: &signatures,
+                dpop: &[],
                 form_body: false,
             };
             let Verdict::NeedBody(pending) = decide(
@@ -1342,6 +1455,7 @@ mod tests {
             set: 0,
             reason,
             token_fp: Some("fp".into()),
+            challenge: Challenge::BEARER,
         };
         let waits = Decision::NeedKeys {
             set: 0,
@@ -1376,5 +1490,276 @@ mod tests {
             decide(Reason::KeyUnknown, false, true),
             (Decision::Deny(Reason::KeyUnknown), false)
         );
+    }
+
+    /// DPoP (issue 9): the scheme, the binding, the route, and the proof through `decide`.
+    mod dpop_requests {
+        use super::*;
+        use crate::replay;
+        use p256::ecdsa::signature::Signer as _;
+
+        const URI: &str = "https://api.example";
+
+        /// The fixture's issuer, with DPoP routes: `/transfers` takes DPoP only and nonces.
+        fn dpop_fixture() -> Fixture {
+            let f = fixture();
+            let jwks = {
+                let point = f.key.public_key().public_key().to_bytes_uncompressed();
+                json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
+                    "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])}]})
+            };
+            let config = json!({
+                "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": jwks}],
+                "dpop": {"algs": ["ES256", "EdDSA"], "nonce_secret": URL_SAFE_NO_PAD.encode([3u8; 32])},
+                "rules": [
+                    {"prefix": "/transfers", "require": "dpop", "dpop_nonce": true},
+                    {"prefix": "/accounts", "require": "dpop"},
+                    {"prefix": "/legacy", "require": "bearer"},
+                    {"prefix": "/orders", "require": "mtls"},
+                    {"prefix": "/", "require": "bound"}
+                ]
+            });
+            Fixture {
+                key: f.key,
+                policy: Policy::from_json(config.to_string().as_bytes()).unwrap(),
+            }
+        }
+
+        fn client() -> (p256::ecdsa::SigningKey, Value) {
+            let key = p256::ecdsa::SigningKey::from_slice(&[4u8; 32]).unwrap();
+            let point = key.verifying_key().to_encoded_point(false);
+            let jwk = json!({"kty": "EC", "crv": "P-256",
+                "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+                "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())});
+            (key, jwk)
+        }
+
+        fn jkt() -> Value {
+            let (_, jwk) = client();
+            json!(crate::jwk::thumbprint(jwk.as_object().unwrap()).unwrap())
+        }
+
+        fn proof(path: &str, token: &str, jti: &str, nonce: Option<&str>) -> String {
+            let (key, jwk) = client();
+            let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+            let mut claims = json!({"jti": jti, "htm": "GET", "htu": format!("{URI}{path}"),
+                "iat": NOW, "ath": dpop::access_token_hash(token)});
+            if let Some(nonce) = nonce {
+                claims["nonce"] = json!(nonce);
+            }
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header.to_string()),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            );
+            let signature: p256::ecdsa::Signature = key.sign(input.as_bytes());
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+        }
+
+        /// Decides GET `path` with `authorization`, `dpop` header lines and a peer
+        /// certificate, against one replay record.
+        fn run<'p>(
+            f: &'p Fixture,
+            record: &replay::SharedReplay<crate::shared::Memory>,
+            path: &str,
+            authorization: &str,
+            dpop: &[&str],
+            peer: Option<&[u8]>,
+        ) -> Verdict<'p> {
+            let peer = peer.map(cert);
+            let authorization = [authorization.as_bytes()];
+            let dpop: Vec<&[u8]> = dpop.iter().map(|p| p.as_bytes()).collect();
+            let request = Request {
+                path: path.as_bytes(),
+                authorization: &authorization,
+                method: b"GET",
+                scheme: b"https",
+                authority: b"api.example",
+                dpop: &dpop,
+                ..Request::default()
+            };
+            let mut cache = TokenCache::new(16);
+            let mut store = record;
+            let mut tokens = Tokens {
+                crypto: &InVm,
+                cache: &mut cache,
+                fetched: &FetchedKeys::default(),
+                replay: &mut store,
+            };
+            decide(&f.policy, request, || peer, &mut tokens, NOW)
+        }
+
+        fn refusal(v: Verdict<'_>) -> (Reason, Challenge) {
+            match v {
+                Verdict::Deny {
+                    reason, challenge, ..
+                } => (reason, challenge),
+                other => panic!("not refused: {other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_dpop_bound_token_with_its_proof_is_served_once() {
+            let f = dpop_fixture();
+            let record = replay::in_memory(8);
+            let token = token(&f, Some(json!({"jkt": jkt()})), &[]);
+            let auth = format!("DPoP {token}");
+            let p = proof("/accounts/1", &token, "a", None);
+            assert!(matches!(
+                run(&f, &record, "/accounts/1", &auth, &[&p], None),
+                Verdict::Allow { .. }
+            ));
+            // The same proof again: an eavesdropper's replay.
+            let (reason, challenge) = refusal(run(&f, &record, "/accounts/1", &auth, &[&p], None));
+            assert_eq!(reason, Reason::DpopProofReplayed);
+            assert_eq!(challenge.used, Some(Scheme::Dpop));
+            // A bound route and a bearer route take it too, each with its own proof.
+            for (path, jti) in [("/anything", "b"), ("/legacy", "c")] {
+                let p = proof(path, &token, jti, None);
+                assert!(
+                    matches!(
+                        run(&f, &record, path, &auth, &[&p], None),
+                        Verdict::Allow { .. }
+                    ),
+                    "{path}"
+                );
+            }
+        }
+
+        /// RFC 9449 §7.2: a DPoP-bound token sent as a Bearer token, on every route, `bearer`
+        /// included; the stolen token is worthless without the key.
+        #[test]
+        fn a_dpop_bound_token_as_bearer_is_a_downgrade_everywhere() {
+            let f = dpop_fixture();
+            let record = replay::in_memory(8);
+            let token = token(&f, Some(json!({"jkt": jkt()})), &[]);
+            let auth = format!("Bearer {token}");
+            for path in ["/accounts/1", "/legacy", "/anything", "/transfers"] {
+                let p = proof(path, &token, path, None);
+                let (reason, _) = refusal(run(&f, &record, path, &auth, &[&p], None));
+                assert_eq!(reason, Reason::DpopTokenAsBearer, "{path}");
+            }
+        }
+
+        #[test]
+        fn a_dpop_bound_token_is_never_served_without_its_proof() {
+            let f = dpop_fixture();
+            let record = replay::in_memory(8);
+            let token = token(&f, Some(json!({"jkt": jkt()})), &[]);
+            let auth = format!("dpop {token}");
+            for path in ["/accounts/1", "/legacy", "/anything"] {
+                let (reason, _) = refusal(run(&f, &record, path, &auth, &[], None));
+                assert_eq!(reason, Reason::DpopProofMissing, "{path}");
+            }
+        }
+
+        #[test]
+        fn the_dpop_scheme_needs_a_dpop_bound_token() {
+            let f = dpop_fixture();
+            let record = replay::in_memory(8);
+            let unbound = token(&f, None, &[]);
+            let p = proof("/legacy", &unbound, "u", None);
+            let (reason, challenge) = refusal(run(
+                &f,
+                &record,
+                "/legacy",
+                &format!("DPoP {unbound}"),
+                &[&p],
+                None,
+            ));
+            assert_eq!(reason, Reason::TokenNotDpopBound);
+            assert_eq!(challenge.used, Some(Scheme::Dpop));
+            // A DPoP route refuses a Bearer token that has no key binding.
+            let (reason, challenge) = refusal(run(
+                &f,
+                &record,
+                "/accounts",
+                &format!("Bearer {unbound}"),
+                &[],
+                None,
+            ));
+            assert_eq!(reason, Reason::NotSenderConstrained);
+            assert!(!challenge.bearer && challenge.dpop);
+            // And a certificate-bound token, even over its certificate.
+            let mtls = token(&f, bound_to(ALICE_DER), &[]);
+            let (reason, _) = refusal(run(
+                &f,
+                &record,
+                "/accounts",
+                &format!("Bearer {mtls}"),
+                &[],
+                Some(ALICE_DER),
+            ));
+            assert_eq!(reason, Reason::NotSenderConstrained);
+        }
+
+        /// A `cnf` naming a certificate and a key needs both proofs.
+        #[test]
+        fn a_token_bound_to_a_certificate_and_a_key_needs_both() {
+            let f = dpop_fixture();
+            let record = replay::in_memory(8);
+            let x5t = bound_to(ALICE_DER).unwrap()["x5t#S256"].clone();
+            let token = token(&f, Some(json!({"x5t#S256": x5t, "jkt": jkt()})), &[]);
+            let auth = format!("DPoP {token}");
+            let p1 = proof("/orders/7", &token, "1", None);
+            let (reason, _) = refusal(run(
+                &f,
+                &record,
+                "/orders/7",
+                &auth,
+                &[&p1],
+                Some(MALLORY_DER),
+            ));
+            assert_eq!(reason, Reason::CertificateMismatch);
+            let (reason, _) = refusal(run(&f, &record, "/orders/7", &auth, &[], Some(ALICE_DER)));
+            assert_eq!(reason, Reason::DpopProofMissing);
+            let p2 = proof("/orders/7", &token, "2", None);
+            assert!(matches!(
+                run(&f, &record, "/orders/7", &auth, &[&p2], Some(ALICE_DER)),
+                Verdict::Allow { .. }
+            ));
+        }
+
+        #[test]
+        fn a_nonce_route_asks_for_a_nonce_and_takes_the_current_one() {
+            let f = dpop_fixture();
+            let record = replay::in_memory(8);
+            let token = token(&f, Some(json!({"jkt": jkt()})), &[]);
+            let auth = format!("DPoP {token}");
+            let p = proof("/transfers", &token, "n1", None);
+            let (reason, challenge) = refusal(run(&f, &record, "/transfers", &auth, &[&p], None));
+            assert_eq!(reason, Reason::DpopNonceMissing);
+            assert!(challenge.nonce);
+            let nonce = f.policy.dpop.nonces.as_ref().unwrap().mint(NOW);
+            // The first proof was refused before it was recorded: its jti is still good.
+            let p = proof("/transfers", &token, "n1", Some(&nonce));
+            match run(&f, &record, "/transfers", &auth, &[&p], None) {
+                Verdict::Allow { challenge, .. } => assert!(challenge.nonce),
+                other => panic!("not allowed: {other:?}"),
+            }
+        }
+
+        #[test]
+        fn challenges_follow_the_route_and_the_configuration() {
+            let f = dpop_fixture();
+            let record = replay::in_memory(8);
+            let (reason, challenge) = refusal(run(&f, &record, "/accounts", "", &[], None));
+            assert_eq!(reason, Reason::TokenMissing);
+            assert_eq!(
+                challenge,
+                Challenge {
+                    bearer: false,
+                    dpop: true,
+                    used: None,
+                    nonce: false
+                }
+            );
+            let (_, challenge) = refusal(run(&f, &record, "/anything", "", &[], None));
+            assert!(challenge.bearer && challenge.dpop);
+            // Without a `dpop` block, a bound route announces Bearer alone.
+            let plain = fixture();
+            let (_, challenge) = refusal(run(&plain, &record, "/anything", "", &[], None));
+            assert_eq!(challenge, Challenge::BEARER);
+        }
     }
 }

@@ -208,10 +208,15 @@ fn p256_jwk(kid: &str) -> Value {
 mod extract {
     use super::*;
     use tether::extract::{
-        bearer_token, has_access_token_parameter, is_form_urlencoded, reject_token_in_query,
+        credential, has_access_token_parameter, is_form_urlencoded, reject_token_in_query,
         MAX_TOKEN_BYTES,
     };
     use tether::reject::Reason;
+
+    /// The token of a credential, whatever its scheme (`Bearer` or `DPoP`).
+    fn token_of<'r>(authorization: &[&'r [u8]]) -> Result<Option<&'r str>, Reason> {
+        credential(authorization).map(|c| c.map(|(_, token)| token))
+    }
 
     /// RFC 6750 §2.1's `b64token` characters (before the trailing `=`).
     fn is_b64token_byte(b: u8) -> bool {
@@ -346,7 +351,7 @@ mod extract {
         /// read from the only `Authorization` header (header smuggling, an oversized token
         /// as a denial of service).
         #[test]
-        fn bearer_token_yields_only_a_bounded_b64token_from_a_single_header(
+        fn credential_yields_only_a_bounded_b64token_from_a_single_header(
             values in prop_oneof![
                 3 => vec(authorization_value(), 1),
                 1 => vec(authorization_value(), 0..4),
@@ -355,11 +360,11 @@ mod extract {
         ) {
             // The cap holds at its edge.
             let long = format!("Bearer {}", "a".repeat(at_cap));
-            let read = bearer_token(&[long.as_bytes()]);
+            let read = token_of(&[long.as_bytes()]);
             prop_assert_eq!(read.is_ok(), at_cap <= MAX_TOKEN_BYTES, "{} bytes", at_cap);
 
             let values: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
-            let result = bearer_token(&values);
+            let result = token_of(&values);
             if values.len() > 1 {
                 prop_assert_eq!(result, Err(Reason::MultipleAuthorization));
             }
@@ -385,7 +390,7 @@ mod extract {
             let others = (0u8..0x80).map(char::from).chain(other.chars());
             for c in others {
                 let value = format!("Bearer {before}{c}{after}");
-                if let Ok(Some(token)) = bearer_token(&[value.as_bytes()]) {
+                if let Ok(Some(token)) = token_of(&[value.as_bytes()]) {
                     let allowed = c.is_ascii_alphanumeric() || "-._~+/".contains(c);
                     let padding = c == '=' && after.is_empty();
                     // Whitespace around a field value is not part of it (RFC 9110 §5.5).
@@ -406,7 +411,7 @@ mod extract {
             trail in "[ \t]{0,2}",
         ) {
             let value = format!("{lead}{scheme}{gap}{token}{trail}");
-            prop_assert_eq!(bearer_token(&[value.as_bytes()]), Ok(Some(token.as_str())));
+            prop_assert_eq!(token_of(&[value.as_bytes()]), Ok(Some(token.as_str())));
         }
 
         /// RFC 6750 §2.3 and issue 7: a token in the URL is as good as leaked, and an upstream
@@ -671,16 +676,21 @@ mod policy {
                 Require::Bearer,
                 Require::Mtls,
                 Require::Bound,
+                Require::Dpop,
             ]),
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(prefix, require, signed_request, case_sensitive)| Rule {
-                prefix,
-                require,
-                signed_request,
-                case_sensitive,
-            })
+            .prop_map(
+                |(prefix, require, signed_request, dpop_nonce, case_sensitive)| Rule {
+                    prefix,
+                    require,
+                    signed_request,
+                    dpop_nonce,
+                    case_sensitive,
+                },
+            )
             .boxed()
     }
 
@@ -702,10 +712,12 @@ mod policy {
                 Route {
                     require: DEFAULT_REQUIRE,
                     signed_request: false,
+                    dpop_nonce: false,
                 },
                 |rule| Route {
                     require: rule.require,
                     signed_request: rule.signed_request,
+                    dpop_nonce: rule.dpop_nonce,
                 },
             )
     }
@@ -746,7 +758,7 @@ mod policy {
 
         /// The first rule whose prefix matches decides (none matching: `bound`, the
         /// strictest), the query never takes part (`/public?/admin`), and a compiled policy
-        /// has no prefix without a leading `/` and no signature without a token.
+        /// has no prefix without a leading `/` and no signature or DPoP nonce without a token.
         #[test]
         fn the_first_matching_rule_decides_and_the_query_never_does(
             rules in vec(rule(), 0..5),
@@ -758,6 +770,7 @@ mod policy {
             for rule in &rules {
                 prop_assert!(rule.prefix.starts_with('/'));
                 prop_assert!(!(rule.signed_request && rule.require == Require::None));
+                prop_assert!(!(rule.dpop_nonce && rule.require == Require::None));
             }
             for target in &targets {
                 prop_assert_eq!(compiled.requirement(target), reference_route(&rules, target));
@@ -1556,9 +1569,10 @@ mod jwk {
 mod jws {
     use super::*;
     use hmac::{Hmac, Mac};
+    use tether::bind::htu::normalize as normalize_htu;
     use tether::bind::jws::{
-        normalize_htu, DetachedJws, HmacKey, JwsKey, SignedRequest, SigningKeys, Window,
-        MAX_SIGNATURE_BYTES, UNDERSTOOD_CRITICAL,
+        DetachedJws, HmacKey, JwsKey, SignedRequest, SigningKeys, Window, MAX_SIGNATURE_BYTES,
+        UNDERSTOOD_CRITICAL,
     };
     use tether::crypto::InVm;
 

@@ -10,12 +10,12 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::htu;
+use super::jose::UniqueObject;
 use crate::crypto::{hmac_sha256_verify, SignatureVerifier};
 use crate::jwk::{Alg, VerificationKey};
 use crate::reject::Reason;
@@ -256,7 +256,7 @@ impl DetachedJws {
             return Err(Reason::RequestSignatureMismatch);
         }
         let expected = format!("{}://{}{}", request.scheme, request.authority, request.path);
-        if normalize_htu(binding.htu) != normalize_htu(&expected) {
+        if htu::normalize(binding.htu) != htu::normalize(&expected) {
             return Err(Reason::RequestSignatureMismatch);
         }
         // The signature names the token it travels with (as RFC 9449 §4.2 `ath` does).
@@ -382,60 +382,6 @@ fn check_crit(
         return Err(Reason::RequestSignatureMalformed);
     }
     Ok(())
-}
-
-/// `htu` compared as `https://authority/path?query`: scheme and host case-insensitively,
-/// the scheme's default port dropped (RFC 3986 §6.2.3), the rest exactly.
-pub fn normalize_htu(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri.to_string();
-    };
-    let scheme = scheme.to_ascii_lowercase();
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(split);
-    let mut authority = authority.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "https" => Some(":443"),
-        "http" => Some(":80"),
-        _ => None,
-    };
-    if let Some(port) = default_port {
-        if authority.ends_with(port) {
-            authority.truncate(authority.len() - port.len());
-        }
-    }
-    let path = if path.is_empty() || path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_string()
-    };
-    format!("{scheme}://{authority}{path}")
-}
-
-/// A JSON object that refuses a member given twice (serde_json keeps the last silently).
-struct UniqueObject(Vec<(String, Value)>);
-
-impl<'de> Deserialize<'de> for UniqueObject {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> Visitor<'de> for Members {
-            type Value = UniqueObject;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object without repeated members")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueObject, A::Error> {
-                let mut members: Vec<(String, Value)> = Vec::new();
-                while let Some((name, value)) = map.next_entry::<String, Value>()? {
-                    if members.iter().any(|(n, _)| *n == name) {
-                        return Err(serde::de::Error::custom("repeated member"));
-                    }
-                    members.push((name, value));
-                }
-                Ok(UniqueObject(members))
-            }
-        }
-        deserializer.deserialize_map(Members)
-    }
 }
 
 #[cfg(test)]
@@ -584,24 +530,6 @@ mod tests {
         }
         assert!(DetachedJws::parse(&[0xff; 10]).is_err());
         assert!(DetachedJws::parse("a".repeat(MAX_SIGNATURE_BYTES + 1).as_bytes()).is_err());
-    }
-
-    #[test]
-    fn htu_scheme_and_host_are_case_insensitive_and_default_port_ignored() {
-        let n = normalize_htu;
-        assert_eq!(
-            n("HTTPS://API.Example.com:443/pay?x=1"),
-            n("https://api.example.com/pay?x=1")
-        );
-        assert_eq!(n("http://a.example:80/"), n("http://a.example/"));
-        assert_eq!(n("https://a.example"), "https://a.example/");
-        assert_ne!(n("https://a.example:8443/p"), n("https://a.example/p"));
-        assert_ne!(n("https://a.example/Pay"), n("https://a.example/pay"));
-        assert_ne!(
-            n("https://a.example/pay?x=1"),
-            n("https://a.example/pay?x=2")
-        );
-        assert_ne!(n("http://a.example/pay"), n("https://a.example/pay"));
     }
 
     /// What production does with a signature, in one call: the checks on the headers

@@ -4,6 +4,9 @@
 //! Every confirmation method a token names must be proved; a method Tether cannot check
 //! on this request makes the token unusable rather than a plain bearer token.
 
+pub mod dpop;
+pub mod htu;
+pub mod jose;
 pub mod jws;
 pub mod mtls;
 
@@ -20,11 +23,14 @@ pub struct Confirmation {
     /// RFC 7800 §3.2: the public key the token is bound to. Proved by a request signature
     /// made with it ([`jws`]); one entry per algorithm the key may use.
     pub jwk: Option<Vec<VerificationKey>>,
+    /// RFC 9449 §6.1: the RFC 7638 thumbprint of the key the token is bound to. Proved by a
+    /// DPoP proof made with it ([`dpop`]), the token presented with the `DPoP` scheme.
+    pub jkt: Option<String>,
 }
 
 impl Confirmation {
     /// Reads the `cnf` claim. No claim, or an empty object, means an unbound token. A
-    /// member Tether does not know how to prove (`jkt`, `jku`, `kid`, ...) is refused:
+    /// member Tether does not know how to prove (`jku`, `kid`, ...) is refused:
     /// accepting the token without its proof would turn a bound token into a bearer one.
     pub fn from_claim(cnf: Option<&Value>) -> Result<Self, Reason> {
         let Some(cnf) = cnf else {
@@ -39,6 +45,7 @@ impl Confirmation {
                     confirmation.jwk =
                         Some(jwk::parse_one(value).map_err(|_| Reason::CnfMalformed)?)
                 }
+                dpop::CNF_MEMBER => confirmation.jkt = Some(dpop::parse_jkt(value)?),
                 _ => return Err(Reason::BindingUnsupported),
             }
         }
@@ -47,12 +54,12 @@ impl Confirmation {
 
     /// Whether the token names any binding at all.
     pub fn is_bound(&self) -> bool {
-        self.x5t_s256.is_some() || self.jwk.is_some()
+        self.x5t_s256.is_some() || self.jwk.is_some() || self.jkt.is_some()
     }
 
     /// Proves the certificate binding, if the token has one. `peer` is asked for the
     /// connection's certificate only then. (A key binding is proved by the request
-    /// signature, later.)
+    /// signature or the DPoP proof, later.)
     pub fn prove_certificate(
         &self,
         peer: impl FnOnce() -> Option<mtls::PeerCertificate>,
@@ -86,6 +93,28 @@ mod tests {
             .is_some());
     }
 
+    /// RFC 9449 §6.1's example `cnf`.
+    #[test]
+    fn dpop_key_thumbprint_is_read() {
+        let cnf = json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"});
+        let confirmation = Confirmation::from_claim(Some(&cnf)).unwrap();
+        assert_eq!(
+            confirmation.jkt.as_deref(),
+            Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
+        );
+        assert!(confirmation.is_bound());
+        for bad in [
+            json!({"jkt": "short"}),
+            json!({"jkt": 7}),
+            json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4="}),
+        ] {
+            assert_eq!(
+                Confirmation::from_claim(Some(&bad)).unwrap_err(),
+                Reason::CnfMalformed
+            );
+        }
+    }
+
     #[test]
     fn cnf_that_is_not_an_object_is_malformed() {
         for cnf in [json!("x"), json!(["x5t#S256"]), json!(null), json!(1)] {
@@ -98,7 +127,7 @@ mod tests {
 
     #[test]
     fn unknown_confirmation_method_is_refused() {
-        let cnf = json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"});
+        let cnf = json!({"jku": "https://client.example.com/jwks"});
         assert_eq!(
             Confirmation::from_claim(Some(&cnf)).unwrap_err(),
             Reason::BindingUnsupported

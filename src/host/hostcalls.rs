@@ -20,6 +20,7 @@ use crate::shared::SharedData;
 pub enum Map {
     RequestHeaders = 0,
     RequestTrailers = 1,
+    ResponseHeaders = 2,
     HttpCallResponseHeaders = 6,
 }
 
@@ -210,13 +211,13 @@ pub fn header(map: Map, name: &str) -> Result<Option<Vec<u8>>, Status> {
     }
 }
 
-/// Sets a request header (replacing every value it had).
+/// Sets a header (replacing every value it had).
 #[allow(unsafe_code)]
-pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
+pub fn set_header(map: Map, name: &str, value: &str) -> Result<(), Status> {
     // SAFETY: pointers and lengths describe `name` and `value`.
     status(unsafe {
         ffi::proxy_replace_header_map_value(
-            Map::RequestHeaders as u32,
+            map as u32,
             name.as_ptr(),
             name.len(),
             value.as_ptr(),

@@ -11,6 +11,7 @@ mod hostcalls;
 mod metrics;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -23,7 +24,7 @@ use crate::crypto::native::{ForeignFunction, Native};
 use crate::crypto::{InVm, SignatureVerifier};
 use crate::keyset::{namespace, replay_namespace, FetchedKeys, Fetcher};
 use crate::lifecycle::{Decision, Driven, Entry, Held, Limits, Pipeline, Step, Table};
-use crate::reject::Reason;
+use crate::reject::{Challenge, Reason};
 use crate::replay::SharedReplay;
 use crate::verdict::{decide, Facts, Pending, Request, Tokens};
 use hostcalls::{Buffer, EnvoySharedData, Level, Map};
@@ -73,6 +74,8 @@ struct Shared {
     limits: Limits,
     /// The hint about a body that never reached the filter was logged (once per VM).
     warned_body_withheld: Cell<bool>,
+    /// Allowed requests of `dpop_nonce` routes, whose responses get a fresh `DPoP-Nonce`.
+    nonce_responses: RefCell<HashSet<u32>>,
 }
 
 /// What it takes to decide a request (again), beside its life in the [`Table`].
@@ -83,6 +86,8 @@ struct RequestState {
     pending: Option<Box<Pending>>,
     /// The claim headers to set once it is allowed.
     headers: Vec<(String, String)>,
+    /// The challenges of a refusal (and whether the route gives out DPoP nonces).
+    challenge: Challenge,
 }
 
 /// Reads the request's header lines once, and removes those an upstream could take for a
@@ -176,10 +181,14 @@ impl RootContext for Root {
         // Every bucket exists before this VM serves a request, so that every write to one is
         // a compare-and-swap (issue 7, finding 8). Envoy configures a plugin on its main
         // thread before any worker serves with it.
+        // One record for request signatures and DPoP proofs: it keeps the wider window.
         let replay = SharedReplay::configure(
             EnvoySharedData,
             replay_namespace(&root_id),
-            policy.signed_requests.max_age_seconds,
+            policy
+                .signed_requests
+                .max_age_seconds
+                .max(policy.dpop.max_age_seconds),
             now_seconds(),
         );
         log(
@@ -203,6 +212,7 @@ impl RootContext for Root {
             replay,
             limits,
             warned_body_withheld: Cell::new(false),
+            nonce_responses: RefCell::new(HashSet::new()),
         });
         // The first fetch starts on the first tick, not here: a VM configured on Envoy's main
         // thread may be gone before an answer could reach it. The tick also times out held
@@ -255,13 +265,13 @@ impl Context for Filter {}
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
-            return refuse(None, Reason::NotConfigured, None);
+            return refuse(None, Reason::NotConfigured, None, Challenge::BEARER);
         };
         let facts = match read_facts(&shared.policy) {
             Ok(facts) => facts,
             Err(reason) => {
                 shared.held.borrow_mut().refused(self.context_id);
-                return refuse(Some(&shared), reason, None);
+                return refuse(Some(&shared), reason, None, Challenge::BEARER);
             }
         };
         // The host's clock, read once for the whole callback.
@@ -274,6 +284,7 @@ impl HttpContext for Filter {
                 peer: None,
                 pending: None,
                 headers: Vec::new(),
+                challenge: Challenge::BEARER,
             },
         };
         drive(
@@ -312,10 +323,25 @@ impl HttpContext for Filter {
         self.event(Held::on_trailers)
     }
 
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        // RFC 9449 §8: a fresh nonce on every success of a nonce route, so that a client never
+        // needs a round trip to learn the next one when the window turns.
+        if let Some(shared) = &self.shared {
+            if shared.nonce_responses.borrow_mut().remove(&self.context_id) {
+                if let Some(nonces) = &shared.policy.dpop.nonces {
+                    let nonce = nonces.mint(now_seconds());
+                    let _ = hostcalls::set_header(Map::ResponseHeaders, "dpop-nonce", &nonce);
+                }
+            }
+        }
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
         // A held request that ended (client gone) must not linger.
         if let Some(shared) = &self.shared {
             shared.held.borrow_mut().forget(self.context_id);
+            shared.nonce_responses.borrow_mut().remove(&self.context_id);
         }
     }
 }
@@ -359,6 +385,9 @@ fn drive(
         Driven::Held => Action::Pause,
         Driven::Continue(entry) => {
             allow(shared, &entry.request.headers);
+            if entry.request.challenge.nonce {
+                shared.nonce_responses.borrow_mut().insert(context_id);
+            }
             if !in_callback {
                 let _ = hostcalls::resume_request();
             }
@@ -373,7 +402,12 @@ fn drive(
             {
                 log(Level::Warn, "tether: a held request's body never reached the filter before body_timeout_ms; if clients do send bodies, Envoy is holding them back: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy 1.35 or later). Logged once.");
             }
-            refuse(Some(shared), reason, entry.token_fp.as_deref())
+            refuse(
+                Some(shared),
+                reason,
+                entry.token_fp.as_deref(),
+                entry.request.challenge,
+            )
         }
     }
 }
@@ -406,6 +440,7 @@ fn decide_again(
     let facts = &request.facts;
     let authorization: Vec<&[u8]> = facts.authorization.iter().map(Vec::as_slice).collect();
     let signature: Vec<&[u8]> = facts.signature.iter().map(Vec::as_slice).collect();
+    let dpop: Vec<&[u8]> = facts.dpop.iter().map(Vec::as_slice).collect();
     let facts_view = Request {
         path: &facts.path,
         authorization: &authorization,
@@ -413,6 +448,7 @@ fn decide_again(
         scheme: &facts.scheme,
         authority: &facts.authority,
         signature: &signature,
+        dpop: &dpop,
         form_body: facts.form_body,
     };
     // The connection's certificate is read once, when a binding first needs it.
@@ -430,10 +466,12 @@ fn decide_again(
     let fetched = shared.fetched.try_borrow();
     let empty = FetchedKeys::default();
     let fetched = fetched.as_deref().unwrap_or(&empty);
+    let mut replay = &shared.replay;
     let mut tokens = Tokens {
         crypto: shared.crypto.as_ref(),
         cache: cache.as_deref_mut().unwrap_or(&mut spare),
         fetched,
+        replay: &mut replay,
     };
     let verdict = decide(policy, facts_view, &mut read_peer, &mut tokens, now);
     let (decision, leftovers) = verdict.into_decision(policy, fetched, may_wait, |endpoint| {
@@ -445,6 +483,7 @@ fn decide_again(
     request.peer = peer;
     request.headers = leftovers.headers;
     request.pending = leftovers.pending;
+    request.challenge = leftovers.challenge;
     entry.token_fp = leftovers.token_fp;
     decision
 }
@@ -498,16 +537,24 @@ fn resolve_held(shared: &Shared, now_ms: u64) {
 /// Sets the claim headers, strips the token if configured, and counts the request.
 fn allow(shared: &Shared, headers: &[(String, String)]) {
     for (name, value) in headers {
-        let _ = hostcalls::set_request_header(name, value);
+        let _ = hostcalls::set_header(Map::RequestHeaders, name, value);
     }
     if shared.policy.strip_authorization {
+        // The proof goes with the token: it is the token's, and single-use.
         let _ = hostcalls::remove_header(Map::RequestHeaders, "authorization");
+        let _ = hostcalls::remove_header(Map::RequestHeaders, "dpop");
     }
     shared.metrics.allowed();
 }
 
-/// Sends the refusal for `reason`, counts it and logs it with the token's fingerprint.
-fn refuse(shared: Option<&Shared>, reason: Reason, token_fp: Option<&str>) -> Action {
+/// Sends the refusal for `reason` with the route's challenges, counts it and logs it with the
+/// token's fingerprint.
+fn refuse(
+    shared: Option<&Shared>,
+    reason: Reason,
+    token_fp: Option<&str>,
+    challenge: Challenge,
+) -> Action {
     match shared {
         Some(shared) => shared.metrics.refused(reason),
         None => Metrics::count_unconfigured(reason),
@@ -521,13 +568,23 @@ fn refuse(shared: Option<&Shared>, reason: Reason, token_fp: Option<&str>) -> Ac
             token_fp.unwrap_or("-")
         ),
     );
-    let challenge = reason.www_authenticate();
+    let policy = shared.map(|s| &s.policy);
+    let algs = policy.map_or("", |p| p.dpop.algs_challenge.as_str());
+    let www_authenticate = reason.www_authenticate(challenge, algs);
+    // RFC 9449 §8: a nonce route's refusals carry the nonce to use (`use_dpop_nonce` must).
+    let nonce = policy
+        .and_then(|p| p.dpop.nonces.as_ref())
+        .filter(|_| challenge.nonce)
+        .map(|nonces| nonces.mint(now_seconds()));
     let mut headers: Vec<(&str, &[u8])> = vec![
         ("content-type", b"application/json"),
         ("cache-control", b"no-store"),
     ];
-    if let Some(challenge) = challenge.as_deref() {
-        headers.push(("www-authenticate", challenge.as_bytes()));
+    if let Some(value) = www_authenticate.as_deref() {
+        headers.push(("www-authenticate", value.as_bytes()));
+    }
+    if let Some(nonce) = nonce.as_deref() {
+        headers.push(("dpop-nonce", nonce.as_bytes()));
     }
     let body = reason.body();
     if hostcalls::send_response(reason.status(), &headers, body.as_bytes()).is_err() {

@@ -18,7 +18,7 @@ use super::echo::TEST_ID_HEADER;
 use super::pki::ClientCert;
 use super::scratch::ScratchDir;
 
-/// Everything sent as a credential so far: Authorization values and request paths.
+/// Everything sent as a credential so far: Authorization and DPoP values, request paths.
 static CREDENTIALS_SENT: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// The Authorization values and paths (which may carry `access_token=`) sent so far by this
@@ -119,7 +119,7 @@ impl HttpsRequest {
             let mut sent = CREDENTIALS_SENT.lock().expect("credentials lock");
             sent.push(self.path.clone());
             for (name, value) in &self.headers {
-                if name.eq_ignore_ascii_case("authorization") {
+                if name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("dpop") {
                     sent.push(String::from_utf8_lossy(value).into_owned());
                 }
             }
