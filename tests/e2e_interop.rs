@@ -110,3 +110,75 @@ fn tokens_and_request_signatures_made_by_jwcrypto_are_accepted() {
     );
     envoy.stop();
 }
+
+/// A DPoP-bound access token issued by a real authorization server (oidc-provider, through its
+/// token endpoint, after its own `use_dpop_nonce` dance) with proofs made by that ecosystem's
+/// client library (`dpop`): `tests/interop/oidc/issue.mjs`. Served with its proof, and refused
+/// replayed, downgraded to Bearer, or with a proof for another method.
+#[test]
+fn a_dpop_bound_token_issued_by_oidc_provider_is_served_with_its_proof() {
+    const API: &str = "https://api.example";
+    const AUDIENCE: &str = "https://orders.mesh.internal";
+    let script = repo_root().join("tests/interop/oidc/issue.mjs");
+    let output = Command::new("node")
+        .arg(&script)
+        .arg(AUDIENCE)
+        .arg(format!("{API}/orders"))
+        .arg(format!("{API}/accounts"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node: {e} (run `make setup`)"));
+    assert!(
+        output.status.success(),
+        "issue.mjs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let issued: Value = serde_json::from_slice(&output.stdout).expect("JSON from issue.mjs");
+    assert_eq!(issued["token_type"], "DPoP");
+    let token = issued["access_token"].as_str().expect("access token");
+    let proof = |path: &str, method: &str| {
+        issued["proofs"][format!("{API}{path}")][method]
+            .as_str()
+            .expect("a proof")
+            .to_string()
+    };
+
+    let dir = ScratchDir::new("interop-oidc");
+    let pki = Pki::generate(&dir.join("pki"));
+    let echo = EchoBackend::start();
+    let config = json!({
+        "issuers": [{"issuer": issued["issuer"], "audiences": [AUDIENCE], "jwks": issued["jwks"]}],
+        "dpop": {"algs": ["ES256"]},
+        "rules": [{"prefix": "/", "require": "dpop"}],
+        "claims_to_headers": [{"claim": "client_id", "header": "x-client-id"}],
+    });
+    let envoy = Envoy::start(&Bootstrap::new(&pki, echo.port(), Some(config)));
+    // The proofs name https://api.example: the request says so in its Host.
+    let request = |path: &str, scheme: &str, proof: Option<&str>| {
+        let mut request = HttpsRequest::new(envoy.https_port(), &pki.ca, path)
+            .header("host", "api.example")
+            .header("authorization", &format!("{scheme} {token}"));
+        if let Some(proof) = proof {
+            request = request.header("dpop", proof);
+        }
+        request.send()
+    };
+    let orders = proof("/orders", "GET");
+    let served = request("/orders", "DPoP", Some(&orders));
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert_eq!(served.upstream_header("x-client-id"), ["dpop-app"]);
+    let replayed = request("/orders", "DPoP", Some(&orders));
+    assert_eq!(replayed.status, 401, "{}", replayed.text());
+    assert_eq!(
+        replayed.json()["error_description"],
+        "DPoP proof was already used"
+    );
+    let downgraded = request("/accounts", "Bearer", None);
+    assert_eq!(downgraded.status, 401, "{}", downgraded.text());
+    assert_eq!(downgraded.json()["error"], "invalid_token");
+    let other_method = request("/accounts", "DPoP", Some(&proof("/accounts", "POST")));
+    assert_eq!(other_method.status, 401, "{}", other_method.text());
+    assert_eq!(other_method.json()["error"], "invalid_dpop_proof");
+    let accounts = request("/accounts", "DPoP", Some(&proof("/accounts", "GET")));
+    assert_eq!(accounts.status, 200, "{}", accounts.text());
+    envoy.stop();
+}
