@@ -1975,6 +1975,112 @@ mod jws {
 }
 
 // ---------------------------------------------------------------------------------------------
+// dpop: DPoP proofs (RFC 9449)
+// ---------------------------------------------------------------------------------------------
+
+mod dpop {
+    use super::*;
+    use p256::ecdsa::signature::Signer as _;
+    use tether::bind::dpop::{self, Expected, Proof, Settings, Target, DEFAULT_ALGS};
+    use tether::crypto::InVm;
+    use tether::reject::Reason;
+    use tether::replay::ReplayStore;
+
+    const NOW: u64 = 1_800_000_000;
+    const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.e30.c2ln";
+    const URI: &str = "https://api.example.com/transfers";
+
+    /// A replay record that remembers everything (a test's lifetime is short).
+    #[derive(Default)]
+    struct Remembers(HashSet<[u8; 32]>);
+
+    impl ReplayStore for Remembers {
+        fn first_use(&mut self, id: &[u8; 32], _: u64, _: u64) -> Result<(), Reason> {
+            if self.0.insert(*id) {
+                Ok(())
+            } else {
+                Err(Reason::RequestSignatureReplayed)
+            }
+        }
+    }
+
+    /// A well-made ES256 proof for GET `URI` with `TOKEN`, and its key's thumbprint.
+    fn good_proof() -> &'static (String, String) {
+        static PROOF: OnceLock<(String, String)> = OnceLock::new();
+        PROOF.get_or_init(|| {
+            let key = p256::ecdsa::SigningKey::from_slice(&[0x42; 32]).expect("a P-256 key");
+            let point = key.verifying_key().to_encoded_point(false);
+            let jwk = json!({"kty": "EC", "crv": "P-256",
+                "x": b64(point.x().expect("x")), "y": b64(point.y().expect("y"))});
+            let jkt = tether::jwk::thumbprint(jwk.as_object().expect("object")).expect("jkt");
+            let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+            let claims = json!({"jti": "p-1", "htm": "GET", "htu": URI, "iat": NOW,
+                                "ath": b64(Sha256::digest(TOKEN.as_bytes()))});
+            let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
+            let signature: p256::ecdsa::Signature = key.sign(input.as_bytes());
+            (format!("{input}.{}", b64(signature.to_bytes())), jkt)
+        })
+    }
+
+    fn check(proof: &[u8], jkt: &str) -> Result<(), Reason> {
+        let settings = Settings::default();
+        let expected = Expected {
+            settings: &settings,
+            jkt,
+            access_token: TOKEN,
+            nonce_required: false,
+            clock_skew_seconds: 30,
+        };
+        let target = Target {
+            method: "GET",
+            uri: URI,
+        };
+        dpop::verify(
+            &[proof],
+            target,
+            &expected,
+            &InVm,
+            &mut Remembers::default(),
+            NOW,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(runner(1))]
+
+        /// Whatever bytes arrive in a `DPoP` header, reading them never panics (a trap would
+        /// take the worker's VM down) and any refusal is a DPoP one.
+        #[test]
+        fn any_dpop_header_is_read_without_panic(
+            bytes in prop_oneof![
+                vec(any::<u8>(), 0..300),
+                "[A-Za-z0-9_.-]{0,400}".prop_map(String::into_bytes),
+            ],
+        ) {
+            let _ = Proof::parse(&bytes, &DEFAULT_ALGS);
+            let result = check(&bytes, &good_proof().1);
+            prop_assert!(result.is_err());
+            let name = result.unwrap_err().name();
+            prop_assert!(name.contains("dpop"), "{}", name);
+        }
+
+        /// A proof is all or nothing: any one byte of a valid proof changed, and it is refused
+        /// (base64url is decoded strictly, so no two spellings of a proof exist). The proof as
+        /// made is accepted, so the refusals are the change's.
+        #[test]
+        fn a_proof_changed_anywhere_is_refused(at in any::<Index>(), byte in any::<u8>()) {
+            let (proof, jkt) = good_proof();
+            prop_assert_eq!(check(proof.as_bytes(), jkt), Ok(()));
+            let mut changed = proof.clone().into_bytes();
+            let i = at.index(changed.len());
+            prop_assume!(changed[i] != byte);
+            changed[i] = byte;
+            prop_assert!(check(&changed, jkt).is_err(), "accepted with byte {} at {}", byte, i);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // config: the filter configuration
 // ---------------------------------------------------------------------------------------------
 
