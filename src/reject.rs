@@ -266,7 +266,11 @@ impl Reason {
         }
         let dpop_error = matches!(code, ErrorCode::InvalidDpopProof | ErrorCode::UseDpopNonce);
         let bearer = challenge.bearer;
-        let dpop = challenge.dpop || dpop_error || challenge.used == Some(Scheme::Dpop);
+        // A DPoP-bound token sent as Bearer: tell the client which scheme it needs.
+        let dpop = challenge.dpop
+            || dpop_error
+            || challenge.used == Some(Scheme::Dpop)
+            || self == Reason::DpopTokenAsBearer;
         let preferred = if dpop_error {
             Some(Scheme::Dpop)
         } else {
@@ -443,6 +447,23 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_str(&Reason::DpopUriMismatch.body()).unwrap();
         assert_eq!(body["error"], "invalid_dpop_proof");
+    }
+
+    /// Even where the configuration does not announce DPoP, a downgraded DPoP token is told.
+    #[test]
+    fn a_downgrade_names_the_dpop_scheme() {
+        assert_eq!(
+            Reason::DpopTokenAsBearer
+                .www_authenticate(
+                    Challenge {
+                        used: Some(Scheme::Bearer),
+                        ..Challenge::BEARER
+                    },
+                    ALGS
+                )
+                .unwrap(),
+            "Bearer realm=\"tether\", error=\"invalid_token\", error_description=\"a DPoP-bound token must be presented with the DPoP scheme\", DPoP algs=\"ES256 EdDSA\""
+        );
     }
 
     #[test]

@@ -86,15 +86,9 @@ struct TokenClaims {
 /// whole seconds. Negative, non-finite or non-numeric values are malformed.
 fn numeric_date<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
     let number = serde_json::Number::deserialize(deserializer)?;
-    if let Some(seconds) = number.as_u64() {
-        return Ok(Some(seconds));
-    }
-    match number.as_f64() {
-        Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f.min(u64::MAX as f64) as u64)),
-        _ => Err(serde::de::Error::custom(
-            "a NumericDate must be a non-negative number",
-        )),
-    }
+    crate::bind::jose::numeric_date(&Value::Number(number))
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("a NumericDate must be a non-negative number"))
 }
 
 /// A token whose signature and claims have been verified.

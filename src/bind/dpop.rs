@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::htu;
-use super::jose::UniqueObject;
+use super::jose::{numeric_date, UniqueObject};
 use crate::crypto::SignatureVerifier;
 use crate::jwk::{self, Alg, VerificationKey};
 use crate::reject::Reason;
@@ -115,18 +115,23 @@ impl Nonces {
     }
 
     /// Whether `nonce` is the current window's or the previous one's, compared in constant
-    /// time: a nonce lives between one and two lifetimes.
-    pub fn accepts(&self, nonce: &str, now: u64) -> bool {
+    /// time: a nonce lives between one and two lifetimes. Within `clock_skew_seconds` of the
+    /// next window, that one's too: a replica whose clock is a little ahead may already give
+    /// it out, and its clients would otherwise be refused here until this clock turns.
+    pub fn accepts(&self, nonce: &str, now: u64, clock_skew_seconds: u64) -> bool {
         let Ok(tag) = URL_SAFE_NO_PAD.decode(nonce) else {
             return false;
         };
         let window = now / self.lifetime_seconds;
-        let current = tag.ct_eq(&self.tag(window));
-        let previous = match window.checked_sub(1) {
-            Some(previous) => tag.ct_eq(&self.tag(previous)),
-            None => 0.into(),
-        };
-        bool::from(current | previous)
+        let ahead = now.saturating_add(clock_skew_seconds) / self.lifetime_seconds;
+        let mut accepted = tag.ct_eq(&self.tag(window));
+        if let Some(previous) = window.checked_sub(1) {
+            accepted |= tag.ct_eq(&self.tag(previous));
+        }
+        if ahead != window {
+            accepted |= tag.ct_eq(&self.tag(ahead));
+        }
+        bool::from(accepted)
     }
 
     fn tag(&self, window: u64) -> [u8; 32] {
@@ -262,9 +267,9 @@ impl Proof {
         self.claims.get(name).and_then(Value::as_str)
     }
 
-    /// The proof's `iat`, if it is a NumericDate of whole seconds.
+    /// The proof's `iat`, if it is a NumericDate (RFC 7519 §2; a fraction is truncated).
     pub fn iat(&self) -> Option<u64> {
-        self.claims.get("iat").and_then(Value::as_u64)
+        self.claims.get("iat").and_then(numeric_date)
     }
 
     /// The claims that describe the request, the time and the token (§4.3 checks 3, 8, 9, 11
@@ -319,10 +324,15 @@ impl Proof {
     }
 
     /// §4.3 check 10, §8: the proof carries a nonce Tether issued, still valid.
-    pub fn check_nonce(&self, nonces: &Nonces, now: u64) -> Result<(), Reason> {
+    pub fn check_nonce(
+        &self,
+        nonces: &Nonces,
+        now: u64,
+        clock_skew_seconds: u64,
+    ) -> Result<(), Reason> {
         match self.string_claim("nonce") {
             None => Err(Reason::DpopNonceMissing),
-            Some(nonce) if nonces.accepts(nonce, now) => Ok(()),
+            Some(nonce) if nonces.accepts(nonce, now, clock_skew_seconds) => Ok(()),
             Some(_) => Err(Reason::DpopNonceInvalid),
         }
     }
@@ -401,7 +411,7 @@ pub fn verify(
             .nonces
             .as_ref()
             .ok_or(Reason::DpopNonceInvalid)?;
-        proof.check_nonce(nonces, now)?;
+        proof.check_nonce(nonces, now, expected.clock_skew_seconds)?;
     }
     proof.verify_signature(crypto)?;
     let iat = proof.iat().unwrap_or(0);
@@ -827,12 +837,14 @@ mod tests {
     fn iat_within_max_age_and_skew() {
         assert_eq!(with_claims(|c| c["iat"] = json!(NOW - 60)), Ok(()));
         assert_eq!(with_claims(|c| c["iat"] = json!(NOW + 30)), Ok(()));
+        // RFC 7519 §2: a NumericDate may have a fraction.
+        assert_eq!(with_claims(|c| c["iat"] = json!(NOW as f64 + 0.5)), Ok(()));
         for iat in [
             json!(NOW - 61),
             json!(NOW + 31),
             Value::Null,
             json!("1800000000"),
-            json!(1.8e9 + 0.5),
+            json!(-1),
         ] {
             assert_eq!(
                 with_claims(|c| c["iat"] = iat.clone()),
@@ -899,15 +911,18 @@ mod tests {
         let nonce = n.mint(start);
         assert_eq!(n.mint(start + 299), nonce);
         assert_ne!(n.mint(start + 300), nonce);
-        assert!(n.accepts(&nonce, start));
-        assert!(n.accepts(&nonce, start + 599));
-        assert!(!n.accepts(&nonce, start + 600));
-        assert!(!n.accepts(&nonce, start - 1));
+        assert!(n.accepts(&nonce, start, 0));
+        assert!(n.accepts(&nonce, start + 599, 0));
+        assert!(!n.accepts(&nonce, start + 600, 0));
+        assert!(!n.accepts(&nonce, start - 1, 0));
+        // A replica whose clock is up to the skew ahead gives it out already.
+        assert!(n.accepts(&nonce, start - 30, 30));
+        assert!(!n.accepts(&nonce, start - 31, 30));
         // A replica with the same secret and lifetime accepts it; one with another does not.
-        assert!(Nonces::new(vec![9; 32], 300).accepts(&nonce, start + 10));
-        assert!(!Nonces::new(vec![7; 32], 300).accepts(&nonce, start + 10));
-        assert!(!n.accepts("", start));
-        assert!(!n.accepts("!!", start));
+        assert!(Nonces::new(vec![9; 32], 300).accepts(&nonce, start + 10, 0));
+        assert!(!Nonces::new(vec![7; 32], 300).accepts(&nonce, start + 10, 0));
+        assert!(!n.accepts("", start, 0));
+        assert!(!n.accepts("!!", start, 0));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! check 9): [`without_query`] removes them from both sides first.
 
 /// `uri` as `scheme://authority/path?query`: scheme and host in lower case, the scheme's
-/// default port dropped, an empty path as `/`, the rest as it is.
+/// default port (or an empty one) dropped, an empty path as `/`, the rest as it is.
 pub fn normalize(uri: &str) -> String {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return uri.to_string();
@@ -16,6 +16,10 @@ pub fn normalize(uri: &str) -> String {
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(split);
     let mut authority = authority.to_ascii_lowercase();
+    // RFC 3986 §6.2.3: an empty port is the default one.
+    if authority.ends_with(':') {
+        authority.pop();
+    }
     let default_port = match scheme.as_str() {
         "https" => Some(":443"),
         "http" => Some(":80"),
@@ -51,6 +55,7 @@ mod tests {
             n("https://api.example.com/pay?x=1")
         );
         assert_eq!(n("http://a.example:80/"), n("http://a.example/"));
+        assert_eq!(n("https://a.example:/p"), n("https://a.example/p"));
         assert_eq!(n("https://a.example"), "https://a.example/");
         assert_ne!(n("https://a.example:8443/p"), n("https://a.example/p"));
         assert_ne!(n("https://a.example/Pay"), n("https://a.example/pay"));

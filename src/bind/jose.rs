@@ -5,6 +5,19 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+/// A NumericDate (RFC 7519 §2): seconds since the epoch, possibly fractional, truncated to
+/// whole seconds. `None` for a negative, non-finite or non-numeric value.
+pub fn numeric_date(value: &Value) -> Option<u64> {
+    let number = value.as_number()?;
+    if let Some(seconds) = number.as_u64() {
+        return Some(seconds);
+    }
+    match number.as_f64() {
+        Some(f) if f.is_finite() && f >= 0.0 => Some(f.min(u64::MAX as f64) as u64),
+        _ => None,
+    }
+}
+
 /// A JSON object that refuses a member given twice (serde_json keeps the last silently).
 pub struct UniqueObject(pub Vec<(String, Value)>);
 
