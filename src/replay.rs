@@ -1,10 +1,12 @@
-//! Replay protection for request signatures: a signature is accepted once.
+//! Replay protection for request signatures and DPoP proofs: each is accepted once.
 //!
 //! The record is shared by all of an Envoy's worker VMs (proxy-wasm shared data, in the
-//! glue) and bounded: it is split into buckets by the signature's hash, each holding at most
-//! [`BUCKET_ENTRIES`] live entries, each entry kept only until its signature's `iat` is too
-//! old to be accepted anyway. A full bucket refuses new signatures (fail closed) rather than
-//! forget one that could then be replayed.
+//! glue) and bounded: it is split into buckets by the id's hash, each holding at most
+//! [`BUCKET_ENTRIES`] live entries. An entry is the id and the time it was signed (`iat`),
+//! kept while any configuration sharing the record could still accept that `iat`: the record's
+//! window is the widest any of them has used ([`WindowRecord`]), read on every write, so that
+//! a configuration that widens its window makes every entry live longer at once. A full bucket
+//! refuses new ids (fail closed) rather than forget one that could then be replayed.
 
 use crate::abi::Status;
 use crate::reject::Reason;
@@ -18,8 +20,9 @@ const ENTRY_BYTES: usize = ID_BYTES + 8;
 
 /// Where replayed signatures are recorded.
 pub trait ReplayStore {
-    /// Records the first use of signature `id` until `expires_at`; refuses a second use.
-    fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason>;
+    /// Records the first use of `id`, signed at `iat`, for as long as the record's window
+    /// could accept `iat`; refuses a second use (`RequestSignatureReplayed`).
+    fn first_use(&mut self, id: &[u8; 32], iat: u64, now: u64) -> Result<(), Reason>;
 
     /// The earliest `iat` whose signature the record is sure to remember: an older one may
     /// have been forgotten under a shorter window (see [`WindowRecord`]), and is refused.
@@ -28,14 +31,16 @@ pub trait ReplayStore {
     }
 }
 
-/// The replay window the record was last kept under, shared by the VMs of the record's
-/// namespace, which survives configuration changes.
+/// The replay window of the record, shared by the VMs of the record's namespace, which
+/// survives configuration changes: the widest `max_age_seconds` any configuration has used. It
+/// never narrows, since VMs of a wider configuration may still be serving.
 ///
-/// Entries expire with the window in force when they were recorded. When a new configuration
-/// widens `max_age_seconds` (60 to 600, say), a signature recorded under the old window and
-/// already forgotten would be inside the new one: replayable once. So a widening remembers
-/// since when the record is complete: `iat` must be at least the widening's time minus the
-/// old window (found by the review of issue 7).
+/// When a new configuration widens it (60 to 600, say), an entry already dropped under the old
+/// window would be inside the new one: replayable once. So a widening remembers since when the
+/// record is complete: `iat` must be at least the widening's time minus the old window (found
+/// by the review of issue 7). Entries still held at the widening live on under the new window,
+/// since every write reads the window afresh (found by the review of issue 9: with expiry times
+/// fixed when an entry was written, they were dropped on the old schedule).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WindowRecord {
     pub max_age_seconds: u64,
@@ -79,11 +84,8 @@ impl WindowRecord {
                     .remembers_since
                     .max(now.saturating_sub(old.max_age_seconds)),
             },
-            // The same or narrower: entries outlive the window; nothing new is forgotten.
-            Some(old) => WindowRecord {
-                max_age_seconds,
-                remembers_since: old.remembers_since,
-            },
+            // The same or narrower: the record keeps the wider window.
+            Some(old) => old,
         }
     }
 }
@@ -94,7 +96,7 @@ pub fn bucket_of(id: &[u8; 32], buckets: usize) -> usize {
     n % buckets.max(1)
 }
 
-/// One bucket: `(id prefix, expiry)` entries, encoded as fixed-size records.
+/// One bucket: `(id prefix, iat)` entries, encoded as fixed-size records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bucket {
     entries: Vec<([u8; ID_BYTES], u64)>,
@@ -108,8 +110,8 @@ impl Bucket {
             .chunks_exact(ENTRY_BYTES)
             .filter_map(|chunk| {
                 let id: [u8; ID_BYTES] = chunk.get(..ID_BYTES)?.try_into().ok()?;
-                let expiry: [u8; 8] = chunk.get(ID_BYTES..)?.try_into().ok()?;
-                Some((id, u64::from_be_bytes(expiry)))
+                let iat: [u8; 8] = chunk.get(ID_BYTES..)?.try_into().ok()?;
+                Some((id, u64::from_be_bytes(iat)))
             })
             .collect();
         Bucket { entries }
@@ -117,17 +119,26 @@ impl Bucket {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.entries.len() * ENTRY_BYTES);
-        for (id, expiry) in &self.entries {
+        for (id, iat) in &self.entries {
             out.extend_from_slice(id);
-            out.extend_from_slice(&expiry.to_be_bytes());
+            out.extend_from_slice(&iat.to_be_bytes());
         }
         out
     }
 
-    /// Drops expired entries, then records `id`: `Err(RequestSignatureReplayed)` if it is
-    /// already there, `Err(ReplayStoreFull)` if there is no room.
-    pub fn record(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason> {
-        self.entries.retain(|(_, expiry)| *expiry > now);
+    /// Drops the entries no configuration can accept any more (`iat` older than
+    /// `max_age_seconds` at `now`), then records `id` signed at `iat`:
+    /// `Err(RequestSignatureReplayed)` if it is already there, `Err(ReplayStoreFull)` if there
+    /// is no room.
+    pub fn record(
+        &mut self,
+        id: &[u8; 32],
+        iat: u64,
+        now: u64,
+        max_age_seconds: u64,
+    ) -> Result<(), Reason> {
+        self.entries
+            .retain(|(_, signed_at)| signed_at.saturating_add(max_age_seconds) >= now);
         let prefix: [u8; ID_BYTES] = id[..ID_BYTES]
             .try_into()
             .map_err(|_| Reason::ReplayStoreFull)?;
@@ -137,7 +148,7 @@ impl Bucket {
         if self.entries.len() >= BUCKET_ENTRIES {
             return Err(Reason::ReplayStoreFull);
         }
-        self.entries.push((prefix, expires_at));
+        self.entries.push((prefix, iat));
         Ok(())
     }
 
@@ -167,6 +178,8 @@ pub struct SharedReplay<S> {
     buckets: usize,
     /// The earliest `iat` the record is sure to remember (see [`WindowRecord`]).
     remembers_since: u64,
+    /// This configuration's window: the least the record's window can be.
+    max_age_seconds: u64,
 }
 
 impl<S: SharedData> SharedReplay<S> {
@@ -188,6 +201,7 @@ impl<S: SharedData> SharedReplay<S> {
             namespace,
             buckets: buckets.max(1),
             remembers_since: 0,
+            max_age_seconds,
         };
         record.create_buckets();
         record.remembers_since = record.agree_window(max_age_seconds, now);
@@ -196,6 +210,24 @@ impl<S: SharedData> SharedReplay<S> {
 
     fn key(&self, bucket: usize) -> String {
         format!("{}.replay.{bucket}", self.namespace)
+    }
+
+    fn window_key(&self) -> String {
+        format!("{}.replay.window", self.namespace)
+    }
+
+    /// The record's window now: the shared one, which a later configuration may have widened,
+    /// and never less than this configuration's.
+    fn window(&self) -> u64 {
+        let shared = self
+            .data
+            .get(&self.window_key())
+            .ok()
+            .flatten()
+            .and_then(|(bytes, _)| WindowRecord::decode(&bytes));
+        shared.map_or(self.max_age_seconds, |record| {
+            record.max_age_seconds.max(self.max_age_seconds)
+        })
     }
 
     /// Creates every bucket that does not exist yet, empty.
@@ -222,7 +254,7 @@ impl<S: SharedData> SharedReplay<S> {
     /// record cannot be read or written, only signatures made from now on (fail closed: a
     /// request signed just before is refused once, as expired).
     fn agree_window(&self, max_age_seconds: u64, now: u64) -> u64 {
-        let key = format!("{}.replay.window", self.namespace);
+        let key = self.window_key();
         for _ in 0..ATTEMPTS {
             let Ok(current) = self.data.get(&key) else {
                 return now;
@@ -250,8 +282,9 @@ impl<S: SharedData> SharedReplay<S> {
 }
 
 impl<S: SharedData> ReplayStore for &SharedReplay<S> {
-    fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason> {
+    fn first_use(&mut self, id: &[u8; 32], iat: u64, now: u64) -> Result<(), Reason> {
         let key = self.key(bucket_of(id, self.buckets));
+        let window = self.window();
         for _ in 0..ATTEMPTS {
             // Every bucket was created at configure time; one missing now was never created
             // (a host that dropped it): fail closed rather than write without a token.
@@ -260,7 +293,7 @@ impl<S: SharedData> ReplayStore for &SharedReplay<S> {
                 return Err(Reason::ReplayStoreFull);
             };
             let mut bucket = Bucket::decode(&bytes);
-            bucket.record(id, expires_at, now)?;
+            bucket.record(id, iat, now, window)?;
             match self.data.set(&key, &bucket.encode(), Some(cas)) {
                 Ok(()) => return Ok(()),
                 Err(Status::CasMismatch) => continue,
@@ -301,41 +334,45 @@ mod tests {
     fn second_use_within_the_window_is_a_replay() {
         let record = in_memory(8);
         let mut store = &record;
-        assert_eq!(store.first_use(&id(1), 100, 10), Ok(()));
+        assert_eq!(store.first_use(&id(1), 100, 110), Ok(()));
         assert_eq!(
-            store.first_use(&id(1), 100, 50),
+            store.first_use(&id(1), 100, 160),
             Err(Reason::RequestSignatureReplayed)
         );
-        assert_eq!(store.first_use(&id(2), 100, 50), Ok(()));
+        assert_eq!(store.first_use(&id(2), 100, 160), Ok(()));
     }
 
+    /// An entry is kept while `iat` is within the window: `iat + max_age >= now`, the same
+    /// test that accepts a signature.
     #[test]
     fn entries_expire_with_the_window() {
         let mut bucket = Bucket::default();
-        bucket.record(&id(1), 100, 10).unwrap();
-        bucket.record(&id(2), 200, 10).unwrap();
-        bucket.record(&id(3), 300, 150).unwrap();
-        assert_eq!(bucket.len(), 2);
+        bucket.record(&id(1), 10, 10, 60).unwrap();
+        bucket.record(&id(2), 100, 100, 60).unwrap();
+        bucket.record(&id(3), 150, 150, 60).unwrap();
+        assert_eq!(bucket.len(), 2, "iat 10 is outside the window at 150");
+        bucket.record(&id(4), 160, 160, 60).unwrap();
+        assert_eq!(bucket.len(), 3, "iat 100 is inside it at 160");
     }
 
     #[test]
     fn full_bucket_fails_closed_until_entries_expire() {
         let mut bucket = Bucket::default();
         for i in 0..BUCKET_ENTRIES as u32 {
-            bucket.record(&id(i), 100, 0).unwrap();
+            bucket.record(&id(i), 0, 0, 100).unwrap();
         }
         assert_eq!(
-            bucket.record(&id(9999), 100, 0),
+            bucket.record(&id(9999), 0, 0, 100),
             Err(Reason::ReplayStoreFull)
         );
-        assert_eq!(bucket.record(&id(9999), 200, 100), Ok(()));
+        assert_eq!(bucket.record(&id(9999), 101, 101, 100), Ok(()));
     }
 
     #[test]
     fn buckets_round_trip_through_bytes() {
         let mut bucket = Bucket::default();
-        bucket.record(&id(1), 100, 0).unwrap();
-        bucket.record(&id(2), u64::MAX, 0).unwrap();
+        bucket.record(&id(1), 100, 0, 60).unwrap();
+        bucket.record(&id(2), u64::MAX, 0, 60).unwrap();
         let decoded = Bucket::decode(&bucket.encode());
         assert_eq!(decoded, bucket);
         assert_eq!(Bucket::decode(&[1, 2, 3]), Bucket::default());
@@ -350,11 +387,11 @@ mod tests {
         // Wider at 2000: signatures from before 1940 may have been forgotten.
         let wide = WindowRecord::configure(Some(first), 600, 2_000);
         assert_eq!(wide.remembers_since, 1_940);
-        // Narrower again: what was forgotten stays forgotten.
+        // Narrower again: the record keeps the wider window (its VMs may still serve).
         let narrow = WindowRecord::configure(Some(wide), 300, 2_100);
-        assert_eq!(narrow.remembers_since, 1_940);
+        assert_eq!(narrow, wide);
         let wider = WindowRecord::configure(Some(narrow), 900, 3_000);
-        assert_eq!(wider.remembers_since, 2_700);
+        assert_eq!(wider.remembers_since, 2_400);
         assert_eq!(WindowRecord::decode(&wider.encode()), Some(wider));
         assert_eq!(WindowRecord::decode(&[1, 2, 3]), None);
     }
@@ -366,10 +403,10 @@ mod tests {
         let data = crate::shared::Memory::default();
         let first = SharedReplay::with_buckets(&data, "ns".into(), 4, 60, 1_000);
         assert_eq!(data.keys(), 4 + 1, "four buckets and the window record");
-        assert_eq!((&first).first_use(&id(1), 2_000, 1_000), Ok(()));
+        assert_eq!((&first).first_use(&id(1), 1_000, 1_000), Ok(()));
         let _second = SharedReplay::with_buckets(&data, "ns".into(), 4, 60, 1_001);
         assert_eq!(
-            (&first).first_use(&id(1), 2_000, 1_001),
+            (&first).first_use(&id(1), 1_000, 1_001),
             Err(Reason::RequestSignatureReplayed)
         );
     }
@@ -387,12 +424,12 @@ mod tests {
                 raced = true;
                 let (bytes, _) = memory.get(key).unwrap().unwrap();
                 let mut bucket = Bucket::decode(&bytes);
-                bucket.record(&id(7), 100, 0).unwrap();
+                bucket.record(&id(7), 0, 0, 60).unwrap();
                 memory.put(key, &bucket.encode());
             }
         }));
         assert_eq!(
-            (&ours).first_use(&id(7), 100, 0),
+            (&ours).first_use(&id(7), 0, 0),
             Err(Reason::RequestSignatureReplayed)
         );
     }
@@ -418,6 +455,7 @@ mod tests {
             namespace: "ns".into(),
             buckets: 1,
             remembers_since: 0,
+            max_age_seconds: 60,
         };
         assert_eq!(
             (&never_created).first_use(&id(1), 100, 0),
@@ -437,6 +475,35 @@ mod tests {
         // Another VM of the new configuration, a moment later: the same answer.
         let other = SharedReplay::with_buckets(&data, "ns".into(), 1, 600, 2_001);
         assert_eq!((&other).remembers_since(), 1_940);
+    }
+
+    /// Review of issue 9: a configuration that widens the window keeps alive the entries
+    /// recorded under the narrower one. Before, each entry's expiry was fixed when it was
+    /// written, and a proof used at 1010 under a 60-second window was accepted again at 1100
+    /// under a 300-second one.
+    #[test]
+    fn widening_the_window_keeps_the_entries_recorded_under_the_old_one() {
+        let data = crate::shared::Memory::default();
+        let old = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, 1_000);
+        assert_eq!((&old).first_use(&id(1), 1_000, 1_010), Ok(()));
+        let wide = SharedReplay::with_buckets(&data, "ns".into(), 1, 300, 1_040);
+        // The used proof, well inside the new window: still remembered, by both.
+        assert_eq!(
+            (&wide).first_use(&id(1), 1_000, 1_100),
+            Err(Reason::RequestSignatureReplayed)
+        );
+        // A VM of the old configuration, still serving, writes with the wider window too.
+        assert_eq!((&old).first_use(&id(2), 1_100, 1_100), Ok(()));
+        assert_eq!(
+            (&wide).first_use(&id(1), 1_000, 1_200),
+            Err(Reason::RequestSignatureReplayed)
+        );
+        // And a narrower configuration later does not narrow the record.
+        let narrow = SharedReplay::with_buckets(&data, "ns".into(), 1, 30, 1_250);
+        assert_eq!(
+            (&narrow).first_use(&id(1), 1_000, 1_260),
+            Err(Reason::RequestSignatureReplayed)
+        );
     }
 
     #[test]

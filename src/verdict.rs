@@ -305,11 +305,8 @@ impl PendingSignature {
         let keys = signing_keys(policy, fetched, &self.token, self.client)?;
         self.jws.verify_body(keys, body, crypto)?;
         // Recorded only once valid, so that a forged signature cannot block a genuine one.
-        let expiry = self
-            .jws
-            .replay_expiry(window(policy))
-            .ok_or(Reason::RequestSignatureMalformed)?;
-        replay.first_use(&self.jws.replay_id(body), expiry, now)
+        let iat = self.jws.iat().ok_or(Reason::RequestSignatureMalformed)?;
+        replay.first_use(&self.jws.replay_id(body), iat, now)
     }
 }
 
@@ -1253,8 +1250,8 @@ mod tests {
     }
 
     impl ReplayStore for Forgetful {
-        fn first_use(&mut self, id: &[u8; 32], expires_at: u64, now: u64) -> Result<(), Reason> {
-            (&self.inner).first_use(id, expires_at, now)
+        fn first_use(&mut self, id: &[u8; 32], iat: u64, now: u64) -> Result<(), Reason> {
+            (&self.inner).first_use(id, iat, now)
         }
         fn remembers_since(&self) -> u64 {
             self.since

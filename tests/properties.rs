@@ -1823,7 +1823,7 @@ mod jws {
                 let target = format!("{scheme}://{authority}{path}");
                 prop_assert_eq!(normalize_htu(htu), normalize_htu(&target));
             }
-            let _ = (jws.replay_id(&body), jws.iat(), jws.replay_expiry(window));
+            let _ = (jws.replay_id(&body), jws.iat(), window);
             let no_keys = SigningKeys::Client { keys: &[], hmac_keys: &[] };
             prop_assert!(jws.select_key(SigningKeys::Bound(&[])).is_err());
             prop_assert!(jws.select_key(no_keys).is_err());
@@ -2732,33 +2732,39 @@ mod shared_records {
         }
 
         /// A request signature is accepted once: a bucket refuses an id it remembers until
-        /// that id expires, refuses a new one when full (fail closed, never forgetting a live
-        /// entry to make room), and survives its round trip through shared data. Checked
-        /// against a model, over random sequences with replays and a clock that moves on.
+        /// its `iat` leaves the window (which may widen, never narrow, between writes),
+        /// refuses a new one when full (fail closed, never forgetting a live entry to make
+        /// room), and survives its round trip through shared data. Checked against a model,
+        /// over random sequences with replays and a clock that moves on.
         #[test]
         fn a_replay_bucket_accepts_each_signature_once_and_fails_closed(
-            // Up to 200 ids, each living 100-600 s, arriving 0-4 s apart: the bucket fills.
-            operations in vec((0u8..200, 100u64..600, 0u64..4), 0..200),
+            // Up to 200 ids, signed up to 30 s before (or 5 s after) they arrive, 0-4 s apart,
+            // under a window of 100-600 s: the bucket fills.
+            operations in vec((0u8..200, 0u64..35, 0u64..4, 0u64..50), 0..200),
+            window in 100u64..600,
         ) {
             let mut bucket = Bucket::default();
             let mut model: Vec<([u8; 16], u64)> = Vec::new();
             let mut now = 1_000u64;
-            for (id, lifetime, elapsed) in operations {
+            let mut window = window;
+            for (id, age, elapsed, widen) in operations {
                 now += elapsed;
+                window += widen / 45;
+                let iat = now + 5 - age;
                 let mut full_id = [0u8; 32];
                 full_id[..16].copy_from_slice(&Sha256::digest([id])[..16]);
                 full_id[16..].copy_from_slice(&Sha256::digest([id, 1])[..16]);
                 let prefix: [u8; 16] = full_id[..16].try_into().unwrap();
-                model.retain(|(_, expiry)| *expiry > now);
+                model.retain(|(_, signed_at)| signed_at + window >= now);
                 let expected = if model.iter().any(|(seen, _)| *seen == prefix) {
                     Err(Reason::RequestSignatureReplayed)
                 } else if model.len() >= BUCKET_ENTRIES {
                     Err(Reason::ReplayStoreFull)
                 } else {
-                    model.push((prefix, now + lifetime));
+                    model.push((prefix, iat));
                     Ok(())
                 };
-                prop_assert_eq!(bucket.record(&full_id, now + lifetime, now), expected);
+                prop_assert_eq!(bucket.record(&full_id, iat, now, window), expected);
                 prop_assert_eq!(bucket.len(), model.len());
                 prop_assert!(bucket.len() <= BUCKET_ENTRIES);
             }
@@ -2766,9 +2772,9 @@ mod shared_records {
         }
 
         /// A widened replay window must not let back in what the narrower one already forgot
-        /// (review of issue 7): whatever sequence of windows is configured, the record never
-        /// forgets less than it did, and after a widening it remembers nothing older than the
-        /// old window at that time.
+        /// (review of issue 7): whatever sequence of windows is configured, the record's
+        /// window is the widest so far, it never forgets less than it did, and after a
+        /// widening it remembers nothing older than the old window at that time.
         #[test]
         fn widening_the_replay_window_never_readmits_a_forgotten_signature(
             steps in vec((1u64..=3600, 0u64..5000), 1..12),
@@ -2778,7 +2784,8 @@ mod shared_records {
             for (max_age_seconds, elapsed) in steps {
                 now += elapsed;
                 let next = WindowRecord::configure(stored, max_age_seconds, now);
-                prop_assert_eq!(next.max_age_seconds, max_age_seconds);
+                let widest = stored.map_or(0, |old| old.max_age_seconds).max(max_age_seconds);
+                prop_assert_eq!(next.max_age_seconds, widest);
                 if let Some(old) = stored {
                     prop_assert!(next.remembers_since >= old.remembers_since);
                     if max_age_seconds > old.max_age_seconds {

@@ -420,10 +420,7 @@ pub fn verify(
     if iat < replay.remembers_since() {
         return Err(Reason::DpopIatInvalid);
     }
-    let expires_at = iat
-        .saturating_add(expected.settings.max_age_seconds)
-        .saturating_add(1);
-    match replay.first_use(&proof.replay_id(), expires_at, now) {
+    match replay.first_use(&proof.replay_id(), iat, now) {
         Err(Reason::RequestSignatureReplayed) => Err(Reason::DpopProofReplayed),
         other => other,
     }

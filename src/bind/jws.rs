@@ -234,13 +234,6 @@ impl DetachedJws {
         self.member("iat").and_then(Value::as_u64)
     }
 
-    /// When the replay store may forget this signature: after that its `iat` is too old
-    /// anyway. `None` when the header has no `iat`.
-    pub fn replay_expiry(&self, window: Window) -> Option<u64> {
-        let iat = self.member("iat").and_then(Value::as_u64)?;
-        Some(iat.saturating_add(window.max_age_seconds).saturating_add(1))
-    }
-
     /// Checks, before the body has arrived, that the signature describes this request and
     /// this token at `now`: `iat` within the window, `htm`, `htu` and `ath`.
     pub fn check_request(
@@ -786,13 +779,6 @@ mod tests {
             secret: secret.to_vec(),
         };
         assert!(!format!("{key:?}").contains("shared"));
-    }
-
-    #[test]
-    fn replay_expiry_follows_iat() {
-        let c = client();
-        let jws = DetachedJws::parse(sign(&c, request_header(), BODY).as_bytes()).unwrap();
-        assert_eq!(jws.replay_expiry(WINDOW), Some(NOW + 61));
     }
 
     /// `(r, n - s)`: the other valid ECDSA signature of the same message.
