@@ -722,7 +722,23 @@ fn bound_token_on_bearer_route_with_its_certificate_is_served() {
     assert_served(&response);
 }
 
-/// A DPoP-bound token (RFC 9449 §6.1, `cnf.jkt`) cannot be proved over mTLS.
+/// A `cnf` member Tether cannot prove (`jku`, RFC 7800 §3.5) makes the token unusable, never
+/// a plain bearer token, even over a certificate.
+#[test]
+fn token_bound_by_an_unprovable_method_is_refused() {
+    let f = fixtures();
+    let token = f
+        .issuer
+        .token()
+        .claim("cnf", json!({"jku": "https://client.example.com/jwks"}))
+        .sign();
+    let response = request("/legacy").cert(&f.pki.alice).bearer(&token).send();
+    assert_refused(&response, BINDING_UNSUPPORTED);
+}
+
+/// A DPoP-bound token (RFC 9449 §6.1, `cnf.jkt`) is not proved by a certificate: sent as a
+/// Bearer token over mTLS, it is a downgrade (§7.2), refused, and the challenge names the
+/// scheme it needs (tests/e2e_dpop.rs has the rest of DPoP).
 #[test]
 fn token_bound_to_a_dpop_key_cannot_be_proved_over_mtls() {
     let f = fixtures();
@@ -735,7 +751,12 @@ fn token_bound_to_a_dpop_key_cannot_be_proved_over_mtls() {
         )
         .sign();
     let response = request("/").cert(&f.pki.alice).bearer(&token).send();
-    assert_refused(&response, BINDING_UNSUPPORTED);
+    assert_eq!(response.status, 401, "{}", response.text());
+    assert_eq!(
+        response.header("www-authenticate"),
+        Some("Bearer realm=\"tether\", error=\"invalid_token\", error_description=\"a DPoP-bound token must be presented with the DPoP scheme\", DPoP algs=\"ES256 ES384 EdDSA PS256 RS256\"")
+    );
+    assert!(!f.echo.received(&response.test_id));
 }
 
 #[test]
