@@ -493,6 +493,32 @@ mod tests {
                "ath": access_token_hash(TOKEN)})
     }
 
+    /// The request most tests describe: POST `URI`.
+    const POST: Target<'static> = Target {
+        method: "POST",
+        uri: URI,
+    };
+
+    /// What a proof for POST `URI` with `TOKEN`, bound to `jkt`, is checked against.
+    fn expected<'a>(settings: &'a Settings, jkt: &'a str) -> Expected<'a> {
+        Expected {
+            settings,
+            jkt,
+            access_token: TOKEN,
+            nonce_required: false,
+            clock_skew_seconds: 30,
+        }
+    }
+
+    /// The RFC 9449 examples' expectations: their key and token, no skew.
+    fn rfc_expected(settings: &Settings) -> Expected<'_> {
+        Expected {
+            access_token: RFC9449_ACCESS_TOKEN,
+            clock_skew_seconds: 0,
+            ..expected(settings, RFC9449_JKT)
+        }
+    }
+
     /// `dpop::verify` of one header line for POST `URI` with `TOKEN`, bound to `jkt`.
     fn check(
         proof: &str,
@@ -502,20 +528,13 @@ mod tests {
         now: u64,
     ) -> Result<(), Reason> {
         let expected = Expected {
-            settings,
-            jkt,
-            access_token: TOKEN,
             nonce_required: nonce,
-            clock_skew_seconds: 30,
-        };
-        let target = Target {
-            method: "POST",
-            uri: URI,
+            ..expected(settings, jkt)
         };
         let record = replay::in_memory(8);
         verify(
             &[proof.as_bytes()],
-            target,
+            POST,
             &expected,
             &InVm,
             &mut &record,
@@ -558,13 +577,8 @@ mod tests {
         assert_eq!(proof.thumbprint(), RFC9449_JKT);
         assert_eq!(proof.iat(), Some(1_562_262_616));
         // It is a proof for the token endpoint: at a resource it names no access token.
-        let expected = Expected {
-            settings: &settings(None),
-            jkt: RFC9449_JKT,
-            access_token: RFC9449_ACCESS_TOKEN,
-            nonce_required: false,
-            clock_skew_seconds: 0,
-        };
+        let settings = settings(None);
+        let expected = rfc_expected(&settings);
         let target = Target {
             method: "POST",
             uri: "https://server.example.com/token",
@@ -579,13 +593,7 @@ mod tests {
     fn rfc9449_resource_request_example_verifies_once() {
         assert_eq!(access_token_hash(RFC9449_ACCESS_TOKEN), RFC9449_ATH);
         let settings = settings(None);
-        let expected = Expected {
-            settings: &settings,
-            jkt: RFC9449_JKT,
-            access_token: RFC9449_ACCESS_TOKEN,
-            nonce_required: false,
-            clock_skew_seconds: 0,
-        };
+        let expected = rfc_expected(&settings);
         let target = Target {
             method: "GET",
             uri: RESOURCE,
@@ -620,17 +628,9 @@ mod tests {
     fn exactly_one_dpop_header() {
         let (key, jwk) = client_key(1);
         let proof = sign(&key, &header(&jwk), &claims());
-        let expected = Expected {
-            settings: &settings(None),
-            jkt: &jkt_of(&jwk),
-            access_token: TOKEN,
-            nonce_required: false,
-            clock_skew_seconds: 30,
-        };
-        let target = Target {
-            method: "POST",
-            uri: URI,
-        };
+        let (settings, jkt) = (settings(None), jkt_of(&jwk));
+        let expected = expected(&settings, &jkt);
+        let target = POST;
         let record = replay::in_memory(8);
         let run = |lines: &[&[u8]]| verify(lines, target, &expected, &InVm, &mut &record, NOW);
         assert_eq!(run(&[]), Err(Reason::DpopProofMissing));
@@ -928,17 +928,8 @@ mod tests {
         let (other, _) = client_key(2);
         let jkt = jkt_of(&jwk);
         let settings = settings(None);
-        let expected = Expected {
-            settings: &settings,
-            jkt: &jkt,
-            access_token: TOKEN,
-            nonce_required: false,
-            clock_skew_seconds: 30,
-        };
-        let target = Target {
-            method: "POST",
-            uri: URI,
-        };
+        let expected = expected(&settings, &jkt);
+        let target = POST;
         let record = replay::in_memory(8);
         let mut store = &record;
         let forged = sign(&other, &header(&jwk), &claims());
