@@ -185,7 +185,11 @@ pub fn parse_fetched_jwks(jwks: &Value) -> Result<KeySet, String> {
 /// Parses one public JWK that must be usable, such as a token's `cnf.jwk` (RFC 7800 §3.2):
 /// unlike a JWKS, where unsupported keys are skipped, an unusable key here is an error.
 pub fn parse_one(jwk: &Value) -> Result<Vec<VerificationKey>, String> {
-    let jwk = jwk.as_object().ok_or("a JWK must be a JSON object")?;
+    parse_object(jwk.as_object().ok_or("a JWK must be a JSON object")?)
+}
+
+/// [`parse_one`] of a JWK already known to be an object (a DPoP proof's `jwk`).
+pub fn parse_object(jwk: &Map<String, Value>) -> Result<Vec<VerificationKey>, String> {
     match parse_jwk(jwk)? {
         Parsed::Keys(keys) => Ok(keys),
         Parsed::Skipped(why) => Err(why),

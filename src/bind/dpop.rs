@@ -243,7 +243,7 @@ impl Proof {
             .get("jwk")
             .and_then(Value::as_object)
             .ok_or(Reason::DpopKeyInvalid)?;
-        let key = jwk::parse_one(&Value::Object(jwk.clone()))
+        let key = jwk::parse_object(jwk)
             .map_err(|_| Reason::DpopKeyInvalid)?
             .into_iter()
             .find(|key| key.alg == alg)
