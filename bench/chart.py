@@ -1,8 +1,11 @@
 """Draws the bar chart of a `make bench` result: requests/s per row (median, with the
 min-max spread of the rounds), each bar annotated with its ratio to jwt_authn and to the
-wasm ceiling; below it, a second panel for the signed-request rows (a 1 KiB POST unsigned,
-and signed with ES256, EdDSA and HS256), each annotated with its ratio to the unsigned POST
-and the front Envoy's extra CPU time per request. Either panel may be absent (BENCH_ONLY).
+wasm ceiling; the DPoP rows (a fresh proof on every request, sent by bench/signload) with the
+front Envoy's CPU time per request beyond the cached mtls row's (the DPoP breakdown stages,
+if any, are not drawn); below it, a second panel for the signed-request rows (a 1 KiB POST
+unsigned, and signed with ES256, EdDSA and HS256), each annotated with its ratio to the
+unsigned POST and the front Envoy's extra CPU time per request. Either panel may be absent
+(BENCH_ONLY).
 
 Usage: chart.py RESULT.json OUT.png
 """
@@ -22,14 +25,19 @@ COLORS = {
     "tether": "#ef6c00",
 }
 UNSIGNED_COLOR = "#ffb74d"
+DPOP_COLOR = "#8e24aa"
+SIGNLOAD_BASELINE_COLOR = "#ffcc80"
 SIGNED_COLOR = "#e65100"
 
 
 def main(source, target):
     with open(source, encoding="utf-8") as f:
         result = json.load(f)
-    rows = result.get("rows") or []
+    # The DPoP breakdown stages are refusals, measured to split a DPoP request's cost: they are
+    # in the table and the JSON, not in the chart.
+    rows = [r for r in result.get("rows") or [] if r.get("request") != "dpop_breakdown_stage"]
     signed = (result.get("signed_requests") or {}).get("rows") or []
+    dpop = {c["dpop_row"]: c for c in (result.get("dpop") or {}).get("comparisons") or []}
     machine = result["machine"]
     method = result["method"]
 
@@ -53,7 +61,7 @@ def main(source, target):
     )
     footnotes = []
     if rows:
-        token_panel(axes[0], rows)
+        token_panel(axes[0], rows, dpop)
         axes[0].set_title(
             "Tether vs Envoy jwt_authn: one Envoy worker, mTLS, HTTP/1.1 keep-alive\n" + subtitle,
             fontsize=10,
@@ -62,6 +70,12 @@ def main(source, target):
             "x jwt_authn: against jwt_authn ES256 in the same cache mode (with its cache for the "
             "rows without one); x ceiling: against the wasm ceiling."
         )
+        if dpop:
+            footnotes.append(
+                "dpop rows (bench/signload, a fresh DPoP proof on every request): +us/req CPU "
+                "beyond the cached mtls row of the same token algorithm (oha); the rows marked "
+                "signload send that mtls request through signload."
+            )
     if signed:
         section = result["signed_requests"]["method"]
         ax = axes[-1]
@@ -120,11 +134,28 @@ def bars(ax, labels, rps, colors):
     return positions, top
 
 
-def token_panel(ax, rows):
-    colors = [COLORS.get(row["filter"], "#607d8b") for row in rows]
+def row_color(row):
+    if row.get("request") == "dpop":
+        return DPOP_COLOR
+    if row.get("load_generator") == "signload":
+        return SIGNLOAD_BASELINE_COLOR
+    return COLORS.get(row["filter"], "#607d8b")
+
+
+def token_panel(ax, rows, dpop):
+    colors = [row_color(row) for row in rows]
     positions, top = bars(ax, [row["label"] for row in rows], [row["rps"] for row in rows], colors)
     for pos, row in zip(positions, rows):
         notes = []
+        comparison = dpop.get(row["id"])
+        if comparison is not None:
+            notes.append(
+                f'{comparison["extra_envoy_cpu_us_per_request"]:+.0f} us/req CPU vs '
+                f'{comparison["mtls_label"]}'
+            )
+            if comparison.get("target_us") is not None:
+                verdict = "met" if comparison.get("met") else "MISSED"
+                notes.append(f'target +{comparison["target_us"]:.0f}: {verdict}')
         if row.get("ratio_rps_vs_jwt_authn") is not None and row["filter"] != "jwt_authn":
             notes.append(f'{row["ratio_rps_vs_jwt_authn"]:.2f}x jwt_authn')
         elif row["filter"] == "jwt_authn" and row.get("ratio_rps_vs_jwt_authn") is not None:
@@ -134,10 +165,23 @@ def token_panel(ax, rows):
             notes.append(f'{same_alg:.2f}x jwt_authn {row["algorithm"]}')
         if row.get("ratio_rps_vs_ceiling") is not None and row["filter"] != "ceiling":
             notes.append(f'{row["ratio_rps_vs_ceiling"]:.2f}x ceiling')
+        if row.get("load_generator") == "signload" and comparison is None:
+            notes.append(f'{row["envoy_cpu_us_per_request"]:.0f} us/req CPU')
         notes.append(f'p99 {row["p99_ms"]:.1f} ms')
         if row.get("note"):
             notes.append("(no token cache in this build)")
-        ax.text(row["rps"]["max"] + top * 0.01, pos, "   ".join(notes), va="center", fontsize=8)
+        color = "black"
+        if row.get("unexpected"):
+            notes.append(f'FAILED: {row["unexpected"]} unexpected')
+            color = "#c62828"
+        ax.text(
+            row["rps"]["max"] + top * 0.01,
+            pos,
+            "   ".join(notes),
+            va="center",
+            fontsize=8,
+            color=color,
+        )
 
 
 def signed_panel(ax, rows):

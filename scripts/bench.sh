@@ -17,12 +17,13 @@ if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check matplotlib
 fi
 
-# The signed-request rows send a different request every time, which oha cannot:
-# bench/signload does (its own crate, its own lock file, target dir bench/signload/target).
+# The signed-request rows and the DPoP rows send a different request every time, which oha
+# cannot: bench/signload does (its own crate, its own lock file, target dir
+# bench/signload/target).
 echo "bench: building bench/signload"
 cargo build --quiet --release --locked --manifest-path bench/signload/Cargo.toml
 
-# BENCH_ONLY=signed is a partial run: its results go to build/bench-results/ (unless
+# BENCH_ONLY=signed or dpop is a partial run: its results go to build/bench-results/ (unless
 # BENCH_RESULTS says otherwise), not over bench/results/.
 if [[ -n "${BENCH_ONLY:-}" && -z "${BENCH_RESULTS:-}" ]]; then
   export BENCH_RESULTS="$PWD/build/bench-results"

@@ -33,6 +33,20 @@ pub fn tether_config(keys: &Keys, cache_entries: Option<u64>) -> Value {
     config
 }
 
+/// The DPoP listener's Tether: the same issuer, keys and token cache as `tether_cache`, a
+/// `dpop` block and `require: dpop` on every path. Proofs live `max_age_seconds` (60, the
+/// default), and are recorded that long against replay.
+pub fn tether_dpop_config(keys: &Keys, cache_entries: Option<u64>) -> Value {
+    let mut config = tether_config(keys, cache_entries);
+    config["dpop"] = json!({"algs": DPOP_ALGS, "max_age_seconds": DPOP_MAX_AGE_SECONDS});
+    config["rules"] = json!([{"prefix": "/", "require": "dpop"}]);
+    config
+}
+
+/// The proof algorithms the DPoP listener accepts.
+pub const DPOP_ALGS: [&str; 2] = ["ES256", "EdDSA"];
+pub const DPOP_MAX_AGE_SECONDS: u64 = 60;
+
 /// A wasm filter in its own VM (`vm_id`), so that no two listeners share a VM or its memory.
 pub fn wasm_filter(name: &str, wasm: &Path, configuration: &Value) -> Value {
     json!({
@@ -101,6 +115,11 @@ pub fn http_filters(
         Listener::JwtAuthnNoCache => vec![jwt_authn_filter(keys, false)],
         Listener::TetherCache => vec![tether(true)],
         Listener::TetherNoCache => vec![tether(false)],
+        Listener::TetherDpop => vec![wasm_filter(
+            listener.name(),
+            &tools.tether_wasm,
+            &tether_dpop_config(keys, cache_supported.then_some(CACHE_ENTRIES)),
+        )],
     };
     filters.push(json!({
         "name": "envoy.filters.http.router",
@@ -186,9 +205,45 @@ pub fn backend_cluster(port: u16) -> Value {
 /// one-listener bootstrap with the field set to 0. Tether refuses unknown fields, so a build
 /// before the token cache fails here, naming the field.
 pub fn probe_token_cache(work: &Path, pki: &Pki, keys: &Keys, tools: &Tools) -> bool {
+    let outcome = validate_tether(work, pki, tools, &tether_config(keys, Some(0)));
+    if outcome.success {
+        return true;
+    }
+    if outcome.output.contains("token_cache_entries") {
+        return false;
+    }
+    fail(&format!(
+        "envoy --mode validate refused the Tether configuration for another reason:\n{}",
+        outcome.output
+    ))
+}
+
+/// Whether this `dist/tether.wasm` knows DPoP: `envoy --mode validate` on the DPoP listener's
+/// configuration. A build before DPoP refuses the `dpop` block (or `require: dpop`).
+pub fn probe_dpop(work: &Path, pki: &Pki, keys: &Keys, tools: &Tools) -> bool {
+    let outcome = validate_tether(work, pki, tools, &tether_dpop_config(keys, None));
+    if outcome.success {
+        return true;
+    }
+    if outcome.output.contains("dpop") {
+        return false;
+    }
+    fail(&format!(
+        "envoy --mode validate refused the DPoP Tether configuration for another reason:\n{}",
+        outcome.output
+    ))
+}
+
+/// `envoy --mode validate` on a one-listener bootstrap running Tether with `configuration`.
+fn validate_tether(
+    work: &Path,
+    pki: &Pki,
+    tools: &Tools,
+    configuration: &Value,
+) -> crate::support::envoy::Outcome {
     let config = work.join("probe.json");
     let filters = vec![
-        wasm_filter("probe", &tools.tether_wasm, &tether_config(keys, Some(0))),
+        wasm_filter("probe", &tools.tether_wasm, configuration),
         json!({
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -204,17 +259,7 @@ pub fn probe_token_cache(work: &Path, pki: &Pki, keys: &Keys, tools: &Tools) -> 
             },
         }),
     );
-    let outcome = validate(&config, work);
-    if outcome.success {
-        return true;
-    }
-    if outcome.output.contains("token_cache_entries") {
-        return false;
-    }
-    fail(&format!(
-        "envoy --mode validate refused the Tether configuration for another reason:\n{}",
-        outcome.output
-    ))
+    validate(&config, work)
 }
 
 pub fn start_backend(work: &Path) -> EnvoyProcess {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::dpop::DpopBench;
 use crate::envoy::EnvoyProcess;
 use crate::machine::{cpu_ticks, system_cpu_ticks, Tools};
 use crate::support::client::HttpsRequest;
@@ -27,9 +28,12 @@ pub struct Bench<'a> {
     pub pki: &'a Pki,
     pub keys: &'a Keys,
     pub ports: &'a BTreeMap<String, u16>,
+    pub front: &'a EnvoyProcess,
     pub front_pid: u32,
     pub backend_pid: u32,
     pub clock_ticks: f64,
+    /// The rows sent by `bench/signload` (DPoP, their baselines, the breakdown stages).
+    pub dpop: Option<&'a DpopBench>,
 }
 
 impl Bench<'_> {
@@ -42,7 +46,11 @@ impl Bench<'_> {
         );
         for variant in variants {
             if self.settings.warmup > 0 {
-                let _ = self.load(variant, self.settings.warmup);
+                let load = self.load(variant, self.settings.warmup);
+                // The signload rows' warm-up also sizes their next measurement: show it.
+                if variant.by_signload() {
+                    print_load(variant, &load);
+                }
             }
         }
     }
@@ -64,19 +72,7 @@ impl Bench<'_> {
             for &i in &order {
                 let variant = &variants[i];
                 let load = self.load(variant, self.settings.seconds);
-                println!(
-                    "  {:<28} {:>6.0} req/s  p50 {:>5.2} ms  p99 {:>5.2} ms  Envoy {:>3.0}% CPU \
-                     {:>3.0} us/req  back end {:>3.0}%  all CPUs {:>3.0}%{}",
-                    variant.label(),
-                    load.rps,
-                    load.p50_ms,
-                    load.p99_ms,
-                    load.envoy_cpu * 100.0,
-                    load.envoy_us_per_request,
-                    load.backend_cpu * 100.0,
-                    load.machine_cpu * 100.0,
-                    load.problems()
-                );
+                print_load(variant, &load);
                 measurements.entry(variant.id()).or_default().push(load);
             }
         }
@@ -94,7 +90,8 @@ impl Bench<'_> {
             "row", "bench token", "no token", "token of another cert"
         );
         let mut wrong = 0;
-        for variant in variants {
+        // The signload rows are checked by `DpopBench::check`, through signload.
+        for variant in variants.iter().filter(|v| !v.by_signload()) {
             let listener = variant.listener;
             let alice = &self.pki.alice;
             let request =
@@ -148,8 +145,20 @@ impl Bench<'_> {
         }
     }
 
-    /// One `oha` run of `seconds` against `variant`, with a fresh token.
+    /// One measurement of `seconds` of `variant`: by `oha`, or by signload for its rows.
     pub fn load(&self, variant: &Variant, seconds: u64) -> Load {
+        if variant.by_signload() {
+            match self.dpop {
+                Some(dpop) => dpop.load(self, variant, seconds),
+                None => fail(&format!("{} needs bench/signload", variant.label())),
+            }
+        } else {
+            self.oha_load(variant, seconds)
+        }
+    }
+
+    /// One `oha` run of `seconds` against `variant`, with a fresh token.
+    pub fn oha_load(&self, variant: &Variant, seconds: u64) -> Load {
         let token = self
             .keys
             .token(variant.alg, &self.pki.alice, &unique_jti("load"));
@@ -198,6 +207,7 @@ impl Bench<'_> {
             / (system_after.1.saturating_sub(system_before.1)).max(1) as f64;
         let responses = load.statuses.values().sum::<u64>().max(1);
         load.envoy_us_per_request = front_cpu * 1e6 / responses as f64;
+        load.seconds = seconds as f64;
         load
     }
 
@@ -322,6 +332,16 @@ pub struct Load {
     /// The share of all the machine's CPUs busy during the run (everything: Envoys, `oha`,
     /// and anything else running), 1.0 when all are.
     pub machine_cpu: f64,
+    /// The status every response must have (`200`, or `401` for a DPoP breakdown stage).
+    pub expected_status: &'static str,
+    /// Tether's refusal reason every response must have, when `expected_status` is a refusal.
+    pub expected_reason: Option<&'static str>,
+    /// Tether's refusal counters over the run, by reason (signload rows only).
+    pub refused: BTreeMap<String, u64>,
+    /// The driver's time to make one request's DPoP proof beforehand (one core), in µs.
+    pub client_us: Option<f64>,
+    /// The measurement's length in seconds (a signload row's may be capped).
+    pub seconds: f64,
 }
 
 impl Load {
@@ -349,6 +369,11 @@ impl Load {
             envoy_us_per_request: 0.0,
             backend_cpu: 0.0,
             machine_cpu: 0.0,
+            expected_status: "200",
+            expected_reason: None,
+            refused: BTreeMap::new(),
+            client_us: None,
+            seconds: 0.0,
         })
     }
 
@@ -361,12 +386,62 @@ impl Load {
             + self.errors.values().sum::<u64>()
     }
 
+    /// Responses other than the row's expected ones (status, and refusal reason for a
+    /// breakdown stage), and requests without a response.
+    pub fn unexpected(&self) -> u64 {
+        let wrong_status = self
+            .statuses
+            .iter()
+            .filter(|(status, _)| status.as_str() != self.expected_status)
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        let wrong_reason = match self.expected_reason {
+            Some(reason) => self
+                .refused
+                .iter()
+                .filter(|(r, _)| r.as_str() != reason)
+                .map(|(_, n)| n)
+                .sum::<u64>(),
+            None => 0,
+        };
+        wrong_status + wrong_reason + self.errors.values().sum::<u64>()
+    }
+
     pub fn problems(&self) -> String {
-        if self.non_200() == 0 {
+        if self.unexpected() == 0 {
             return String::new();
         }
-        format!("   !! not all 200: {:?} {:?}", self.statuses, self.errors)
+        format!(
+            "   !! not all {}{}: {:?} {:?}{}",
+            self.expected_status,
+            self.expected_reason
+                .map_or_else(String::new, |r| format!(" {r}")),
+            self.statuses,
+            self.errors,
+            if self.refused.is_empty() {
+                String::new()
+            } else {
+                format!(" refused {:?}", self.refused)
+            }
+        )
     }
+}
+
+/// One measurement's line in the terminal.
+pub fn print_load(variant: &Variant, load: &Load) {
+    println!(
+        "  {:<36} {:>6.0} req/s  p50 {:>5.2} ms  p99 {:>5.2} ms  Envoy {:>3.0}% CPU \
+         {:>3.0} us/req  back end {:>3.0}%  all CPUs {:>3.0}%{}",
+        variant.label(),
+        load.rps,
+        load.p50_ms,
+        load.p99_ms,
+        load.envoy_cpu * 100.0,
+        load.envoy_us_per_request,
+        load.backend_cpu * 100.0,
+        load.machine_cpu * 100.0,
+        load.problems()
+    );
 }
 
 #[derive(Debug, Clone)]

@@ -28,6 +28,13 @@
 //! request differs. Their table is printed after the first one, and their figures go into the
 //! results under `signed_requests`.
 //!
+//! The DPoP rows (`dpop.rs`) run in the token rows' front Envoy, on the listener `tether_dpop`
+//! (`require: dpop`), in the same rounds: a GET with `Authorization: DPoP` and a fresh DPoP
+//! proof (ES256, EdDSA) on every request, sent by `bench/signload`, beside the cached `mtls` row
+//! of the same token algorithm (and the same request sent by signload), with
+//! `openssl speed ecdsap256` for scale. `BENCH_DPOP_BREAKDOWN=1` adds requests refused after
+//! each step of the proof's checks, to show where the time goes.
+//!
 //! A benchmark, not a test: it prints figures and writes them to `bench/results/`, and fails
 //! only when it cannot measure (a tool missing, Envoy refusing to start, a row not behaving).
 //!
@@ -37,12 +44,15 @@
 //! `BENCH_OHA` (the `oha` binary, default `build/tools/bin/oha`), `BENCH_CEILING_WASM`
 //! (default `dist/ceiling.wasm`), `BENCH_RESULTS` (default `bench/results`),
 //! `BENCH_SIGNLOAD` (default `bench/signload/target/release/signload`), `BENCH_ONLY`
-//! (`signed`: only the signed-request rows, for iterating on them; the results then go to
-//! `build/bench-results/` unless `BENCH_RESULTS` says otherwise).
+//! (`signed`: only the signed-request rows; `dpop`: only the DPoP rows and the cached `mtls`
+//! rows they compare with; for iterating on them; the results then go to
+//! `build/bench-results/` unless `BENCH_RESULTS` says otherwise), `BENCH_DPOP_BREAKDOWN` (`1`:
+//! add the DPoP breakdown rows).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod dpop;
 mod envoy;
 mod load;
 mod machine;
@@ -56,14 +66,16 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use envoy::{front_bootstrap, probe_token_cache, start_backend, EnvoyProcess};
+use dpop::{DpopBench, DpopReport, OpensslSpeed};
+use envoy::{front_bootstrap, probe_dpop, probe_token_cache, start_backend, EnvoyProcess};
 use load::Bench;
 use machine::{clock_ticks_per_second, machine_info, print_machine, Tools};
 use report::{
-    evaluate_targets, print_memory, print_table, print_targets, report_json, summarize,
-    utc_timestamp, Row,
+    dpop_target, evaluate_targets, print_memory, print_table, print_targets, report_json,
+    summarize, utc_timestamp, Row,
 };
 use signed::{ClientKeys, SignedBench};
+use support::jwt::Alg;
 use support::pki::Pki;
 use support::{now, repo_root};
 use tokens::{Keys, TOKEN_LIFETIME_SECONDS};
@@ -95,24 +107,38 @@ fn main() {
     let backend_port = backend.listener_ports()["backend"];
     println!("  back end: a second Envoy (direct_response 200) on 127.0.0.1:{backend_port}");
 
-    let main_rows = if settings.only_signed {
-        println!("  BENCH_ONLY=signed: the token rows and the memory run are skipped");
-        None
-    } else {
-        Some(token_rows(&settings, &tools, &work, &pki, &keys, &backend))
+    let main_rows = match settings.only {
+        Some(Only::Signed) => {
+            println!("  BENCH_ONLY=signed: the token rows and the memory run are skipped");
+            None
+        }
+        Some(Only::Dpop) => {
+            println!(
+                "  BENCH_ONLY=dpop: only the DPoP rows and the cached mtls rows they compare \
+                 with; no memory run, no signed-request rows"
+            );
+            Some(token_rows(&settings, &tools, &work, &pki, &keys, &backend))
+        }
+        None => Some(token_rows(&settings, &tools, &work, &pki, &keys, &backend)),
     };
-    let signed = signed_rows(&settings, &tools, &work, &pki, &keys, &backend);
+    let signed = (settings.only != Some(Only::Dpop))
+        .then(|| signed_rows(&settings, &tools, &work, &pki, &keys, &backend));
     drop(backend);
 
     if let Some(main) = &main_rows {
         println!();
         print_table(&main.rows, &machine, &settings);
         print_targets(&main.targets, main.cache_supported);
+        if let Some(dpop) = &main.dpop {
+            dpop.print(settings.rounds);
+        }
         if let Some(memory) = &main.memory {
             print_memory(memory);
         }
     }
-    signed::print_table(&signed.rows, &settings, signed.seconds);
+    if let Some(signed) = &signed {
+        signed::print_table(&signed.rows, &settings, signed.seconds);
+    }
 
     let timestamp = utc_timestamp(now());
     let empty = MainRows::default();
@@ -128,17 +154,24 @@ fn main() {
         &main.targets,
         main.memory.as_ref(),
     );
-    report["signed_requests"] = signed::report_json(
-        &signed.rows,
-        &signed.check,
-        &signed.orders,
-        &settings,
-        signed.seconds,
-        &tools,
-        &signed.signload,
-    );
-    if settings.only_signed {
-        report["only"] = serde_json::json!("signed");
+    report["signed_requests"] = signed.as_ref().map_or(Value::Null, |signed| {
+        signed::report_json(
+            &signed.rows,
+            &signed.check,
+            &signed.orders,
+            &settings,
+            signed.seconds,
+            &tools,
+            &signed.signload,
+        )
+    });
+    report["dpop"] = main.dpop.as_ref().map_or(Value::Null, |dpop| {
+        dpop.to_json(settings.rounds, settings.concurrency)
+    });
+    match settings.only {
+        Some(Only::Signed) => report["only"] = serde_json::json!("signed"),
+        Some(Only::Dpop) => report["only"] = serde_json::json!("dpop"),
+        None => {}
     }
     let results = &settings.results;
     std::fs::create_dir_all(results)
@@ -161,6 +194,7 @@ struct MainRows {
     rows: Vec<Row>,
     targets: Vec<report::Target>,
     memory: Option<load::Memory>,
+    dpop: Option<DpopReport>,
 }
 
 fn token_rows(
@@ -181,11 +215,22 @@ fn token_rows(
         );
     }
     let backend_port = backend.listener_ports()["backend"];
+    // The DPoP rows compare with the cached mtls rows: they need the token cache too.
+    let dpop_supported = cache_supported && probe_dpop(work, pki, keys, tools);
+    if !dpop_supported {
+        println!("  dist/tether.wasm has no DPoP (or no token cache): the DPoP rows are skipped");
+    }
+    let only_dpop = settings.only == Some(Only::Dpop);
+    if only_dpop && !dpop_supported {
+        fail("BENCH_ONLY=dpop, but this dist/tether.wasm cannot run the DPoP rows");
+    }
 
     let listeners = Listener::ALL
         .iter()
         .copied()
         .filter(|l| cache_supported || *l != Listener::TetherNoCache)
+        .filter(|l| dpop_supported || *l != Listener::TetherDpop)
+        .filter(|l| !only_dpop || matches!(l, Listener::TetherCache | Listener::TetherDpop))
         .collect::<Vec<_>>();
     let bootstrap = front_bootstrap(&listeners, backend_port, pki, keys, tools, cache_supported);
     let config = work.join("front.json");
@@ -203,28 +248,69 @@ fn token_rows(
             .join(", ")
     );
 
-    let variants: Vec<Variant> = Variant::all()
+    let variants: Vec<Variant> = Variant::all(dpop_supported, settings.dpop_breakdown)
         .into_iter()
         .filter(|v| listeners.contains(&v.listener))
+        .filter(|v| {
+            !only_dpop
+                || v.by_signload()
+                || (v.listener == Listener::TetherCache && matches!(v.alg, Alg::Es256 | Alg::EdDsa))
+        })
         .collect();
+    let dpop_bench = dpop_supported.then(|| {
+        let signload = SignedBench::signload_binary(&repo_root());
+        println!(
+            "  DPoP rows: listener tether_dpop (require: dpop), proofs ES256 and EdDSA, load by {}{}",
+            relative(&signload),
+            if settings.dpop_breakdown {
+                ", with the breakdown rows (BENCH_DPOP_BREAKDOWN=1)"
+            } else {
+                ""
+            }
+        );
+        DpopBench::new(signload, work.join("dpop"))
+    });
     let bench = Bench {
         settings,
         tools,
         pki,
         keys,
         ports: &ports,
+        front: &front,
         front_pid: front.pid,
         backend_pid: backend.pid,
         clock_ticks: clock_ticks_per_second(),
+        dpop: dpop_bench.as_ref(),
     };
 
     println!("\nChecking that every row does what it says (HTTP status seen by curl):");
     bench.check(&variants);
+    let dpop_check = dpop_bench
+        .as_ref()
+        .map(|d| d.check(&bench, &variants))
+        .unwrap_or_default();
 
     bench.warm_up(&variants);
     let (measurements, orders) = bench.rounds(&variants);
 
-    let memory = if settings.memory_tokens > 0 {
+    // OpenSSL's ES256 verify on this machine, for scale beside the DPoP rows: one core, while
+    // both Envoys are idle.
+    let (ecdsa, ed25519) = if dpop_bench.is_some() {
+        println!("\nopenssl speed -seconds 1 ecdsap256 / ed25519 (one core, Envoys idle):");
+        let ecdsa = OpensslSpeed::measure("ecdsap256", "nistp256");
+        let ed25519 = OpensslSpeed::measure("ed25519", "Ed25519");
+        for speed in [&ecdsa, &ed25519].into_iter().flatten() {
+            println!("  {}", speed.describe());
+        }
+        if ecdsa.is_none() {
+            println!("  (openssl speed ecdsap256 could not be run or read)");
+        }
+        (ecdsa, ed25519)
+    } else {
+        (None, None)
+    };
+
+    let memory = if settings.memory_tokens > 0 && !only_dpop {
         Some(bench.memory_run(&front, cache_supported))
     } else {
         None
@@ -232,13 +318,26 @@ fn token_rows(
     drop(front);
 
     let rows = summarize(&variants, &measurements, cache_supported);
-    let targets = evaluate_targets(&rows);
+    let mut targets = evaluate_targets(&rows);
+    let dpop = dpop_bench.map(|_| {
+        let seconds = variants
+            .iter()
+            .find(|v| v.by_signload())
+            .map_or(settings.seconds, |v| {
+                DpopBench::max_seconds(v, settings.seconds)
+            });
+        dpop::summarize(&rows, dpop_check, ecdsa, ed25519, seconds)
+    });
+    if let Some(target) = dpop.as_ref().and_then(dpop_target) {
+        targets.push(target);
+    }
     MainRows {
         cache_supported,
         orders,
         rows,
         targets,
         memory,
+        dpop,
     }
 }
 
@@ -317,8 +416,16 @@ pub struct Settings {
     pub memory_tokens: usize,
     pub seed: u64,
     pub results: PathBuf,
-    /// `BENCH_ONLY=signed`: only the signed-request rows.
-    pub only_signed: bool,
+    /// `BENCH_ONLY`: only the signed-request rows, or only the DPoP rows.
+    pub only: Option<Only>,
+    /// `BENCH_DPOP_BREAKDOWN=1`: the DPoP breakdown rows too.
+    pub dpop_breakdown: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Only {
+    Signed,
+    Dpop,
 }
 
 impl Settings {
@@ -338,19 +445,24 @@ impl Settings {
             eprintln!("BENCH_SECONDS capped at {}", TOKEN_LIFETIME_SECONDS - 60);
             seconds = TOKEN_LIFETIME_SECONDS - 60;
         }
-        let only_signed = match std::env::var("BENCH_ONLY") {
-            Ok(only) if only.trim() == "signed" => true,
-            Ok(only) if only.trim().is_empty() => false,
+        let only = match std::env::var("BENCH_ONLY") {
+            Ok(only) if only.trim() == "signed" => Some(Only::Signed),
+            Ok(only) if only.trim() == "dpop" => Some(Only::Dpop),
+            Ok(only) if only.trim().is_empty() => None,
             Ok(only) => fail(&format!(
-                "BENCH_ONLY={only:?}: the only choice is \"signed\""
+                "BENCH_ONLY={only:?}: the choices are \"signed\" and \"dpop\""
             )),
+            Err(_) => None,
+        };
+        let dpop_breakdown = match std::env::var("BENCH_DPOP_BREAKDOWN") {
+            Ok(value) => matches!(value.trim(), "1" | "true" | "yes"),
             Err(_) => false,
         };
         // A partial run does not replace the results of a whole one.
         let results = std::env::var_os("BENCH_RESULTS")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
-                repo_root().join(if only_signed {
+                repo_root().join(if only.is_some() {
                     "build/bench-results"
                 } else {
                     "bench/results"
@@ -365,7 +477,8 @@ impl Settings {
                 .unwrap_or(usize::MAX),
             seed: number("BENCH_SEED", now().unsigned_abs()),
             results,
-            only_signed,
+            only,
+            dpop_breakdown,
         }
     }
 }

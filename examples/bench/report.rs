@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use crate::load::{Load, Memory, MemorySample};
 use crate::machine::Tools;
 use crate::support::jwt::Alg;
-use crate::variants::{Listener, Variant};
+use crate::variants::{Kind, Listener, Variant};
 use crate::{Settings, CACHE_ENTRIES};
 
 pub struct Row {
@@ -38,9 +38,36 @@ impl Row {
         self.loads.iter().map(Load::non_200).sum()
     }
 
+    /// Responses other than the row's expected ones, and requests without a response.
+    pub fn unexpected(&self) -> u64 {
+        self.loads.iter().map(Load::unexpected).sum()
+    }
+
+    fn refused(&self) -> BTreeMap<String, u64> {
+        let mut all = BTreeMap::new();
+        for load in &self.loads {
+            for (reason, n) in &load.refused {
+                *all.entry(reason.clone()).or_insert(0) += n;
+            }
+        }
+        all
+    }
+
     pub fn to_json(&self) -> Value {
         let round2 = |x: f64| (x * 100.0).round() / 100.0;
         let round3 = |x: Option<f64>| x.map(|x| (x * 1000.0).round() / 1000.0);
+        let (expected_status, expected_reason) = self.variant.expected();
+        let mut client_us = self
+            .loads
+            .iter()
+            .filter_map(|l| l.client_us)
+            .collect::<Vec<_>>();
+        let kind = match self.variant.kind {
+            Kind::Oha => "bearer",
+            Kind::Signload => "bearer",
+            Kind::Dpop => "dpop",
+            Kind::Stage(_) => "dpop_breakdown_stage",
+        };
         json!({
             "id": self.variant.id(),
             "label": self.variant.label(),
@@ -61,6 +88,14 @@ impl Row {
             "backend_cpu_cores": round3(Some(self.backend_cpu)),
             "machine_cpu_busy": round3(Some(self.machine_cpu)),
             "non_200": self.non_200(),
+            "load_generator": self.variant.client(),
+            "request": kind,
+            "expected_status": expected_status,
+            "expected_refusal": expected_reason,
+            "unexpected": self.unexpected(),
+            "refused": self.refused(),
+            "seconds": self.loads.iter().map(|l| round2(l.seconds)).collect::<Vec<_>>(),
+            "client_proof_us": (!client_us.is_empty()).then(|| round2(median(&mut client_us))),
             "reference": self.reference,
             "ratio_rps_vs_jwt_authn": round3(self.vs_jwt_authn),
             "ratio_p99_vs_jwt_authn": round3(self.p99_vs_jwt_authn),
@@ -126,6 +161,10 @@ pub fn summarize(
     let ceiling = find(&rows, "ceiling");
     for i in 0..rows.len() {
         let variant = rows[i].variant;
+        // Ratios compare rows sent by the same load generator (oha) only.
+        if variant.by_signload() {
+            continue;
+        }
         let mode = match variant.listener.cache() {
             Some(false) => "nocache",
             _ => "cache",
@@ -154,6 +193,8 @@ pub struct Target {
     pub value: f64,
     pub bound: f64,
     pub at_least: bool,
+    /// The unit of `value` and `bound`: "" for a ratio, "us" for a time.
+    pub unit: &'static str,
     /// What bounds the row: its cost beside the references', from the front Envoy's CPU.
     pub context: String,
 }
@@ -173,6 +214,7 @@ impl Target {
             "value": (self.value * 1000.0).round() / 1000.0,
             "bound": self.bound,
             "kind": if self.at_least { "at least" } else { "at most" },
+            "unit": self.unit,
             "met": self.met(),
             "context": self.context,
         })
@@ -187,7 +229,8 @@ pub fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
     let cost = |id: &str| find(id).map_or(f64::NAN, |r| r.envoy_us_per_request);
     let mut targets = Vec::new();
     for row in rows {
-        if !row.variant.listener.is_tether() {
+        // The DPoP rows have their own target (`dpop_target`).
+        if !row.variant.listener.is_tether() || row.variant.by_signload() {
             continue;
         }
         let label = row.variant.label();
@@ -222,6 +265,7 @@ pub fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
                         value: rps,
                         bound: 0.85,
                         at_least: true,
+                        unit: "",
                         context: context.clone(),
                     });
                     targets.push(Target {
@@ -229,6 +273,7 @@ pub fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
                         value: p99,
                         bound: 1.2,
                         at_least: false,
+                        unit: "",
                         context: context.clone(),
                     });
                 }
@@ -243,6 +288,7 @@ pub fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
                         value: rps,
                         bound: 0.8,
                         at_least: true,
+                        unit: "",
                         context: context.clone(),
                     });
                 }
@@ -251,6 +297,44 @@ pub fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
         }
     }
     targets
+}
+
+/// The DPoP target of the issue: an ES256 proof adds at most 80 µs of front Envoy CPU per
+/// request over the cached `mtls` ES256 row.
+pub fn dpop_target(dpop: &crate::dpop::DpopReport) -> Option<Target> {
+    let c = dpop
+        .comparisons
+        .iter()
+        .find(|c| c.alg == Alg::Es256 && c.target_us.is_some())?;
+    let openssl = dpop.ecdsa.as_ref().map_or_else(String::new, |speed| {
+        format!(
+            "; openssl speed ecdsap256 on this machine: {:.1} us per verify (2 x = {:.1} us)",
+            speed.us_per_verify(),
+            2.0 * speed.us_per_verify()
+        )
+    });
+    Some(Target {
+        text: format!(
+            "Tether dpop ES256, cache: +us/req CPU over {} <= {:.0}",
+            c.mtls,
+            c.target_us.unwrap_or(crate::dpop::TARGET_US)
+        ),
+        value: c.extra_us,
+        bound: c.target_us.unwrap_or(crate::dpop::TARGET_US),
+        at_least: false,
+        unit: "us",
+        context: format!(
+            "front Envoy us/request: {} {:.1}, {} {:.1}; beyond the mtls request sent by \
+             signload ({}): {}{openssl}",
+            c.dpop,
+            c.dpop_us,
+            c.mtls,
+            c.mtls_us,
+            c.signload.as_deref().unwrap_or("-"),
+            c.extra_like_us
+                .map_or("-".to_string(), |x| format!("{x:+.1} us")),
+        ),
+    })
 }
 
 pub fn print_table(rows: &[Row], machine: &Value, settings: &Settings) {
@@ -265,7 +349,7 @@ pub fn print_table(rows: &[Row], machine: &Value, settings: &Settings) {
     );
     let ratio = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |x| format!("{x:.2}"));
     println!(
-        "  {:<28} {:>7} {:>13} {:>7} {:>7} {:>11} {:>6} {:>6} {:>9} {:>10} {:>7}",
+        "  {:<36} {:>7} {:>13} {:>7} {:>7} {:>11} {:>6} {:>6} {:>9} {:>10} {:>7}",
         "row",
         "req/s",
         "min-max",
@@ -280,18 +364,24 @@ pub fn print_table(rows: &[Row], machine: &Value, settings: &Settings) {
     );
     println!(
         "  {}",
-        "-".repeat(28 + 7 + 13 + 7 + 7 + 11 + 6 + 6 + 9 + 10 + 7 + 10)
+        "-".repeat(36 + 7 + 13 + 7 + 7 + 11 + 6 + 6 + 9 + 10 + 7 + 10)
     );
     for row in rows {
         let mut marks = String::new();
-        if row.non_200() > 0 {
-            marks.push_str(&format!("  !! {} non-200", row.non_200()));
+        if row.unexpected() > 0 {
+            let (status, reason) = row.variant.expected();
+            marks.push_str(&format!(
+                "  !! FAILED MEASUREMENT: {} not {status}{} {:?}",
+                row.unexpected(),
+                reason.map_or_else(String::new, |r| format!(" {r}")),
+                row.refused()
+            ));
         }
         if let Some(note) = &row.note {
             marks.push_str(&format!("  ({note})"));
         }
         println!(
-            "  {:<28} {:>7.0} {:>13} {:>7.2} {:>7.2} {:>11} {:>6} {:>6} {:>9} {:>9.0}% {:>7.0}{marks}",
+            "  {:<36} {:>7.0} {:>13} {:>7.2} {:>7.2} {:>11} {:>6} {:>6} {:>9} {:>9.0}% {:>7.0}{marks}",
             row.variant.label(),
             row.rps,
             format!("{:.0}-{:.0}", row.rps_min, row.rps_max),
@@ -312,6 +402,12 @@ pub fn print_table(rows: &[Row], machine: &Value, settings: &Settings) {
          Envoy CPU: the front Envoy's CPU time per second (100% = one core); us/req: its CPU \
          time per response."
     );
+    if rows.iter().any(|r| r.variant.by_signload()) {
+        println!(
+            "  The rows named dpop and signload are sent by bench/signload (no ratios: another \
+             load generator); the DPoP comparison follows the targets."
+        );
+    }
     let range = |f: fn(&Row) -> f64| {
         let values = rows.iter().map(f);
         let (lo, hi) = values.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
@@ -340,14 +436,26 @@ pub fn print_targets(targets: &[Target], cache_supported: bool) {
                 (1.0 - target.value / target.bound) * 100.0,
                 target.bound - target.value
             )
-        } else {
+        } else if target.unit.is_empty() {
             format!(
                 "MISSED by {:.1}% ({:.3} over)",
                 (target.value / target.bound - 1.0) * 100.0,
                 target.value - target.bound
             )
+        } else {
+            format!(
+                "MISSED by {:.1} {} ({:.0}% over)",
+                target.value - target.bound,
+                target.unit,
+                (target.value / target.bound - 1.0) * 100.0
+            )
         };
-        println!("  {:<62} {:>6.3}  {verdict}", target.text, target.value);
+        let value = if target.unit.is_empty() {
+            format!("{:.3}", target.value)
+        } else {
+            format!("{:.1} {}", target.value, target.unit)
+        };
+        println!("  {:<62} {value:>8}  {verdict}", target.text);
         if !target.met() {
             println!("      {}", target.context);
         }

@@ -395,59 +395,24 @@ impl SignedBench<'_> {
         connections: u64,
         max_seconds: Option<u64>,
     ) -> Result<Value, String> {
-        let settings = self.dir.join("signload.json");
-        let mut value = json!({
-            "address": format!("127.0.0.1:{}", self.port),
-            "server_name": "localhost",
-            "ca": self.pki.ca,
-            "cert": self.pki.alice.cert,
-            "key": self.pki.alice.key,
-            "connections": connections,
-            "requests": requests,
-        });
-        if let Some(seconds) = max_seconds {
-            value["max_seconds"] = json!(seconds);
-        }
-        write_json(&settings, &value);
-        let output = Command::new(&self.signload)
-            .arg(&settings)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.signload.display()))?;
-        if !output.status.success() {
-            return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
-        }
-        serde_json::from_slice(&output.stdout).map_err(|e| {
-            format!(
-                "signload's output ({e}): {}",
-                String::from_utf8_lossy(&output.stdout)
-            )
-        })
+        run_signload(
+            &self.signload,
+            &self.dir.join("signload.json"),
+            self.port,
+            self.pki,
+            connections,
+            requests,
+            max_seconds,
+        )
     }
 
     /// Tether's refusal counters (`wasmcustom.tether.refused.<reason>`).
     fn refused(&self) -> BTreeMap<String, u64> {
-        let text = self
-            .front
-            .admin_get("/stats?filter=tether\\.refused\\.")
-            .unwrap_or_default();
-        text.lines()
-            .filter_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                let reason = name.trim().rsplit_once("refused.")?.1.to_string();
-                Some((reason, value.trim().parse().ok()?))
-            })
-            .collect()
+        refused_counters(self.front)
     }
 
     fn refused_since(&self, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-        self.refused()
-            .into_iter()
-            .filter_map(|(reason, n)| {
-                let delta = n.saturating_sub(before.get(&reason).copied().unwrap_or(0));
-                (delta > 0).then_some((reason, delta))
-            })
-            .collect()
+        refused_since(self.front, before)
     }
 
     /// One measurement: `count` fresh requests for `row`, sent by signload over the bench's
@@ -642,6 +607,81 @@ impl SignedBench<'_> {
         }
         (measurements, orders, seconds)
     }
+}
+
+/// Runs signload (`binary`) on `requests` (a file of JSON lines) against 127.0.0.1:`port`,
+/// with alice's certificate, its settings written to `settings`; returns its report.
+pub fn run_signload(
+    binary: &Path,
+    settings: &Path,
+    port: u16,
+    pki: &Pki,
+    connections: u64,
+    requests: &Path,
+    max_seconds: Option<u64>,
+) -> Result<Value, String> {
+    let mut value = json!({
+        "address": format!("127.0.0.1:{port}"),
+        "server_name": "localhost",
+        "ca": pki.ca,
+        "cert": pki.alice.cert,
+        "key": pki.alice.key,
+        "connections": connections,
+        "requests": requests,
+    });
+    if let Some(seconds) = max_seconds {
+        value["max_seconds"] = json!(seconds);
+    }
+    write_json(settings, &value);
+    let output = Command::new(binary)
+        .arg(settings)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| {
+        format!(
+            "signload's output ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// Tether's refusal counters (`wasmcustom.tether.refused.<reason>`) in `front`, summed over
+/// its Tether VMs.
+pub fn refused_counters(front: &EnvoyProcess) -> BTreeMap<String, u64> {
+    let text = front
+        .admin_get("/stats?filter=tether\\.refused\\.")
+        .unwrap_or_default();
+    let mut counters = BTreeMap::new();
+    for line in text.lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let Some((_, reason)) = name.trim().rsplit_once("refused.") else {
+            continue;
+        };
+        if let Ok(n) = value.trim().parse::<u64>() {
+            *counters.entry(reason.to_string()).or_insert(0) += n;
+        }
+    }
+    counters
+}
+
+/// The refusal counters that moved since `before`, by how much.
+pub fn refused_since(
+    front: &EnvoyProcess,
+    before: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    refused_counters(front)
+        .into_iter()
+        .filter_map(|(reason, n)| {
+            let delta = n.saturating_sub(before.get(&reason).copied().unwrap_or(0));
+            (delta > 0).then_some((reason, delta))
+        })
+        .collect()
 }
 
 /// A body of exactly `BODY_BYTES`, JSON, with the request number inside.

@@ -34,11 +34,14 @@ pub struct BoundClaims {
     pub cnf: Confirmation,
 }
 
-/// RFC 8705 §3.1.
+/// RFC 8705 §3.1, and for the DPoP rows also RFC 9449 §6.1.
 #[derive(Serialize, Deserialize)]
 pub struct Confirmation {
     #[serde(rename = "x5t#S256")]
     pub x5t_s256: String,
+    /// The RFC 7638 thumbprint of the client's DPoP key (the DPoP rows' tokens only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub jkt: Option<String>,
 }
 
 impl Keys {
@@ -93,10 +96,30 @@ impl Keys {
     /// The same, for the OAuth client `client_id` (the signed-request rows name a registered
     /// client, whose keys verify the request signatures).
     pub fn token_for(&self, alg: Alg, client: &ClientCert, jti: &str, client_id: &str) -> String {
+        self.mint(alg, client, None, jti, client_id)
+    }
+
+    /// A DPoP-bound token for the DPoP rows: `cnf` holds both the certificate thumbprint of
+    /// `client` (`x5t#S256`, as every bench token) and `jkt`, the RFC 7638 thumbprint of the
+    /// key that signs the proofs. Tether then checks on a DPoP request everything it checks on
+    /// an `mtls` request (the cached token, the certificate) and the proof besides.
+    pub fn dpop_token(&self, alg: Alg, client: &ClientCert, jkt: &str, jti: &str) -> String {
+        self.mint(alg, client, Some(jkt.to_string()), jti, "bench-client")
+    }
+
+    fn mint(
+        &self,
+        alg: Alg,
+        client: &ClientCert,
+        jkt: Option<String>,
+        jti: &str,
+        client_id: &str,
+    ) -> String {
         let custom = BoundClaims {
             client_id: client_id.into(),
             cnf: Confirmation {
                 x5t_s256: client.x5t_s256(),
+                jkt,
             },
         };
         let claims = Claims::with_custom_claims(

@@ -10,7 +10,8 @@
 //! `{"address": "127.0.0.1:10443", "server_name": "localhost", "ca": "ca.pem",
 //!   "cert": "client.pem", "key": "client.key", "connections": 32,
 //!   "requests": "requests.jsonl", "max_seconds": 10}`; each line of the requests file is
-//! `{"method": "POST", "path": "/x", "headers": [["name", "value"]], "body": "..."}`.
+//! `{"method": "POST", "path": "/x", "headers": [["name", "value"]], "body": "..."}`
+//! (`content-length` is added, except on a GET or HEAD without a body).
 //!
 //! Every request is sent once, in file order across the connections, until the file is used
 //! up or `max_seconds` (optional) have passed; the requests left then are not sent. The report:
@@ -181,12 +182,16 @@ fn load_requests(path: &str, host: &str) -> Result<Vec<Vec<u8>>, String> {
         let r: Value =
             serde_json::from_str(&line).map_err(|e| format!("{path}:{}: {e}", number + 1))?;
         let body = r["body"].as_str().unwrap_or_default();
+        let method = r["method"].as_str().unwrap_or("GET");
         let mut bytes = format!(
-            "{} {} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n",
-            r["method"].as_str().unwrap_or("GET"),
-            r["path"].as_str().unwrap_or("/"),
-            body.len()
+            "{method} {} HTTP/1.1\r\nhost: {host}\r\n",
+            r["path"].as_str().unwrap_or("/")
         );
+        // A GET or HEAD without a body has no content-length, as `oha` sends it (the DPoP rows
+        // compare with oha's rows); any other request says its length, even 0.
+        if !(body.is_empty() && matches!(method, "GET" | "HEAD")) {
+            bytes.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
         for header in r["headers"].as_array().into_iter().flatten() {
             let (Some(name), Some(value)) = (header[0].as_str(), header[1].as_str()) else {
                 return Err(format!(
