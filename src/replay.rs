@@ -3,10 +3,10 @@
 //! The record is shared by all of an Envoy's worker VMs (proxy-wasm shared data, in the
 //! glue) and bounded: it is split into buckets by the id's hash, each holding at most
 //! [`BUCKET_ENTRIES`] live entries. An entry is the id and the time it was signed (`iat`),
-//! kept while any configuration sharing the record could still accept that `iat`: the record's
-//! window is the widest any of them has used ([`WindowRecord`]), read on every write, so that
-//! a configuration that widens its window makes every entry live longer at once. A full bucket
-//! refuses new ids (fail closed) rather than forget one that could then be replayed.
+//! kept while any configuration sharing the record could still accept that `iat`: each bucket
+//! carries the widest window any of them has used, raised in every bucket by a configuration
+//! that widens it ([`WindowRecord`]), so that every entry then lives longer at once. A full
+//! bucket refuses new ids (fail closed) rather than forget one that could then be replayed.
 
 use crate::abi::Status;
 use crate::reject::Reason;
@@ -17,6 +17,11 @@ pub const BUCKET_ENTRIES: usize = 64;
 /// Bytes of the signature hash kept per entry: 128 bits, collision-free in practice.
 const ID_BYTES: usize = 16;
 const ENTRY_BYTES: usize = ID_BYTES + 8;
+/// A bucket starts with its window (seconds, big-endian).
+const WINDOW_BYTES: usize = 8;
+/// The widest window a bucket may claim: the widest `max_age_seconds` a configuration can set.
+/// A larger one (written by another plugin sharing the data) would only keep entries longer.
+pub const MAX_WINDOW_SECONDS: u64 = 3600;
 
 /// Where replayed signatures are recorded.
 pub trait ReplayStore {
@@ -38,9 +43,10 @@ pub trait ReplayStore {
 /// When a new configuration widens it (60 to 600, say), an entry already dropped under the old
 /// window would be inside the new one: replayable once. So a widening remembers since when the
 /// record is complete: `iat` must be at least the widening's time minus the old window (found
-/// by the review of issue 7). Entries still held at the widening live on under the new window,
-/// since every write reads the window afresh (found by the review of issue 9: with expiry times
-/// fixed when an entry was written, they were dropped on the old schedule).
+/// by the review of issue 7). Entries still held at the widening live on under the new window:
+/// the widening VM raises the window of every bucket before it agrees on this record (found by
+/// the review of issue 9: with expiry times fixed when an entry was written, they were dropped
+/// on the old schedule, and a used proof was accepted again).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WindowRecord {
     pub max_age_seconds: u64,
@@ -96,17 +102,33 @@ pub fn bucket_of(id: &[u8; 32], buckets: usize) -> usize {
     n % buckets.max(1)
 }
 
-/// One bucket: `(id prefix, iat)` entries, encoded as fixed-size records.
+/// One bucket: its window, and `(id prefix, iat)` entries, encoded as fixed-size records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bucket {
+    /// The widest `max_age_seconds` of any configuration that wrote or prepared this bucket:
+    /// an entry is kept while its `iat` is inside it.
+    window: u64,
     entries: Vec<([u8; ID_BYTES], u64)>,
 }
 
 impl Bucket {
-    /// Decodes a bucket; malformed trailing bytes are ignored (they can only come from a
-    /// different Tether version, and dropping them only forgets).
+    /// Decodes a bucket. One without a window (written by the version before windows were
+    /// kept in buckets, whose entries held expiry times, later than their `iat`: read as
+    /// `iat`, they are only kept longer) has window 0. Malformed trailing bytes are ignored:
+    /// dropping them only forgets what another writer put there.
     pub fn decode(bytes: &[u8]) -> Self {
-        let entries = bytes
+        let (window, entries) = match bytes.len() % ENTRY_BYTES {
+            WINDOW_BYTES => {
+                let (head, rest) = bytes.split_at(WINDOW_BYTES);
+                let window = head
+                    .try_into()
+                    .map_or(0, u64::from_be_bytes)
+                    .min(MAX_WINDOW_SECONDS);
+                (window, rest)
+            }
+            _ => (0, bytes),
+        };
+        let entries = entries
             .chunks_exact(ENTRY_BYTES)
             .filter_map(|chunk| {
                 let id: [u8; ID_BYTES] = chunk.get(..ID_BYTES)?.try_into().ok()?;
@@ -114,11 +136,12 @@ impl Bucket {
                 Some((id, u64::from_be_bytes(iat)))
             })
             .collect();
-        Bucket { entries }
+        Bucket { window, entries }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.entries.len() * ENTRY_BYTES);
+        let mut out = Vec::with_capacity(WINDOW_BYTES + self.entries.len() * ENTRY_BYTES);
+        out.extend_from_slice(&self.window.to_be_bytes());
         for (id, iat) in &self.entries {
             out.extend_from_slice(id);
             out.extend_from_slice(&iat.to_be_bytes());
@@ -126,10 +149,24 @@ impl Bucket {
         out
     }
 
-    /// Drops the entries no configuration can accept any more (`iat` older than
-    /// `max_age_seconds` at `now`), then records `id` signed at `iat`:
-    /// `Err(RequestSignatureReplayed)` if it is already there, `Err(ReplayStoreFull)` if there
-    /// is no room.
+    /// The bucket's window.
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// Widens the bucket's window to `max_age_seconds`; whether it changed.
+    pub fn widen(&mut self, max_age_seconds: u64) -> bool {
+        let widened = max_age_seconds.min(MAX_WINDOW_SECONDS) > self.window;
+        if widened {
+            self.window = max_age_seconds.min(MAX_WINDOW_SECONDS);
+        }
+        widened
+    }
+
+    /// Drops the entries no configuration can accept any more (`iat` outside the wider of the
+    /// bucket's window and `max_age_seconds`, the writer's), then records `id` signed at
+    /// `iat`: `Err(RequestSignatureReplayed)` if it is already there, `Err(ReplayStoreFull)`
+    /// if there is no room.
     pub fn record(
         &mut self,
         id: &[u8; 32],
@@ -137,8 +174,10 @@ impl Bucket {
         now: u64,
         max_age_seconds: u64,
     ) -> Result<(), Reason> {
+        self.widen(max_age_seconds);
+        let window = self.window.max(max_age_seconds);
         self.entries
-            .retain(|(_, signed_at)| signed_at.saturating_add(max_age_seconds) >= now);
+            .retain(|(_, signed_at)| signed_at.saturating_add(window) >= now);
         let prefix: [u8; ID_BYTES] = id[..ID_BYTES]
             .try_into()
             .map_err(|_| Reason::ReplayStoreFull)?;
@@ -183,9 +222,15 @@ pub struct SharedReplay<S> {
 }
 
 impl<S: SharedData> SharedReplay<S> {
-    /// The record under `namespace`, set up for a configuration with `max_age_seconds` at
-    /// `now`: every bucket created, and the window agreed with the other VMs.
-    pub fn configure(data: S, namespace: String, max_age_seconds: u64, now: u64) -> Self {
+    /// The record under `namespace`, set up for a configuration with `max_age_seconds`: every
+    /// bucket created, and widened to it, then the window agreed with the other VMs at the
+    /// time `now` gives once that is done.
+    pub fn configure(
+        data: S,
+        namespace: String,
+        max_age_seconds: u64,
+        now: impl Fn() -> u64,
+    ) -> Self {
         SharedReplay::with_buckets(data, namespace, BUCKETS, max_age_seconds, now)
     }
 
@@ -194,17 +239,19 @@ impl<S: SharedData> SharedReplay<S> {
         namespace: String,
         buckets: usize,
         max_age_seconds: u64,
-        now: u64,
+        now: impl Fn() -> u64,
     ) -> Self {
         let mut record = SharedReplay {
             data,
             namespace,
             buckets: buckets.max(1),
             remembers_since: 0,
-            max_age_seconds,
+            max_age_seconds: max_age_seconds.min(MAX_WINDOW_SECONDS),
         };
-        record.create_buckets();
-        record.remembers_since = record.agree_window(max_age_seconds, now);
+        record.prepare_buckets();
+        // After the walk: a VM of an older, narrower configuration may have dropped entries
+        // from a bucket until the walk widened it, all of them older than now minus its window.
+        record.remembers_since = record.agree_window(max_age_seconds, now());
         record
     }
 
@@ -216,21 +263,8 @@ impl<S: SharedData> SharedReplay<S> {
         format!("{}.replay.window", self.namespace)
     }
 
-    /// The record's window now: the shared one, which a later configuration may have widened,
-    /// and never less than this configuration's.
-    fn window(&self) -> u64 {
-        let shared = self
-            .data
-            .get(&self.window_key())
-            .ok()
-            .flatten()
-            .and_then(|(bytes, _)| WindowRecord::decode(&bytes));
-        shared.map_or(self.max_age_seconds, |record| {
-            record.max_age_seconds.max(self.max_age_seconds)
-        })
-    }
-
-    /// Creates every bucket that does not exist yet, empty.
+    /// Creates every bucket that does not exist yet, empty, and widens every bucket's window
+    /// to this configuration's.
     ///
     /// Shared data has no atomic "create if absent": a write to a missing key succeeds
     /// whatever compare-and-swap token it carries. When the first write to a bucket also
@@ -239,13 +273,39 @@ impl<S: SharedData> SharedReplay<S> {
     /// time (Envoy configures a plugin on its main thread before any worker serves with it),
     /// every later write is a compare-and-swap on an existing key.
     ///
+    /// A bucket's window decides how long its entries are kept by every VM that writes it,
+    /// whatever that VM's own configuration: once this walk has widened a bucket, a VM of an
+    /// older, narrower configuration still serving keeps its entries as long as this one
+    /// accepts them (its write of a bucket it read before the walk fails its compare-and-swap,
+    /// and it reads the bucket again).
+    ///
     /// Every VM walks every bucket (a few milliseconds at configure): a marker saying "done"
     /// could be written by another plugin to stop the walk.
-    fn create_buckets(&self) {
+    fn prepare_buckets(&self) {
+        let empty = Bucket {
+            window: self.max_age_seconds,
+            entries: Vec::new(),
+        }
+        .encode();
         for bucket in 0..self.buckets {
             let key = self.key(bucket);
-            if let Ok(None) = self.data.get(&key) {
-                let _ = self.data.set(&key, &[], None);
+            for _ in 0..ATTEMPTS {
+                let (bytes, cas) = match self.data.get(&key) {
+                    Ok(Some(current)) => current,
+                    Ok(None) => {
+                        let _ = self.data.set(&key, &empty, None);
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                let mut current = Bucket::decode(&bytes);
+                if !current.widen(self.max_age_seconds) {
+                    break;
+                }
+                match self.data.set(&key, &current.encode(), Some(cas)) {
+                    Err(Status::CasMismatch) => continue,
+                    _ => break,
+                }
             }
         }
     }
@@ -284,7 +344,6 @@ impl<S: SharedData> SharedReplay<S> {
 impl<S: SharedData> ReplayStore for &SharedReplay<S> {
     fn first_use(&mut self, id: &[u8; 32], iat: u64, now: u64) -> Result<(), Reason> {
         let key = self.key(bucket_of(id, self.buckets));
-        let window = self.window();
         for _ in 0..ATTEMPTS {
             // Every bucket was created at configure time; one missing now was never created
             // (a host that dropped it): fail closed rather than write without a token.
@@ -293,7 +352,7 @@ impl<S: SharedData> ReplayStore for &SharedReplay<S> {
                 return Err(Reason::ReplayStoreFull);
             };
             let mut bucket = Bucket::decode(&bytes);
-            bucket.record(id, iat, now, window)?;
+            bucket.record(id, iat, now, self.max_age_seconds)?;
             match self.data.set(&key, &bucket.encode(), Some(cas)) {
                 Ok(()) => return Ok(()),
                 Err(Status::CasMismatch) => continue,
@@ -316,7 +375,7 @@ pub fn in_memory(buckets: usize) -> SharedReplay<crate::shared::Memory> {
         "test".into(),
         buckets,
         60,
-        0,
+        || 0,
     )
 }
 
@@ -401,10 +460,10 @@ mod tests {
     #[test]
     fn buckets_are_created_at_configure_and_never_emptied_by_a_later_vm() {
         let data = crate::shared::Memory::default();
-        let first = SharedReplay::with_buckets(&data, "ns".into(), 4, 60, 1_000);
+        let first = SharedReplay::with_buckets(&data, "ns".into(), 4, 60, || 1_000);
         assert_eq!(data.keys(), 4 + 1, "four buckets and the window record");
         assert_eq!((&first).first_use(&id(1), 1_000, 1_000), Ok(()));
-        let _second = SharedReplay::with_buckets(&data, "ns".into(), 4, 60, 1_001);
+        let _second = SharedReplay::with_buckets(&data, "ns".into(), 4, 60, || 1_001);
         assert_eq!(
             (&first).first_use(&id(1), 1_000, 1_001),
             Err(Reason::RequestSignatureReplayed)
@@ -416,7 +475,7 @@ mod tests {
     #[test]
     fn a_signature_raced_by_two_vms_is_accepted_once() {
         let data = crate::shared::Memory::default();
-        let ours = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, 0);
+        let ours = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, || 0);
         // Between our read of the bucket and our write, another VM records the signature.
         let mut raced = false;
         *data.before_set.borrow_mut() = Some(Box::new(move |memory, key| {
@@ -437,7 +496,7 @@ mod tests {
     #[test]
     fn a_missing_bucket_or_endless_contention_fails_closed() {
         let data = crate::shared::Memory::default();
-        let record = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, 0);
+        let record = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, || 0);
         // Contention on every write: another VM always writes first.
         *data.before_set.borrow_mut() = Some(Box::new(|memory, key| {
             if key == "ns.replay.0" {
@@ -468,12 +527,12 @@ mod tests {
     #[test]
     fn vms_agree_on_the_window_through_the_shared_record() {
         let data = crate::shared::Memory::default();
-        let old = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, 1_000);
+        let old = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, || 1_000);
         assert_eq!((&old).remembers_since(), 0);
-        let wide = SharedReplay::with_buckets(&data, "ns".into(), 1, 600, 2_000);
+        let wide = SharedReplay::with_buckets(&data, "ns".into(), 1, 600, || 2_000);
         assert_eq!((&wide).remembers_since(), 1_940);
         // Another VM of the new configuration, a moment later: the same answer.
-        let other = SharedReplay::with_buckets(&data, "ns".into(), 1, 600, 2_001);
+        let other = SharedReplay::with_buckets(&data, "ns".into(), 1, 600, || 2_001);
         assert_eq!((&other).remembers_since(), 1_940);
     }
 
@@ -484,9 +543,9 @@ mod tests {
     #[test]
     fn widening_the_window_keeps_the_entries_recorded_under_the_old_one() {
         let data = crate::shared::Memory::default();
-        let old = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, 1_000);
+        let old = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, || 1_000);
         assert_eq!((&old).first_use(&id(1), 1_000, 1_010), Ok(()));
-        let wide = SharedReplay::with_buckets(&data, "ns".into(), 1, 300, 1_040);
+        let wide = SharedReplay::with_buckets(&data, "ns".into(), 1, 300, || 1_040);
         // The used proof, well inside the new window: still remembered, by both.
         assert_eq!(
             (&wide).first_use(&id(1), 1_000, 1_100),
@@ -499,11 +558,63 @@ mod tests {
             Err(Reason::RequestSignatureReplayed)
         );
         // And a narrower configuration later does not narrow the record.
-        let narrow = SharedReplay::with_buckets(&data, "ns".into(), 1, 30, 1_250);
+        let narrow = SharedReplay::with_buckets(&data, "ns".into(), 1, 30, || 1_250);
         assert_eq!(
             (&narrow).first_use(&id(1), 1_000, 1_260),
             Err(Reason::RequestSignatureReplayed)
         );
+    }
+
+    /// A VM of the older configuration reads a bucket, the widening VM's walk widens it, then
+    /// the older VM writes: its compare-and-swap fails, it reads the bucket again, and keeps
+    /// the wider window instead of writing its own back over it.
+    #[test]
+    fn a_write_racing_the_widening_walk_keeps_the_wider_window() {
+        let data = crate::shared::Memory::default();
+        let old = SharedReplay::with_buckets(&data, "ns".into(), 1, 60, || 1_000);
+        assert_eq!((&old).first_use(&id(1), 1_000, 1_010), Ok(()));
+        let mut walked = false;
+        *data.before_set.borrow_mut() = Some(Box::new(move |memory, key| {
+            if key == "ns.replay.0" && !walked {
+                walked = true;
+                let (bytes, _) = memory.get(key).unwrap().unwrap();
+                let mut bucket = Bucket::decode(&bytes);
+                assert!(bucket.widen(300));
+                memory.put(key, &bucket.encode());
+            }
+        }));
+        assert_eq!((&old).first_use(&id(2), 1_020, 1_020), Ok(()));
+        *data.before_set.borrow_mut() = None;
+        let (bytes, _) = data.get("ns.replay.0").unwrap().unwrap();
+        assert_eq!(Bucket::decode(&bytes).window(), 300);
+        // Later writes by the older VM keep what the wider window still accepts.
+        assert_eq!((&old).first_use(&id(3), 1_100, 1_100), Ok(()));
+        let wide = SharedReplay::with_buckets(&data, "ns".into(), 1, 300, || 1_030);
+        assert_eq!(
+            (&wide).first_use(&id(1), 1_000, 1_110),
+            Err(Reason::RequestSignatureReplayed)
+        );
+    }
+
+    /// What another plugin can write in a bucket's window is bounded: entries are kept no
+    /// longer than the widest window a configuration can set.
+    #[test]
+    fn a_bucket_window_is_bounded() {
+        let mut bytes = u64::MAX.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[7u8; ENTRY_BYTES]);
+        let mut bucket = Bucket::decode(&bytes);
+        assert_eq!(bucket.window(), MAX_WINDOW_SECONDS);
+        bucket
+            .record(&id(1), 0, MAX_WINDOW_SECONDS + 1, 60)
+            .unwrap();
+        assert_eq!(
+            bucket.len(),
+            2,
+            "the stranger's entry (iat 0x0707..) stays; it is in the future"
+        );
+        // A bucket in the format before windows: no window, entries kept.
+        let old = Bucket::decode(&[9u8; ENTRY_BYTES * 2]);
+        assert_eq!((old.window(), old.len()), (0, 2));
     }
 
     #[test]

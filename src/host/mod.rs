@@ -189,7 +189,7 @@ impl RootContext for Root {
                 .signed_requests
                 .max_age_seconds
                 .max(policy.dpop.max_age_seconds),
-            now_seconds(),
+            now_seconds,
         );
         log(
             Level::Info,
