@@ -45,6 +45,7 @@ pub mod policy;
 pub mod reject;
 pub mod replay;
 pub mod shared;
+pub mod sign;
 pub mod token;
 pub mod verdict;
 
