@@ -230,6 +230,31 @@ mod tests {
         assert_eq!(key.sign(b"test"), hex(&test));
     }
 
+    /// RFC 9421 Appendix B.2.6: the signature base of the B.2.6 request, signed with the B.1.4
+    /// key `test-key-ed25519`, gives the RFC's signature.
+    #[test]
+    fn rfc9421_b26_ed25519_signature_is_reproduced() {
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519",
+            "d": "n4Ni-HpISpVObnQMW0wOhCKROaIKqKtW_2ZYb2p9KcU",
+            "x": "JrQLj5P_89iXES9-vFgrIy29clF9CC_oPPsw3c5D0bs"});
+        let key = SigningKey::from_private_jwk("test-key-ed25519", &jwk).unwrap();
+        let base = [
+            "\"date\": Tue, 20 Apr 2021 02:07:55 GMT",
+            "\"@method\": POST",
+            "\"@path\": /foo",
+            "\"@authority\": example.com",
+            "\"content-type\": application/json",
+            "\"content-length\": 18",
+            "\"@signature-params\": (\"date\" \"@method\" \"@path\" \"@authority\" \"content-type\" \"content-length\");created=1618884473;keyid=\"test-key-ed25519\"",
+        ]
+        .join("\n");
+        let expected = base64::engine::general_purpose::STANDARD
+            .decode("wqcAqbmYJ2ji2glfAMaRy4gruYYnx2nEFN2HN6jrnDnQCK1u02Gb04v9EDgwUPiu4A0w6vuQv5lIp5WPpBKRCw==")
+            .unwrap();
+        assert_eq!(key.sign(base.as_bytes()), expected);
+        assert_eq!(key.alg().http_signature_name(), "ed25519");
+    }
+
     /// What Tether signs, Tether's own verifier (and so any JWS verifier) accepts with the key
     /// it publishes.
     #[test]
