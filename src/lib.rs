@@ -44,6 +44,7 @@ pub mod percent;
 pub mod policy;
 pub mod reject;
 pub mod replay;
+pub mod sfv;
 pub mod shared;
 pub mod sign;
 pub mod token;
