@@ -6,6 +6,7 @@
 
 pub mod digest;
 pub mod dpop;
+pub mod httpsig;
 pub mod htu;
 pub mod jose;
 pub mod jws;
