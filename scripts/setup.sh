@@ -42,8 +42,9 @@ fi
 .venv/bin/envoy --version | grep -q "/$ENVOY_VERSION/"
 
 # Independent implementations the tests use: jwcrypto (JOSE) makes tokens and signatures for
-# the interoperability tests; h2 (HTTP/2) sends the frames curl cannot (trailers, late bodies).
-for pinned in jwcrypto==1.6.1 h2==4.4.1; do
+# the interoperability tests; h2 (HTTP/2) sends the frames curl cannot (trailers, late bodies);
+# http-message-signatures makes RFC 9421 signatures (tests/httpsig_interop.rs).
+for pinned in jwcrypto==1.6.1 h2==4.4.1 http-message-signatures==3.0.0; do
   package=${pinned%%==*}
   version=${pinned##*==}
   # (The output is captured first: grep -q would close the pipe early, and pipefail fail.)
