@@ -40,7 +40,7 @@ use crate::envoy::{DPOP_ALGS, DPOP_MAX_AGE_SECONDS};
 use crate::load::{Bench, Load};
 use crate::machine::{cpu_ticks, system_cpu_ticks};
 use crate::report::Row;
-use crate::signed::{refused_counters, refused_since, run_signload};
+use crate::signed::{planned_requests, refused_counters, refused_since, run_signload};
 use crate::support::jwt::Alg;
 use crate::support::now;
 use crate::tokens::unique_jti;
@@ -61,13 +61,8 @@ pub const MAX_SECONDS: u64 = 30;
 /// The replay stage sends its proofs twice (an unmeasured first pass, then the measured one),
 /// within the same 60 s.
 pub const REPLAYED_MAX_SECONDS: u64 = 15;
-/// The most requests made for one measurement (about 1.5 KiB each, on disk and in
-/// signload's memory).
-pub const MAX_REQUESTS: usize = 250_000;
 /// The rate assumed for a row's first measurement, before it has been measured.
 const FIRST_RATE: f64 = 8000.0;
-/// Requests made beyond the expected rate x seconds; signload stops at the deadline.
-const HEADROOM: f64 = 1.3;
 
 /// The client's DPoP keys (fresh for every run), and a second ES256 key for the breakdown's
 /// proofs by a key the token is not bound to.
@@ -413,7 +408,7 @@ impl DpopBench {
             .get(&id)
             .copied()
             .unwrap_or(FIRST_RATE);
-        let count = ((rate * seconds as f64 * HEADROOM) as usize + 200).min(MAX_REQUESTS);
+        let count = planned_requests(rate, seconds);
         let token = self.token(bench, variant);
         let (lines, client_us) = self.requests(variant, &token, count);
         let file = self.dir.join(format!("{id}.jsonl"));

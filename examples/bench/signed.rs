@@ -58,6 +58,12 @@ const FIRST_RATE: f64 = 4000.0;
 /// so a row runs out of requests early only if it runs this much faster than it did before.
 const HEADROOM: f64 = 1.3;
 
+/// How many requests to make for a measurement of `seconds` at the row's last `rate`: signload
+/// stops at the deadline, and sends each request once (fresh signatures, fresh DPoP proofs).
+pub fn planned_requests(rate: f64, seconds: u64) -> usize {
+    ((rate * seconds as f64 * HEADROOM) as usize + 200).min(MAX_REQUESTS)
+}
+
 /// One signed-request row.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum SignedRow {
@@ -544,9 +550,6 @@ impl SignedBench<'_> {
                  signed beforehand into max_age_seconds {MAX_AGE_SECONDS})"
             );
         }
-        let planned = |rate: f64, seconds: u64| {
-            ((rate * seconds as f64 * HEADROOM) as usize + 200).min(MAX_REQUESTS)
-        };
         let line = |row: SignedRow, load: &SignedLoad| {
             let short = if load.unsent == 0 && load.elapsed < seconds as f64 * 0.9 {
                 format!(
@@ -580,7 +583,7 @@ impl SignedBench<'_> {
         );
         let mut rate: BTreeMap<SignedRow, f64> = BTreeMap::new();
         for row in SignedRow::ALL {
-            let load = self.measure(row, planned(FIRST_RATE, warmup), warmup);
+            let load = self.measure(row, planned_requests(FIRST_RATE, warmup), warmup);
             line(row, &load);
             rate.insert(row, load.rps.max(100.0));
         }
@@ -597,7 +600,7 @@ impl SignedBench<'_> {
                 self.settings.rounds, self.settings.concurrency
             );
             for row in order {
-                let load = self.measure(row, planned(rate[&row], seconds), seconds);
+                let load = self.measure(row, planned_requests(rate[&row], seconds), seconds);
                 line(row, &load);
                 if load.non_200() == 0 {
                     rate.insert(row, load.rps.max(100.0));
