@@ -345,7 +345,11 @@ fn rsa_key(n: &[u8], e: &[u8]) -> Result<RsaPublicKey, String> {
         .map_err(|_| "not a usable RSA public key".to_string())
 }
 
-fn string_member<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
+/// A JWK's string member, if present (an error if it is not a string).
+pub(crate) fn string_member<'a>(
+    jwk: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, String> {
     match jwk.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -353,7 +357,8 @@ fn string_member<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<Option<&
     }
 }
 
-fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
+/// A JWK's required base64url member, decoded (at most 1024 characters).
+pub(crate) fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
     let value = string_member(jwk, name)?.ok_or_else(|| format!("missing \"{name}\""))?;
     if value.len() > 1024 {
         return Err(format!("\"{name}\" is too long"));

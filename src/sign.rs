@@ -10,7 +10,9 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use p256::ecdsa::signature::Signer as _;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+
+use crate::jwk::{b64_member, string_member};
 
 /// The algorithms Tether signs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,27 +75,28 @@ impl SigningKey {
             .get("crv")
             .and_then(Value::as_str)
             .unwrap_or("without crv");
-        let secret = match (member(jwk, "kty")?, crv) {
+        let kty = string_member(jwk, "kty")?.ok_or("missing \"kty\"")?;
+        let secret = match (kty, crv) {
             ("OKP", "Ed25519") => {
-                let seed: [u8; 32] = bytes(jwk, "d")?
+                let seed: [u8; 32] = b64_member(jwk, "d")?
                     .try_into()
                     .map_err(|_| "\"d\" of an Ed25519 key must be 32 bytes")?;
                 let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
-                if bytes(jwk, "x")? != pair.pk.as_ref() {
+                if b64_member(jwk, "x")? != pair.pk.as_ref() {
                     return Err("\"x\" is not the public key of \"d\"".into());
                 }
                 Secret::Ed25519(pair)
             }
             ("EC", "P-256") => {
-                let key = p256::ecdsa::SigningKey::from_slice(&bytes(jwk, "d")?)
+                let key = p256::ecdsa::SigningKey::from_slice(&b64_member(jwk, "d")?)
                     .map_err(|_| "\"d\" is not a P-256 private key")?;
                 let point = key.verifying_key().to_encoded_point(false);
                 let matches = point
                     .x()
-                    .is_some_and(|x| bytes(jwk, "x").is_ok_and(|j| j == x.as_slice()))
+                    .is_some_and(|x| b64_member(jwk, "x").is_ok_and(|j| j == x.as_slice()))
                     && point
                         .y()
-                        .is_some_and(|y| bytes(jwk, "y").is_ok_and(|j| j == y.as_slice()));
+                        .is_some_and(|y| b64_member(jwk, "y").is_ok_and(|j| j == y.as_slice()));
                 if !matches {
                     return Err("\"x\" and \"y\" are not the public point of \"d\"".into());
                 }
@@ -151,18 +154,6 @@ impl SigningKey {
             }
         }
     }
-}
-
-fn member<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
-    jwk.get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("missing or non-string \"{name}\""))
-}
-
-fn bytes(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
-    URL_SAFE_NO_PAD
-        .decode(member(jwk, name)?)
-        .map_err(|_| format!("\"{name}\" is not unpadded base64url"))
 }
 
 #[cfg(test)]
