@@ -264,18 +264,18 @@ impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        // The host's clock, read once for the whole callback.
+        let now_ms = now_millis();
         let Some(shared) = self.shared.clone() else {
-            return refuse(None, Reason::NotConfigured, None, Challenge::BEARER);
+            return refuse(None, Reason::NotConfigured, None, Challenge::BEARER, now_ms);
         };
         let facts = match read_facts(&shared.policy) {
             Ok(facts) => facts,
             Err(reason) => {
                 shared.held.borrow_mut().refused(self.context_id);
-                return refuse(Some(&shared), reason, None, Challenge::BEARER);
+                return refuse(Some(&shared), reason, None, Challenge::BEARER, now_ms);
             }
         };
-        // The host's clock, read once for the whole callback.
-        let now_ms = now_millis();
         let request = Entry {
             held: Held::new(now_ms, end_of_stream, facts.content_length, shared.limits),
             token_fp: None,
@@ -407,6 +407,7 @@ fn drive(
                 reason,
                 entry.token_fp.as_deref(),
                 entry.request.challenge,
+                now_ms,
             )
         }
     }
@@ -548,12 +549,13 @@ fn allow(shared: &Shared, headers: &[(String, String)]) {
 }
 
 /// Sends the refusal for `reason` with the route's challenges, counts it and logs it with the
-/// token's fingerprint.
+/// token's fingerprint. `now_ms` is the callback's time (for a DPoP nonce).
 fn refuse(
     shared: Option<&Shared>,
     reason: Reason,
     token_fp: Option<&str>,
     challenge: Challenge,
+    now_ms: u64,
 ) -> Action {
     match shared {
         Some(shared) => shared.metrics.refused(reason),
@@ -575,7 +577,7 @@ fn refuse(
     let nonce = policy
         .and_then(|p| p.dpop.nonces.as_ref())
         .filter(|_| challenge.nonce)
-        .map(|nonces| nonces.mint(now_seconds()));
+        .map(|nonces| nonces.mint(now_ms / 1000));
     let mut headers: Vec<(&str, &[u8])> = vec![
         ("content-type", b"application/json"),
         ("cache-control", b"no-store"),
