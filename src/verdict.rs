@@ -673,13 +673,17 @@ mod tests {
         policy: Policy,
     }
 
+    /// The issuer's JWKS: its one key, `k1`.
+    fn issuer_jwks(key: &ES256KeyPair) -> Value {
+        let point = key.public_key().public_key().to_bytes_uncompressed();
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])}]})
+    }
+
     fn fixture() -> Fixture {
         let key = ES256KeyPair::generate().with_key_id("k1");
-        let point = key.public_key().public_key().to_bytes_uncompressed();
-        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": "k1",
-                         "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])});
         let config = json!({
-            "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": {"keys": [jwk]}}],
+            "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": issuer_jwks(&key)}],
             "rules": [
                 {"prefix": "/healthz", "require": "none"},
                 {"prefix": "/legacy", "require": "bearer"},
@@ -1499,14 +1503,9 @@ mod tests {
 
         /// The fixture's issuer, with DPoP routes: `/transfers` takes DPoP only and nonces.
         fn dpop_fixture() -> Fixture {
-            let f = fixture();
-            let jwks = {
-                let point = f.key.public_key().public_key().to_bytes_uncompressed();
-                json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
-                    "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])}]})
-            };
+            let key = ES256KeyPair::generate().with_key_id("k1");
             let config = json!({
-                "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": jwks}],
+                "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": issuer_jwks(&key)}],
                 "dpop": {"algs": ["ES256", "EdDSA"], "nonce_secret": URL_SAFE_NO_PAD.encode([3u8; 32])},
                 "rules": [
                     {"prefix": "/transfers", "require": "dpop", "dpop_nonce": true},
@@ -1517,7 +1516,7 @@ mod tests {
                 ]
             });
             Fixture {
-                key: f.key,
+                key,
                 policy: Policy::from_json(config.to_string().as_bytes()).unwrap(),
             }
         }
