@@ -11,11 +11,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
 use crate::bind::dpop::{self, Nonces};
+use crate::bind::httpsig;
 use crate::bind::jws::{HmacKey, MIN_HMAC_KEY_BYTES};
 use crate::cache::{DEFAULT_ENTRIES, MAX_ENTRIES};
 use crate::jwk::{parse_jwks, Alg};
 use crate::keyset::{JwksEndpoint, KeySource, DEFAULT_REFRESH_SECONDS, DEFAULT_TIMEOUT_MS};
-use crate::policy::{Require, Rule, Rules};
+use crate::policy::{Require, Rule, Rules, SignatureFormat};
+use crate::respond::{self, ResponseSigning};
+use crate::sfv;
+use crate::sign::SigningKey;
 use crate::token::{Issuer, TimeLimits};
 
 /// Default for `signed_requests.header`.
@@ -96,6 +100,85 @@ struct RawConfig {
     #[serde(default)]
     form_body_tokens: FormBodyTokens,
     dpop: Option<RawDpop>,
+    #[serde(default)]
+    message_signatures: RawMessageSignatures,
+    response_signing: Option<RawResponseSigning>,
+}
+
+/// `message_signatures`: which RFC 9421 signature of a request is checked, and what it
+/// must cover.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMessageSignatures {
+    tag: String,
+    label: Option<String>,
+    max_age_seconds: u64,
+    required_components: Vec<String>,
+}
+
+impl Default for RawMessageSignatures {
+    fn default() -> Self {
+        RawMessageSignatures {
+            tag: httpsig::DEFAULT_REQUEST_TAG.to_string(),
+            label: None,
+            max_age_seconds: DEFAULT_SIGNATURE_MAX_AGE_SECONDS,
+            required_components: httpsig::FAPI_REQUIRED_COMPONENTS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// `response_signing`: the keys Tether signs responses with and publishes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResponseSigning {
+    keys: Vec<RawResponseKey>,
+    #[serde(default = "default_jwks_path")]
+    jwks_path: String,
+    #[serde(default = "default_jwks_max_age")]
+    jwks_max_age_seconds: u64,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResponseKey {
+    kid: String,
+    private_jwk_env: String,
+}
+
+fn default_jwks_path() -> String {
+    respond::DEFAULT_JWKS_PATH.to_string()
+}
+
+fn default_jwks_max_age() -> u64 {
+    respond::DEFAULT_JWKS_MAX_AGE_SECONDS
+}
+
+fn default_max_body_bytes() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+/// `rules[].signed_request`: a format, or `true` for `"jws"` (its meaning before RFC 9421
+/// signatures), or `false` for none.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSignedRequest {
+    Flag(bool),
+    Format(SignatureFormat),
+}
+
+impl RawSignedRequest {
+    fn format(self) -> Option<SignatureFormat> {
+        match self {
+            RawSignedRequest::Flag(true) => Some(SignatureFormat::Jws),
+            RawSignedRequest::Flag(false) => None,
+            RawSignedRequest::Format(format) => Some(format),
+        }
+    }
 }
 
 /// DPoP (RFC 9449) proofs: `dpop`.
@@ -169,8 +252,8 @@ struct RawIssuer {
 struct RawRule {
     prefix: String,
     require: Require,
-    #[serde(default)]
-    signed_request: bool,
+    signed_request: Option<RawSignedRequest>,
+    sign_response: Option<SignatureFormat>,
     #[serde(default)]
     dpop_nonce: bool,
     #[serde(default = "default_true")]
@@ -382,6 +465,29 @@ pub struct SignedRequests {
     pub body_timeout_ms: u64,
 }
 
+/// How RFC 9421 request signatures are read (`message_signatures`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageSignatures {
+    /// The signature checked: the one with `label` when configured, else the one `tag`ged.
+    pub label: Option<String>,
+    pub tag: String,
+    pub max_age_seconds: u64,
+    /// Components every signature must cover; `dpop` and `content-digest` only when the
+    /// request has a `DPoP` header or a body (FAPI 2.0 HTTP Signatures).
+    pub required_components: Vec<String>,
+    /// The `Accept-Signature` value (RFC 9421 §5.1) sent with `request_signature_missing`.
+    pub accept_signature: String,
+}
+
+impl MessageSignatures {
+    pub fn select(&self) -> httpsig::Select<'_> {
+        match &self.label {
+            Some(label) => httpsig::Select::Label(label),
+            None => httpsig::Select::Tag(&self.tag),
+        }
+    }
+}
+
 /// A claim copied into a request header for the upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimHeader {
@@ -409,6 +515,13 @@ pub struct Policy {
     pub form_body_tokens: FormBodyTokens,
     /// How DPoP proofs are checked (defaults without a `dpop` block).
     pub dpop: dpop::Settings,
+    /// How RFC 9421 request signatures are chosen and what they must cover.
+    pub message_signatures: MessageSignatures,
+    /// The keys responses are signed with, when any rule signs them.
+    pub response_signing: Option<ResponseSigning>,
+    /// Whether a request's header lines are kept whole ([`crate::verdict::Facts::lines`]):
+    /// a rule verifies RFC 9421 request signatures or signs responses.
+    pub reads_header_lines: bool,
     /// Things worth logging at start-up that are not errors (skipped JWKS keys).
     pub notes: Vec<String>,
 }
@@ -501,7 +614,8 @@ impl Policy {
                 .map(|r| Rule {
                     prefix: r.prefix,
                     require: r.require,
-                    signed_request: r.signed_request,
+                    signed_request: r.signed_request.and_then(RawSignedRequest::format),
+                    sign_response: r.sign_response,
                     dpop_nonce: r.dpop_nonce,
                     case_sensitive: r.case_sensitive,
                 })
@@ -517,6 +631,22 @@ impl Policy {
         let claims_to_headers = compile_claim_headers(raw.claims_to_headers)?;
         let signed_requests = compile_signed_requests(raw.signed_requests, &claims_to_headers)?;
         let dpop = compile_dpop(raw.dpop, environment)?;
+        let message_signatures = compile_message_signatures(raw.message_signatures)?;
+        let response_signing = raw
+            .response_signing
+            .map(|r| compile_response_signing(r, environment))
+            .transpose()?;
+        let reads_header_lines = rules.iter().any(|rule| {
+            rule.signed_request == Some(SignatureFormat::HttpMessageSignature)
+                || rule.sign_response.is_some()
+        });
+        if response_signing.is_none() {
+            if let Some(i) = rules.iter().position(|rule| rule.sign_response.is_some()) {
+                return Err(format!(
+                    "rules[{i}].sign_response needs response_signing: responses are signed with its keys"
+                ));
+            }
+        }
         if dpop.nonces.is_none() {
             if let Some(i) = rules.iter().position(|rule| rule.dpop_nonce) {
                 return Err(format!(
@@ -540,6 +670,9 @@ impl Policy {
             max_held_requests: raw.max_held_requests,
             form_body_tokens: raw.form_body_tokens,
             dpop,
+            message_signatures,
+            response_signing,
+            reads_header_lines,
             notes,
         })
     }
@@ -715,6 +848,112 @@ fn compile_signed_requests(
         max_body_bytes: raw.max_body_bytes,
         body_timeout_ms: raw.body_timeout_ms,
     })
+}
+
+fn compile_message_signatures(raw: RawMessageSignatures) -> Result<MessageSignatures, String> {
+    if !(1..=3600).contains(&raw.max_age_seconds) {
+        return Err("message_signatures.max_age_seconds must be between 1 and 3600".into());
+    }
+    if raw.tag.is_empty()
+        || raw.tag.len() > 256
+        || !raw.tag.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        return Err("message_signatures.tag must be 1 to 256 printable ASCII characters".into());
+    }
+    if let Some(label) = &raw.label {
+        if !sfv::is_key(label) {
+            return Err(format!(
+                "message_signatures.label {label:?} is not a structured-field key (RFC 9651 §3.1.2)"
+            ));
+        }
+    }
+    if raw.required_components.len() > httpsig::MAX_COMPONENTS {
+        return Err(format!(
+            "message_signatures.required_components lists more than {} components",
+            httpsig::MAX_COMPONENTS
+        ));
+    }
+    for (i, component) in raw.required_components.iter().enumerate() {
+        if !httpsig::is_request_component_name(component) {
+            return Err(format!(
+                "message_signatures.required_components[{i}] {component:?} is not a request component Tether can require (a lowercase field name, or @method, @target-uri, @authority, @scheme, @request-target, @path or @query)"
+            ));
+        }
+        if raw.required_components[..i].contains(component) {
+            return Err(format!(
+                "message_signatures.required_components[{i}] {component:?} is listed twice"
+            ));
+        }
+    }
+    let accept_signature = httpsig::accept_signature(
+        raw.label.as_deref().unwrap_or("sig1"),
+        &raw.required_components,
+        &raw.tag,
+    );
+    Ok(MessageSignatures {
+        label: raw.label,
+        tag: raw.tag,
+        max_age_seconds: raw.max_age_seconds,
+        required_components: raw.required_components,
+        accept_signature,
+    })
+}
+
+/// The most response signing keys (one signs, the others are published for rotation).
+pub const MAX_RESPONSE_KEYS: usize = 8;
+
+fn compile_response_signing(
+    raw: RawResponseSigning,
+    environment: Environment<'_>,
+) -> Result<ResponseSigning, String> {
+    if raw.keys.is_empty() || raw.keys.len() > MAX_RESPONSE_KEYS {
+        return Err(format!(
+            "response_signing.keys must list 1 to {MAX_RESPONSE_KEYS} keys (the first signs)"
+        ));
+    }
+    let mut keys: Vec<SigningKey> = Vec::with_capacity(raw.keys.len());
+    for (i, key) in raw.keys.into_iter().enumerate() {
+        let at = format!("response_signing.keys[{i}]");
+        if key.kid.is_empty() || key.kid.len() > 256 || keys.iter().any(|k| k.kid() == key.kid) {
+            return Err(format!(
+                "{at}.kid must be non-empty, at most 256 bytes and unique"
+            ));
+        }
+        let text = RawSecret::Env(EnvReference {
+            env: key.private_jwk_env,
+        })
+        .resolve(&format!("{at}.private_jwk_env"), environment)?;
+        // Never the value in an error: it is a private key.
+        let jwk: Value = serde_json::from_str(&text)
+            .map_err(|_| format!("{at}: the environment variable does not hold a JSON object"))?;
+        let signing =
+            SigningKey::from_private_jwk(&key.kid, &jwk).map_err(|e| format!("{at}: {e}"))?;
+        keys.push(signing);
+    }
+    if !raw.jwks_path.starts_with('/')
+        || raw.jwks_path.len() > 1024
+        || raw.jwks_path.contains(['?', '#'])
+        || !crate::policy::is_normalized(&raw.jwks_path)
+    {
+        return Err(format!(
+            "response_signing.jwks_path {:?} must be a normalized path starting with '/', without a query",
+            raw.jwks_path
+        ));
+    }
+    if !(0..=86_400).contains(&raw.jwks_max_age_seconds) {
+        return Err("response_signing.jwks_max_age_seconds must be at most 86400".into());
+    }
+    if raw.max_body_bytes > MAX_BODY_BYTES_LIMIT {
+        return Err(format!(
+            "response_signing.max_body_bytes must be at most {MAX_BODY_BYTES_LIMIT}"
+        ));
+    }
+    Ok(ResponseSigning::new(
+        keys,
+        raw.jwks_path,
+        raw.jwks_max_age_seconds,
+        raw.max_body_bytes,
+    ))
 }
 
 fn compile_dpop(
@@ -989,7 +1228,10 @@ mod tests {
         assert_eq!(policy.clients[1].hmac_keys[0].secret.len(), 64);
         assert_eq!(policy.signed_requests.header, "x-jws-signature");
         assert_eq!(policy.signed_requests.max_body_bytes, 1_048_576);
-        assert!(policy.rules.requirement("/orders").signed_request);
+        assert_eq!(
+            policy.rules.requirement("/orders").signed_request,
+            Some(SignatureFormat::Jws)
+        );
     }
 
     /// Issue 7 ("client lookup ignores the issuer"): a client names its issuer, required

@@ -44,6 +44,7 @@ pub mod percent;
 pub mod policy;
 pub mod reject;
 pub mod replay;
+pub mod respond;
 pub mod sfv;
 pub mod shared;
 pub mod sign;

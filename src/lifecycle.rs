@@ -386,6 +386,95 @@ impl<R> Table<R> {
     }
 }
 
+/// What the glue does with a response held to be signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseStep {
+    /// Let the response (or this part of it) go on.
+    Continue,
+    /// Keep holding it: Envoy buffers the body.
+    Pause,
+    /// The body is complete: sign the response now, and report with [`Outgoing::signed`].
+    Sign,
+    /// Replace the response with this refusal: it is never sent unsigned.
+    Refuse(Reason),
+}
+
+/// The response of an allowed request on a `sign_response` route: held, headers and body,
+/// until the body is complete, then signed. Nothing of it goes on unsigned: a body larger
+/// than `max_body_bytes` (announced or received) replaces it with a refusal, and trailers end
+/// the body like end of stream, never release it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    max_body_bytes: usize,
+    /// Signed (or refused): whatever comes after goes on untouched.
+    done: bool,
+}
+
+impl Outgoing {
+    pub fn new(max_body_bytes: usize) -> Outgoing {
+        Outgoing {
+            max_body_bytes,
+            done: false,
+        }
+    }
+
+    /// The response headers, with `end_of_stream` if there is no body, and the announced
+    /// `content-length`, if any.
+    pub fn on_headers(&mut self, end_of_stream: bool, announced: Option<usize>) -> ResponseStep {
+        if self.done {
+            return ResponseStep::Continue;
+        }
+        if announced.is_some_and(|n| n > self.max_body_bytes) {
+            return self.finish(ResponseStep::Refuse(Reason::ResponseTooLargeToSign));
+        }
+        if end_of_stream {
+            ResponseStep::Sign
+        } else {
+            ResponseStep::Pause
+        }
+    }
+
+    /// A body callback: `buffered` bytes so far, `end_of_stream` if that is all.
+    pub fn on_body(&mut self, buffered: usize, end_of_stream: bool) -> ResponseStep {
+        if self.done {
+            return ResponseStep::Continue;
+        }
+        if buffered > self.max_body_bytes {
+            return self.finish(ResponseStep::Refuse(Reason::ResponseTooLargeToSign));
+        }
+        if end_of_stream {
+            ResponseStep::Sign
+        } else {
+            ResponseStep::Pause
+        }
+    }
+
+    /// The trailers: the body is complete.
+    pub fn on_trailers(&mut self) -> ResponseStep {
+        if self.done {
+            return ResponseStep::Continue;
+        }
+        ResponseStep::Sign
+    }
+
+    /// The response was signed, or could not be.
+    pub fn signed(&mut self, result: Result<(), Reason>) -> ResponseStep {
+        match result {
+            Ok(()) => self.finish(ResponseStep::Continue),
+            Err(reason) => self.finish(ResponseStep::Refuse(reason)),
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn finish(&mut self, step: ResponseStep) -> ResponseStep {
+        self.done = true;
+        step
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -774,5 +863,55 @@ mod tests {
             table.drive(id, e, step, &mut script, T0 + 10_000),
             Driven::Refuse(Reason::BodyTimeout, _)
         ));
+    }
+
+    #[test]
+    fn a_response_is_held_until_its_body_is_complete_then_signed() {
+        let mut out = Outgoing::new(1_000);
+        assert_eq!(out.on_headers(false, Some(500)), ResponseStep::Pause);
+        assert_eq!(out.on_body(200, false), ResponseStep::Pause);
+        assert_eq!(out.on_body(500, true), ResponseStep::Sign);
+        assert!(!out.is_done());
+        assert_eq!(out.signed(Ok(())), ResponseStep::Continue);
+        // After the signature, nothing more is held or signed again.
+        assert_eq!(out.on_body(500, true), ResponseStep::Continue);
+        assert_eq!(out.on_trailers(), ResponseStep::Continue);
+    }
+
+    #[test]
+    fn a_response_without_body_is_signed_on_its_headers() {
+        let mut out = Outgoing::new(1_000);
+        assert_eq!(out.on_headers(true, None), ResponseStep::Sign);
+        assert_eq!(
+            out.signed(Err(Reason::ResponseSigningFailed)),
+            ResponseStep::Refuse(Reason::ResponseSigningFailed)
+        );
+        assert!(out.is_done());
+    }
+
+    #[test]
+    fn response_trailers_end_the_body_and_never_release_it_unsigned() {
+        let mut out = Outgoing::new(1_000);
+        assert_eq!(out.on_headers(false, None), ResponseStep::Pause);
+        assert_eq!(out.on_body(10, false), ResponseStep::Pause);
+        assert_eq!(out.on_trailers(), ResponseStep::Sign);
+        assert!(!out.is_done());
+    }
+
+    #[test]
+    fn a_response_too_large_to_sign_is_replaced_announced_or_received() {
+        let mut announced = Outgoing::new(1_000);
+        assert_eq!(
+            announced.on_headers(false, Some(1_001)),
+            ResponseStep::Refuse(Reason::ResponseTooLargeToSign)
+        );
+        assert_eq!(announced.on_body(1_001, true), ResponseStep::Continue);
+        let mut streamed = Outgoing::new(1_000);
+        assert_eq!(streamed.on_headers(false, None), ResponseStep::Pause);
+        assert_eq!(streamed.on_body(1_000, false), ResponseStep::Pause);
+        assert_eq!(
+            streamed.on_body(1_001, false),
+            ResponseStep::Refuse(Reason::ResponseTooLargeToSign)
+        );
     }
 }

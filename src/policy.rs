@@ -21,6 +21,16 @@ pub enum Require {
     Dpop,
 }
 
+/// How a request or a response is signed: `signed_request` and `sign_response` of a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureFormat {
+    /// A detached JWS (RFC 7515 Appendix F, RFC 7797) in `signed_requests.header`.
+    Jws,
+    /// HTTP Message Signatures (RFC 9421): `Signature-Input` and `Signature`.
+    HttpMessageSignature,
+}
+
 /// The requirement applied when no rule matches: the strictest one.
 pub const DEFAULT_REQUIRE: Require = Require::Bound;
 
@@ -30,8 +40,10 @@ pub struct Rule {
     /// A plain string prefix of the path (without the query), like Envoy's route `prefix`.
     pub prefix: String,
     pub require: Require,
-    /// Whether every request must carry a valid request signature.
-    pub signed_request: bool,
+    /// Whether every request must carry a valid request signature, and of which kind.
+    pub signed_request: Option<SignatureFormat>,
+    /// Whether Tether signs the responses of allowed requests, and how.
+    pub sign_response: Option<SignatureFormat>,
     /// Whether DPoP proofs on this route must carry a nonce Tether issued (RFC 9449 §8).
     pub dpop_nonce: bool,
     /// Whether `prefix` matches case-sensitively (the default, like Envoy's route
@@ -111,14 +123,16 @@ fn shadowing(earlier: &[Rule], rule: &Rule) -> Option<usize> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
     pub require: Require,
-    pub signed_request: bool,
+    pub signed_request: Option<SignatureFormat>,
+    pub sign_response: Option<SignatureFormat>,
     pub dpop_nonce: bool,
 }
 
 /// The route applied when no rule matches: the strictest requirement, no signature.
 const DEFAULT_ROUTE: Route = Route {
     require: DEFAULT_REQUIRE,
-    signed_request: false,
+    signed_request: None,
+    sign_response: None,
     dpop_nonce: false,
 };
 
@@ -134,9 +148,14 @@ impl Rules {
             if !rule.prefix.starts_with('/') {
                 return Err(format!("rules[{i}].prefix must start with '/'"));
             }
-            if rule.signed_request && rule.require == Require::None {
+            if rule.signed_request.is_some() && rule.require == Require::None {
                 return Err(format!(
                     "rules[{i}].signed_request needs a token: it cannot go with require \"none\""
+                ));
+            }
+            if rule.sign_response.is_some() && rule.require == Require::None {
+                return Err(format!(
+                    "rules[{i}].sign_response needs a token: it cannot go with require \"none\""
                 ));
             }
             if rule.dpop_nonce && rule.require == Require::None {
@@ -168,6 +187,7 @@ impl Rules {
             .map_or(DEFAULT_ROUTE, |rule| Route {
                 require: rule.require,
                 signed_request: rule.signed_request,
+                sign_response: rule.sign_response,
                 dpop_nonce: rule.dpop_nonce,
             })
     }
@@ -247,7 +267,8 @@ mod tests {
         Rule {
             prefix: prefix.to_string(),
             require,
-            signed_request: false,
+            signed_request: None,
+            sign_response: None,
             dpop_nonce: false,
             case_sensitive: true,
         }
@@ -364,17 +385,29 @@ mod tests {
     }
 
     #[test]
-    fn signed_request_on_a_none_rule_is_a_configuration_error() {
+    fn signatures_on_a_none_rule_are_a_configuration_error() {
         let mut none = rule("/x", Require::None);
-        none.signed_request = true;
+        none.signed_request = Some(SignatureFormat::Jws);
         assert!(Rules::new(vec![none])
             .unwrap_err()
             .contains("signed_request"));
+        let mut none = rule("/x", Require::None);
+        none.sign_response = Some(SignatureFormat::HttpMessageSignature);
+        assert!(Rules::new(vec![none])
+            .unwrap_err()
+            .contains("sign_response"));
         let mut mtls = rule("/payments", Require::Mtls);
-        mtls.signed_request = true;
+        mtls.signed_request = Some(SignatureFormat::HttpMessageSignature);
+        mtls.sign_response = Some(SignatureFormat::Jws);
         let rules = Rules::new(vec![mtls]).unwrap();
-        assert!(rules.requirement("/payments/1").signed_request);
-        assert!(!rules.requirement("/other").signed_request);
+        let route = rules.requirement("/payments/1");
+        assert_eq!(
+            route.signed_request,
+            Some(SignatureFormat::HttpMessageSignature)
+        );
+        assert_eq!(route.sign_response, Some(SignatureFormat::Jws));
+        assert_eq!(rules.requirement("/other").signed_request, None);
+        assert_eq!(rules.requirement("/other").sign_response, None);
     }
 
     #[test]

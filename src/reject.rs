@@ -20,6 +20,9 @@ pub enum ErrorCode {
     Timeout,
     /// The filter itself cannot decide (503): no challenge is sent.
     Unavailable,
+    /// The upstream's response cannot be sent as the route requires (502, `server_error`):
+    /// no challenge is sent.
+    ServerError,
     /// The access token, or its proof of possession, is not acceptable (401).
     InvalidToken,
     /// The DPoP proof is missing or not acceptable (401, RFC 9449 §7.1).
@@ -33,9 +36,11 @@ impl ErrorCode {
     /// The code as it appears in `error="..."`, if any.
     pub fn as_str(self) -> Option<&'static str> {
         match self {
-            ErrorCode::None | ErrorCode::TooLarge | ErrorCode::Timeout | ErrorCode::Unavailable => {
-                None
-            }
+            ErrorCode::None
+            | ErrorCode::TooLarge
+            | ErrorCode::Timeout
+            | ErrorCode::Unavailable
+            | ErrorCode::ServerError => None,
             ErrorCode::InvalidRequest => Some("invalid_request"),
             ErrorCode::InvalidToken => Some("invalid_token"),
             ErrorCode::InvalidSignature => Some("invalid_signature"),
@@ -150,6 +155,19 @@ reasons! {
     RequestSignatureInvalid => "request_signature_invalid", 401, InvalidSignature, "request signature is invalid";
     /// The signature was already used: a captured request replayed.
     RequestSignatureReplayed => "request_signature_replayed", 401, InvalidSignature, "request signature was already used";
+    /// An RFC 9421 signature does not cover a component `message_signatures.required_components`
+    /// requires (`dpop` only with a `DPoP` header, `content-digest` only with a body).
+    RequestSignatureIncomplete => "request_signature_incomplete", 401, InvalidSignature, "request signature does not cover the required components";
+    /// An RFC 9421 signature's `alg` is not its key's algorithm, or the key has none RFC 9421
+    /// §3.3 names.
+    RequestSignatureAlgorithmMismatch => "request_signature_algorithm_mismatch", 401, InvalidSignature, "request signature algorithm is not the key's";
+    /// A signed request with a body has no `Content-Digest` (RFC 9530 §2).
+    ContentDigestMissing => "content_digest_missing", 401, InvalidSignature, "Content-Digest is missing";
+    /// `Content-Digest` is not a valid Dictionary of byte sequences, or names no algorithm
+    /// Tether knows (`sha-256`, `sha-512`).
+    ContentDigestMalformed => "content_digest_malformed", 401, InvalidSignature, "Content-Digest is malformed or has no supported algorithm";
+    /// `Content-Digest` is not the digest of the body received.
+    ContentDigestMismatch => "content_digest_mismatch", 401, InvalidSignature, "Content-Digest does not match the body";
     /// The replay store has no room for a new signature or DPoP proof: fail closed rather
     /// than forget.
     ReplayStoreFull => "replay_store_full", 503, Unavailable, "signatures cannot be checked for replay right now";
@@ -210,6 +228,12 @@ reasons! {
     /// A key set fetched from a `jwks_uri` could not be had in time (never fetched, or the
     /// key server is down): fail closed.
     KeySetUnavailable => "key_set_unavailable", 503, Unavailable, "the key set needed to verify the request is not available";
+    /// The response of a `sign_response` route is larger than `response_signing.max_body_bytes`:
+    /// it is replaced, never sent unsigned.
+    ResponseTooLargeToSign => "response_too_large_to_sign", 502, ServerError, "the response is too large to be signed";
+    /// The response of a `sign_response` route could not be read or signed: it is replaced,
+    /// never sent unsigned.
+    ResponseSigningFailed => "response_signing_failed", 502, ServerError, "the response could not be signed";
     /// The filter has no valid configuration (it failed closed). Envoy normally refuses
     /// such a configuration before any request arrives.
     NotConfigured => "not_configured", 503, Unavailable, "the filter has no valid configuration";
@@ -233,6 +257,9 @@ pub struct Challenge {
     /// The route gives out DPoP nonces (`dpop_nonce`): the response carries a fresh
     /// `DPoP-Nonce` (RFC 9449 §8).
     pub nonce: bool,
+    /// The route asks for RFC 9421 request signatures: a refusal for a missing or incomplete
+    /// one carries `Accept-Signature` (RFC 9421 §5.1).
+    pub http_signature: bool,
 }
 
 impl Challenge {
@@ -242,7 +269,19 @@ impl Challenge {
         dpop: false,
         used: None,
         nonce: false,
+        http_signature: false,
     };
+}
+
+impl Reason {
+    /// Whether this refusal tells the client, with `Accept-Signature`, which signature it
+    /// expects (on a route that asks for RFC 9421 signatures).
+    pub fn asks_for_signature(self) -> bool {
+        matches!(
+            self,
+            Reason::RequestSignatureMissing | Reason::RequestSignatureIncomplete
+        )
+    }
 }
 
 impl Default for Challenge {
@@ -260,7 +299,10 @@ impl Reason {
         let code = self.error_code();
         if matches!(
             code,
-            ErrorCode::Unavailable | ErrorCode::TooLarge | ErrorCode::Timeout
+            ErrorCode::Unavailable
+                | ErrorCode::TooLarge
+                | ErrorCode::Timeout
+                | ErrorCode::ServerError
         ) {
             return None;
         }
@@ -319,6 +361,7 @@ impl Reason {
             ErrorCode::Unavailable => "temporarily_unavailable",
             ErrorCode::TooLarge => "request_too_large",
             ErrorCode::Timeout => "request_timeout",
+            ErrorCode::ServerError => "server_error",
             code => code.as_str().unwrap_or("missing_token"),
         };
         serde_json::json!({ "error": error, "error_description": self.description() }).to_string()
@@ -343,6 +386,7 @@ mod tests {
             dpop: true,
             used,
             nonce: false,
+            http_signature: false,
         }
     }
 

@@ -680,6 +680,11 @@ fn lowercase_hex(c: u8) -> Option<u8> {
     }
 }
 
+/// Whether `key` is a valid Dictionary or Parameters key (§3.1.2).
+pub fn is_key(key: &str) -> bool {
+    key.bytes().next().is_some_and(is_key_start) && key.bytes().all(is_key_char)
+}
+
 /// `key = ( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )` (§3.1.2).
 fn is_key_start(c: u8) -> bool {
     c.is_ascii_lowercase() || c == b'*'
@@ -818,8 +823,7 @@ fn write_parameters(output: &mut String, params: &Parameters) -> Result<(), Erro
 
 /// §4.1.1.3.
 fn write_key(output: &mut String, key: &str) -> Result<(), Error> {
-    let valid = key.bytes().next().is_some_and(is_key_start) && key.bytes().all(is_key_char);
-    if !valid {
+    if !is_key(key) {
         return Err(Error::Unserializable);
     }
     output.push_str(key);

@@ -7,18 +7,22 @@
 
 use std::rc::Rc;
 
-use crate::bind::dpop;
+use subtle::ConstantTimeEq as _;
+
+use crate::bind::httpsig::{self, Signature};
 use crate::bind::jws::{DetachedJws, SignedRequest, SigningKeys, Window};
 use crate::bind::mtls::PeerCertificate;
+use crate::bind::{digest, dpop};
 use crate::cache::TokenCache;
 use crate::config::{Client, FormBodyTokens, Policy};
 use crate::crypto::SignatureVerifier;
 use crate::extract::{self, Scheme};
 use crate::keyset::{FetchedKeys, JwksEndpoint, KeySource};
 use crate::lifecycle::Decision;
-use crate::policy::{self, Require, Route};
+use crate::policy::{self, Require, Route, SignatureFormat};
 use crate::reject::{Challenge, Reason};
 use crate::replay::ReplayStore;
+use crate::respond;
 use crate::token::{self, fingerprint, Refusal, VerifiedToken};
 
 /// What the filter knows of a request when it decides. Its `Debug` shows no credential.
@@ -36,6 +40,9 @@ pub struct Request<'a, 'r> {
     pub signature: &'a [&'r [u8]],
     /// Every value of the `DPoP` header (RFC 9449 §4.1).
     pub dpop: &'a [&'r [u8]],
+    /// Every header line but the pseudo-headers (names lowercase), when the policy reads RFC
+    /// 9421 signatures ([`Policy::reads_header_lines`]); empty otherwise.
+    pub headers: &'a [httpsig::Header<'r>],
     /// The body is `application/x-www-form-urlencoded`, where RFC 6750 §2.2 lets a token
     /// travel as the `access_token` parameter.
     pub form_body: bool,
@@ -50,6 +57,7 @@ impl std::fmt::Debug for Request<'_, '_> {
             .field("authorization_headers", &self.authorization.len())
             .field("signature_headers", &self.signature.len())
             .field("dpop_headers", &self.dpop.len())
+            .field("header_lines", &self.headers.len())
             .field("form_body", &self.form_body)
             .finish()
     }
@@ -69,6 +77,9 @@ pub struct Facts {
     pub signature: Vec<Vec<u8>>,
     /// Every line of the `DPoP` header.
     pub dpop: Vec<Vec<u8>>,
+    /// Every line but the pseudo-headers and the claim-header look-alikes, in order, when the
+    /// policy reads RFC 9421 signatures or signs responses with them.
+    pub lines: Vec<(Vec<u8>, Vec<u8>)>,
     pub content_length: Option<usize>,
     /// A `content-type` of `application/x-www-form-urlencoded` (any of them).
     pub form_body: bool,
@@ -88,6 +99,9 @@ impl Facts {
             if policy.spoofs_claim_header(&name) {
                 spoofed.push(name);
                 continue;
+            }
+            if policy.reads_header_lines && !name.starts_with(':') {
+                facts.lines.push((name.clone().into_bytes(), value.clone()));
             }
             match name.as_str() {
                 ":path" => facts.path = value,
@@ -117,6 +131,8 @@ pub enum Verdict<'p> {
     Allow {
         headers: Vec<(&'p str, String)>,
         challenge: Challenge,
+        /// On a route that signs responses: what the response's signature binds it to.
+        proved: Option<SignResponse>,
     },
     /// Refuse the request. `token_fp` is the presented token's fingerprint, for the log;
     /// `challenge` the schemes the refusal challenges.
@@ -143,6 +159,8 @@ pub enum Verdict<'p> {
 #[derive(Debug, Default)]
 pub struct Leftovers {
     pub headers: Vec<(String, String)>,
+    /// On a route that signs responses: what the response's signature binds it to.
+    pub proved: Option<SignResponse>,
     pub pending: Option<Box<Pending>>,
     pub token_fp: Option<String>,
     pub challenge: Challenge,
@@ -162,7 +180,11 @@ impl Verdict<'_> {
         refetch: impl FnOnce(&JwksEndpoint) -> bool,
     ) -> (Decision, Leftovers) {
         match self {
-            Verdict::Allow { headers, challenge } => {
+            Verdict::Allow {
+                headers,
+                challenge,
+                proved,
+            } => {
                 let headers = headers
                     .into_iter()
                     .map(|(name, value)| (name.to_string(), value))
@@ -170,6 +192,7 @@ impl Verdict<'_> {
                 let leftovers = Leftovers {
                     headers,
                     challenge,
+                    proved,
                     ..Leftovers::default()
                 };
                 (Decision::Allow, leftovers)
@@ -190,6 +213,7 @@ impl Verdict<'_> {
                 let leftovers = Leftovers {
                     token_fp: Some(pending.token_fp.clone()),
                     challenge: pending.challenge,
+                    proved: pending.proved.clone(),
                     pending: Some(pending),
                     ..Leftovers::default()
                 };
@@ -239,16 +263,45 @@ pub struct Pending {
     pub token_fp: String,
     /// The challenges of a refusal.
     challenge: Challenge,
+    /// On a route that signs responses: what the response's signature binds it to.
+    proved: Option<SignResponse>,
 }
 
-/// A request signature whose every check but the one over the body has passed.
+/// How the response of an allowed request on a `sign_response` route is signed, and what
+/// binds it to the request: how the request proved itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignResponse {
+    pub format: SignatureFormat,
+    /// The label of its verified RFC 9421 signature.
+    pub label: Option<String>,
+    /// The base64url SHA-256 of its request signature as sent (a JWS response's `rsh`).
+    pub signature_hash: Option<String>,
+    /// The base64url SHA-256 of its access token (a JWS response's `ath`).
+    pub token_hash: String,
+}
+
+/// A request signature whose every check but those over the body has passed.
 #[derive(Debug)]
 struct PendingSignature {
-    jws: DetachedJws,
+    proof: Proof,
     token: Rc<VerifiedToken>,
     /// Index of the client in the policy, when the signature is checked with a client's
     /// registered keys instead of the token's `cnf.jwk`.
     client: Option<usize>,
+}
+
+/// The request signature, read.
+#[derive(Debug)]
+enum Proof {
+    /// A detached JWS over the body.
+    Jws(DetachedJws),
+    /// An RFC 9421 signature, with the base rebuilt from the request's headers; the body is
+    /// bound through `Content-Digest` (RFC 9530).
+    Http {
+        signature: Box<Signature>,
+        base: Vec<u8>,
+        content_digest: Vec<Vec<u8>>,
+    },
 }
 
 impl Pending {
@@ -296,17 +349,140 @@ impl PendingSignature {
         replay: &mut dyn ReplayStore,
         now: u64,
     ) -> Result<(), Reason> {
-        // Again now: the body may have taken until after the signature's window.
-        self.jws.check_window(window(policy), now)?;
-        // And within what the replay record is sure to remember (a widened window).
-        if self.jws.iat().unwrap_or(0) < replay.remembers_since() {
-            return Err(Reason::RequestSignatureExpired);
-        }
         let keys = signing_keys(policy, fetched, &self.token, self.client)?;
-        self.jws.verify_body(keys, body, crypto)?;
-        // Recorded only once valid, so that a forged signature cannot block a genuine one.
-        let iat = self.jws.iat().ok_or(Reason::RequestSignatureMalformed)?;
-        replay.first_use(&self.jws.replay_id(body), iat, now)
+        match self.proof {
+            Proof::Jws(jws) => {
+                // Again now: the body may have taken until after the signature's window.
+                jws.check_window(window(policy), now)?;
+                let iat = jws.iat().ok_or(Reason::RequestSignatureMalformed)?;
+                // And within what the replay record is sure to remember (a widened window).
+                if iat < replay.remembers_since() {
+                    return Err(Reason::RequestSignatureExpired);
+                }
+                jws.verify_body(keys, body, crypto)?;
+                // Recorded only once valid, so that a forged signature cannot block a genuine one.
+                replay.first_use(&jws.replay_id(body), iat, now)
+            }
+            Proof::Http {
+                signature,
+                base,
+                content_digest,
+            } => {
+                let created = check_http_window(policy, &signature, now)?;
+                if created < replay.remembers_since() {
+                    return Err(Reason::RequestSignatureExpired);
+                }
+                // FAPI 2.0: a body is bound by a covered Content-Digest.
+                let required = policy
+                    .message_signatures
+                    .required_components
+                    .iter()
+                    .any(|c| c == digest::FIELD);
+                if !body.is_empty() && required && !signature.covers(digest::FIELD) {
+                    return Err(Reason::RequestSignatureIncomplete);
+                }
+                let thumbprint = self.token.confirmation().jwk_thumbprint.as_deref();
+                let key = http_key(keys, &signature, thumbprint)?;
+                httpsig::verify(
+                    &base,
+                    &signature.signature,
+                    key,
+                    signature.alg.as_deref(),
+                    crypto,
+                )
+                .map_err(http_reason)?;
+                // RFC 9530: a body, or a digest the signature vouches for, must match.
+                if !body.is_empty() || !content_digest.is_empty() {
+                    let lines: Vec<&[u8]> = content_digest.iter().map(Vec::as_slice).collect();
+                    digest::verify(&lines, body).map_err(|e| match e {
+                        digest::DigestError::Missing => Reason::ContentDigestMissing,
+                        digest::DigestError::Mismatch => Reason::ContentDigestMismatch,
+                        _ => Reason::ContentDigestMalformed,
+                    })?;
+                }
+                // Keyed by what was signed, never by the signature's bytes (ECDSA is
+                // malleable): RFC 9421 §7.2.2.
+                replay.first_use(&httpsig::replay_id(&base), created, now)
+            }
+        }
+    }
+}
+
+/// `created` at most `message_signatures.max_age_seconds` old and at most
+/// `clock_skew_seconds` ahead; `expires`, when present, not passed (RFC 9421 §3.2 step 5,
+/// §7.2.2). Returns `created`.
+fn check_http_window(policy: &Policy, signature: &Signature, now: u64) -> Result<u64, Reason> {
+    let created =
+        u64::try_from(signature.created).map_err(|_| Reason::RequestSignatureMalformed)?;
+    let too_old = created.saturating_add(policy.message_signatures.max_age_seconds) < now;
+    let too_new = created > now.saturating_add(policy.limits.clock_skew_seconds);
+    let expired = signature
+        .expires
+        .is_some_and(|expires| u64::try_from(expires).map_or(true, |e| e < now));
+    if too_old || too_new || expired {
+        return Err(Reason::RequestSignatureExpired);
+    }
+    Ok(created)
+}
+
+/// The key an RFC 9421 signature names: with a `cnf.jwk` token, that key, whose RFC 7638
+/// thumbprint `keyid` must be; otherwise the client's key or HMAC secret with `kid` `keyid`.
+/// The algorithm is `alg` when given, else the key's own (§3.3.7); a key that could be used
+/// with several (an RSA JWK without `alg`) needs `alg`.
+fn http_key<'k>(
+    keys: SigningKeys<'k>,
+    signature: &Signature,
+    thumbprint: Option<&str>,
+) -> Result<httpsig::Key<'k>, Reason> {
+    let keyid = signature.keyid.as_str();
+    let candidates: Vec<httpsig::Key<'k>> = match keys {
+        SigningKeys::Bound(keys) => {
+            let named =
+                thumbprint.is_some_and(|t| bool::from(t.as_bytes().ct_eq(keyid.as_bytes())));
+            if !named {
+                return Err(Reason::RequestSignatureKeyUnknown);
+            }
+            keys.iter().map(httpsig::Key::Public).collect()
+        }
+        SigningKeys::Client { keys, hmac_keys } => keys
+            .iter()
+            .filter(|k| k.kid.as_deref() == Some(keyid))
+            .map(httpsig::Key::Public)
+            .chain(
+                hmac_keys
+                    .iter()
+                    .filter(|k| k.kid == keyid)
+                    .map(|k| httpsig::Key::Shared(&k.secret)),
+            )
+            .collect(),
+    };
+    if candidates.is_empty() {
+        return Err(Reason::RequestSignatureKeyUnknown);
+    }
+    let wanted = match signature.alg.as_deref() {
+        Some(name) => Some(
+            httpsig::Algorithm::from_name(name).ok_or(Reason::RequestSignatureAlgorithmMismatch)?,
+        ),
+        None => None,
+    };
+    let mut fitting = candidates
+        .into_iter()
+        .filter(|k| k.algorithm().is_some_and(|a| wanted.is_none_or(|w| w == a)));
+    match (fitting.next(), fitting.next()) {
+        (Some(key), None) => Ok(key),
+        _ => Err(Reason::RequestSignatureAlgorithmMismatch),
+    }
+}
+
+/// The refusal for an RFC 9421 reading, base or verification error.
+fn http_reason(error: httpsig::Error) -> Reason {
+    use httpsig::Error as E;
+    match error {
+        E::NotFound => Reason::RequestSignatureMissing,
+        E::ComponentMissing => Reason::RequestSignatureMismatch,
+        E::UnsupportedAlgorithm | E::AlgorithmMismatch => Reason::RequestSignatureAlgorithmMismatch,
+        E::BadSignature => Reason::RequestSignatureInvalid,
+        _ => Reason::RequestSignatureMalformed,
     }
 }
 
@@ -344,6 +520,7 @@ fn route_challenge(policy: &Policy, route: Route) -> Challenge {
             || (policy.dpop.announced && matches!(route.require, Require::Bearer | Require::Bound)),
         used: None,
         nonce: route.dpop_nonce,
+        http_signature: route.signed_request == Some(SignatureFormat::HttpMessageSignature),
     }
 }
 
@@ -372,6 +549,7 @@ pub fn decide<'p>(
         return Verdict::Allow {
             headers: Vec::new(),
             challenge,
+            proved: None,
         };
     }
     if let Err(reason) = extract::reject_token_in_query(path) {
@@ -399,30 +577,53 @@ pub fn decide<'p>(
     };
     let headers = claim_headers(policy, &verified);
     // A token bound to a key is accepted only with a signature made with that key, on any
-    // route; a signed route asks every request for one.
-    let needs_signature = route.signed_request || verified.confirmation().jwk.is_some();
+    // route (a detached JWS unless the route names the format); a signed route asks every
+    // request for one.
+    let format = route.signed_request.or_else(|| {
+        verified
+            .confirmation()
+            .jwk
+            .is_some()
+            .then_some(SignatureFormat::Jws)
+    });
     let token_expires_at = verified.expires_at();
     let jkt = verified.confirmation().jkt.clone();
     // A second token in a form body would reach the upstream unchecked (RFC 6750 §2.2).
     let scan_form = request.form_body && policy.form_body_tokens == FormBodyTokens::Refuse;
     // Everything that may wait for a key set comes before the DPoP proof, whose `jti` is
     // recorded: a request decided again after the wait must not meet its own proof.
-    let signature = if needs_signature {
-        match signature_pending(policy, tokens.fetched, &request, path, token, verified, now) {
+    let signature = match format {
+        Some(format) => match signature_pending(
+            policy,
+            tokens.fetched,
+            format,
+            &request,
+            path,
+            token,
+            verified,
+            now,
+        ) {
             Ok(signature) => Some(signature),
             Err((reason, Some(set))) => return need_keys(set, reason),
             Err((reason, None)) => return deny(reason, Some(token), challenge),
-        }
-    } else {
-        None
+        },
+        None => None,
     };
     if let (Scheme::Dpop, Some(jkt)) = (scheme, jkt.as_deref()) {
         if let Err(reason) = prove_dpop(policy, route, &request, path, token, jkt, tokens, now) {
             return deny(reason, Some(token), challenge);
         }
     }
+    // What the response's signature binds it to (only on routes that sign responses).
+    let proved = route
+        .sign_response
+        .map(|format| sign_response_for(format, &request, signature.as_ref(), token));
     if signature.is_none() && !scan_form {
-        return Verdict::Allow { headers, challenge };
+        return Verdict::Allow {
+            headers,
+            challenge,
+            proved,
+        };
     }
     Verdict::NeedBody(Box::new(Pending {
         token_expires_at,
@@ -434,7 +635,35 @@ pub fn decide<'p>(
             .collect(),
         token_fp: fingerprint(token),
         challenge,
+        proved,
     }))
+}
+
+/// How the request proves itself, for the signature of its response: the verified RFC 9421
+/// signature's label, the hash of the request signature as sent, the hash of the token.
+fn sign_response_for(
+    format: SignatureFormat,
+    request: &Request<'_, '_>,
+    signature: Option<&PendingSignature>,
+    token: &str,
+) -> SignResponse {
+    let (label, signature_hash) = match signature.map(|s| &s.proof) {
+        Some(Proof::Http { signature, .. }) => (
+            Some(signature.label.clone()),
+            Some(respond::hash_b64(&signature.signature)),
+        ),
+        Some(Proof::Jws(_)) => (
+            None,
+            request.signature.first().map(|v| respond::hash_b64(v)),
+        ),
+        None => (None, None),
+    };
+    SignResponse {
+        format,
+        label,
+        signature_hash,
+        token_hash: respond::hash_b64(token.as_bytes()),
+    }
 }
 
 /// Checks the request's DPoP proof of the key the token is bound to (`jkt`), and records it
@@ -476,20 +705,30 @@ fn prove_dpop(
 
 /// Reads the request signature and runs every check that needs no body. A refusal that a
 /// (re)fetch of a fetched key set may cure names that set.
+#[allow(clippy::too_many_arguments)]
 fn signature_pending(
     policy: &Policy,
     fetched: &FetchedKeys,
+    format: SignatureFormat,
     request: &Request<'_, '_>,
     path: &str,
     token: &str,
     verified: Rc<VerifiedToken>,
     now: u64,
 ) -> Result<PendingSignature, (Reason, Option<usize>)> {
-    let pending =
-        signature_checks(policy, request, path, token, verified, now).map_err(|r| (r, None))?;
+    let pending = signature_checks(policy, format, request, path, token, verified, now)
+        .map_err(|r| (r, None))?;
     // The key must exist now; if the client's keys are fetched, a refetch may bring it.
-    let selected = signing_keys(policy, fetched, &pending.token, pending.client)
-        .and_then(|keys| pending.jws.select_key(keys).map(|_| ()));
+    let selected =
+        signing_keys(policy, fetched, &pending.token, pending.client).and_then(
+            |keys| match &pending.proof {
+                Proof::Jws(jws) => jws.select_key(keys).map(|_| ()),
+                Proof::Http { signature, .. } => {
+                    let thumbprint = pending.token.confirmation().jwk_thumbprint.as_deref();
+                    http_key(keys, signature, thumbprint).map(|_| ())
+                }
+            },
+        );
     match selected {
         Ok(()) => Ok(pending),
         Err(reason) => {
@@ -511,30 +750,17 @@ fn signature_pending(
 
 fn signature_checks(
     policy: &Policy,
+    format: SignatureFormat,
     request: &Request<'_, '_>,
     path: &str,
     token: &str,
     verified: Rc<VerifiedToken>,
     now: u64,
 ) -> Result<PendingSignature, Reason> {
-    let value = match request.signature {
-        [] => return Err(Reason::RequestSignatureMissing),
-        [value] => *value,
-        _ => return Err(Reason::RequestSignatureMalformed),
+    let proof = match format {
+        SignatureFormat::Jws => Proof::Jws(jws_checks(policy, request, path, token, now)?),
+        SignatureFormat::HttpMessageSignature => http_checks(policy, request, path, now)?,
     };
-    let jws = DetachedJws::parse(value)?;
-    let text = |bytes: &[u8]| {
-        std::str::from_utf8(bytes)
-            .map(str::to_string)
-            .map_err(|_| Reason::RequestSignatureMismatch)
-    };
-    let target = SignedRequest {
-        method: &text(request.method)?,
-        scheme: &text(request.scheme)?,
-        authority: &text(request.authority)?,
-        path,
-    };
-    jws.check_request(&target, token, window(policy), now)?;
     // The key: the token's own `cnf.jwk`, or the registered keys of its client.
     let client = match verified.confirmation().jwk {
         Some(_) => None,
@@ -555,9 +781,100 @@ fn signature_checks(
         }
     };
     Ok(PendingSignature {
-        jws,
+        proof,
         token: verified,
         client,
+    })
+}
+
+/// The detached JWS's checks on the headers: shape, `htm`, `htu`, `ath`, `iat`.
+fn jws_checks(
+    policy: &Policy,
+    request: &Request<'_, '_>,
+    path: &str,
+    token: &str,
+    now: u64,
+) -> Result<DetachedJws, Reason> {
+    let value = match request.signature {
+        [] => return Err(Reason::RequestSignatureMissing),
+        [value] => *value,
+        _ => return Err(Reason::RequestSignatureMalformed),
+    };
+    let jws = DetachedJws::parse(value)?;
+    let text = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .map(str::to_string)
+            .map_err(|_| Reason::RequestSignatureMismatch)
+    };
+    let target = SignedRequest {
+        method: &text(request.method)?,
+        scheme: &text(request.scheme)?,
+        authority: &text(request.authority)?,
+        path,
+    };
+    jws.check_request(&target, token, window(policy), now)?;
+    Ok(jws)
+}
+
+/// The RFC 9421 signature's checks on the headers (§3.2): the one signature selected by
+/// label or tag, the required components covered, `created`/`expires`, and its base rebuilt
+/// from this request. The signature itself is verified with the body, when `Content-Digest`
+/// can be checked too.
+fn http_checks(
+    policy: &Policy,
+    request: &Request<'_, '_>,
+    path: &str,
+    now: u64,
+) -> Result<Proof, Reason> {
+    let lines = |name: &str| -> Vec<&[u8]> {
+        request
+            .headers
+            .iter()
+            .filter(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    let (inputs, signatures) = (lines("signature-input"), lines("signature"));
+    if inputs.is_empty() && signatures.is_empty() {
+        return Err(Reason::RequestSignatureMissing);
+    }
+    let settings = &policy.message_signatures;
+    let signature =
+        Signature::read(&inputs, &signatures, settings.select()).map_err(http_reason)?;
+    check_http_window(policy, &signature, now)?;
+    let has = |name: &str| request.headers.iter().any(|(n, _)| *n == name.as_bytes());
+    for component in &settings.required_components {
+        // `dpop` only with a DPoP header; `content-digest` once the body is known.
+        let conditional = match component.as_str() {
+            "dpop" => !has("dpop"),
+            "content-digest" => true,
+            _ => false,
+        };
+        if !conditional && !signature.covers(component) {
+            return Err(Reason::RequestSignatureIncomplete);
+        }
+    }
+    fn text(bytes: &[u8]) -> Result<&str, Reason> {
+        std::str::from_utf8(bytes).map_err(|_| Reason::RequestSignatureMismatch)
+    }
+    let message = httpsig::Request {
+        method: text(request.method)?,
+        scheme: text(request.scheme)?,
+        authority: text(request.authority)?,
+        path_and_query: path,
+        headers: request.headers,
+    };
+    let base = signature
+        .base(httpsig::Message::Request(message))
+        .map_err(http_reason)?;
+    let content_digest = lines(digest::FIELD)
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    Ok(Proof::Http {
+        signature: Box::new(signature),
+        base,
+        content_digest,
     })
 }
 
@@ -1117,6 +1434,7 @@ mod tests {
                 authority: b"api.example",
                 signature: &signature,
                 dpop: &[],
+                headers: &[],
                 form_body: false,
             })
         }
@@ -1385,6 +1703,7 @@ mod tests {
                 authority: b"api.example",
                 signature: &signatures,
                 dpop: &[],
+                headers: &[],
                 form_body: false,
             };
             let Verdict::NeedBody(pending) = decide(
@@ -1747,7 +2066,8 @@ mod tests {
                     bearer: false,
                     dpop: true,
                     used: None,
-                    nonce: false
+                    nonce: false,
+                    http_signature: false,
                 }
             );
             let (_, challenge) = refusal(run(&f, &record, "/anything", "", &[], None));

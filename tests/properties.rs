@@ -561,7 +561,9 @@ mod percent {
 
 mod policy {
     use super::*;
-    use tether::policy::{is_normalized, Require, Route, Rule, Rules, DEFAULT_REQUIRE};
+    use tether::policy::{
+        is_normalized, Require, Route, Rule, Rules, SignatureFormat, DEFAULT_REQUIRE,
+    };
 
     /// One path segment, or part of one: plain text, dot segments, escapes (plain, of
     /// separators, of dots, overlong UTF-8, not UTF-8 at all, malformed), and bytes a path
@@ -678,20 +680,32 @@ mod policy {
                 Require::Bound,
                 Require::Dpop,
             ]),
-            any::<bool>(),
+            format(),
+            format(),
             any::<bool>(),
             any::<bool>(),
         )
             .prop_map(
-                |(prefix, require, signed_request, dpop_nonce, case_sensitive)| Rule {
-                    prefix,
-                    require,
-                    signed_request,
-                    dpop_nonce,
-                    case_sensitive,
+                |(prefix, require, signed_request, sign_response, dpop_nonce, case_sensitive)| {
+                    Rule {
+                        prefix,
+                        require,
+                        signed_request,
+                        sign_response,
+                        dpop_nonce,
+                        case_sensitive,
+                    }
                 },
             )
             .boxed()
+    }
+
+    fn format() -> impl Strategy<Value = Option<SignatureFormat>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(SignatureFormat::Jws)),
+            Just(Some(SignatureFormat::HttpMessageSignature)),
+        ]
     }
 
     /// First match wins, written out independently of Tether.
@@ -711,12 +725,14 @@ mod policy {
             .map_or(
                 Route {
                     require: DEFAULT_REQUIRE,
-                    signed_request: false,
+                    signed_request: None,
+                    sign_response: None,
                     dpop_nonce: false,
                 },
                 |rule| Route {
                     require: rule.require,
                     signed_request: rule.signed_request,
+                    sign_response: rule.sign_response,
                     dpop_nonce: rule.dpop_nonce,
                 },
             )
@@ -769,7 +785,8 @@ mod policy {
             };
             for rule in &rules {
                 prop_assert!(rule.prefix.starts_with('/'));
-                prop_assert!(!(rule.signed_request && rule.require == Require::None));
+                prop_assert!(!(rule.signed_request.is_some() && rule.require == Require::None));
+                prop_assert!(!(rule.sign_response.is_some() && rule.require == Require::None));
                 prop_assert!(!(rule.dpop_nonce && rule.require == Require::None));
             }
             for target in &targets {

@@ -58,6 +58,127 @@ pub const MAX_COMPONENT_NAME_BYTES: usize = 256;
 /// bounds, but nothing is hashed or verified beyond this.
 pub const MAX_BASE_BYTES: usize = 16 * 1024;
 
+/// The `tag` of the request signature checked when no label is configured (FAPI 2.0 HTTP
+/// Signatures).
+pub const DEFAULT_REQUEST_TAG: &str = "fapi-2-request";
+/// The `tag` of the response signatures Tether makes.
+pub const RESPONSE_TAG: &str = "fapi-2-response";
+/// The label of the response signatures Tether makes.
+pub const RESPONSE_LABEL: &str = "sig1";
+/// The components a request signature must cover by default (FAPI 2.0 HTTP Signatures):
+/// `dpop` only when the request has a `DPoP` header, `content-digest` only when it has a
+/// body.
+pub const FAPI_REQUIRED_COMPONENTS: [&str; 5] = [
+    "@method",
+    "@target-uri",
+    "authorization",
+    "dpop",
+    "content-digest",
+];
+/// Required components that a request without the field need not cover: `dpop` when there
+/// is no `DPoP` header, `content-digest` when there is no body.
+pub const CONDITIONAL_COMPONENTS: [&str; 2] = ["dpop", "content-digest"];
+
+/// The request components a rule can require by name: a lowercase field name (a `tchar`
+/// token, RFC 9110 §5.1) or a derived request component without parameters (§2.2).
+pub fn is_request_component_name(name: &str) -> bool {
+    match name.strip_prefix('@') {
+        Some(derived) => matches!(
+            derived,
+            "method" | "target-uri" | "authority" | "scheme" | "request-target" | "path" | "query"
+        ),
+        None => {
+            !name.is_empty()
+                && name.len() <= MAX_COMPONENT_NAME_BYTES
+                && name.bytes().all(|b| is_tchar(b) && !b.is_ascii_uppercase())
+        }
+    }
+}
+
+/// The `Accept-Signature` value (§5.1) that asks for a signature labelled `label` covering
+/// `components`, with `created` and this `tag`: what a refusal for a missing signature tells
+/// the client. `components` are valid names ([`is_request_component_name`]).
+pub fn accept_signature(label: &str, components: &[String], tag: &str) -> String {
+    let mut list = InnerList::default();
+    for name in components {
+        list.items.push(Item::new(BareItem::String(name.clone())));
+    }
+    list.params.insert("created", BareItem::Boolean(true));
+    list.params.insert("tag", BareItem::String(tag.to_string()));
+    let mut dictionary = Dictionary::default();
+    dictionary.insert(label, ListEntry::InnerList(list));
+    sfv::serialize_dictionary(&dictionary).unwrap_or_default()
+}
+
+/// The covered components and parameters of a response signature (FAPI 2.0 HTTP Signatures):
+/// the request's `@method`, `@target-uri` and `authorization`, its `dpop` and
+/// `content-digest` when it had them, the verified request signature (`signature-input` and
+/// `signature` of `request_label`, `;key`), then `@status` and the response's
+/// `content-digest` when the response has a body; `created`, `keyid`, `tag`.
+pub fn response_input(
+    request: &Request<'_>,
+    request_label: Option<&str>,
+    response_has_body: bool,
+    created: u64,
+    keyid: &str,
+) -> InnerList {
+    let component = |name: &str, req: bool, key: Option<&str>| {
+        let mut item = Item::new(BareItem::String(name.to_string()));
+        if req {
+            item.params.insert("req", BareItem::Boolean(true));
+        }
+        if let Some(key) = key {
+            item.params.insert("key", BareItem::String(key.to_string()));
+        }
+        item
+    };
+    let has = |name: &[u8]| request.headers.iter().any(|(n, _)| *n == name);
+    let mut list = InnerList::default();
+    for name in ["@method", "@target-uri", "authorization"] {
+        list.items.push(component(name, true, None));
+    }
+    for name in ["dpop", "content-digest"] {
+        if has(name.as_bytes()) {
+            list.items.push(component(name, true, None));
+        }
+    }
+    if let Some(label) = request_label {
+        for name in ["signature-input", "signature"] {
+            list.items.push(component(name, true, Some(label)));
+        }
+    }
+    list.items.push(component("@status", false, None));
+    if response_has_body {
+        list.items.push(component("content-digest", false, None));
+    }
+    list.params.insert(
+        "created",
+        BareItem::Integer(i64::try_from(created).unwrap_or(i64::MAX)),
+    );
+    list.params
+        .insert("keyid", BareItem::String(keyid.to_string()));
+    list.params
+        .insert("tag", BareItem::String(RESPONSE_TAG.to_string()));
+    list
+}
+
+/// The `Signature-Input` and `Signature` values of one signature labelled `label`.
+pub fn signature_fields(
+    label: &str,
+    input: &InnerList,
+    signature: &[u8],
+) -> Result<(String, String), Error> {
+    let mut inputs = Dictionary::default();
+    inputs.insert(label, ListEntry::InnerList(input.clone()));
+    let mut signatures = Dictionary::default();
+    signatures.insert(
+        label,
+        ListEntry::Item(Item::new(BareItem::ByteSequence(signature.to_vec()))),
+    );
+    let serialize = |d: &Dictionary| sfv::serialize_dictionary(d).map_err(|_| Error::Malformed);
+    Ok((serialize(&inputs)?, serialize(&signatures)?))
+}
+
 /// One header line: the lowercase name and the raw value, as the proxy received it.
 pub type Header<'a> = (&'a [u8], &'a [u8]);
 

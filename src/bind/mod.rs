@@ -25,6 +25,8 @@ pub struct Confirmation {
     /// RFC 7800 §3.2: the public key the token is bound to. Proved by a request signature
     /// made with it ([`jws`]); one entry per algorithm the key may use.
     pub jwk: Option<Vec<VerificationKey>>,
+    /// The RFC 7638 thumbprint of `jwk`: the `keyid` an RFC 9421 signature made with it names.
+    pub jwk_thumbprint: Option<String>,
     /// RFC 9449 §6.1: the RFC 7638 thumbprint of the key the token is bound to. Proved by a
     /// DPoP proof made with it ([`dpop`]), the token presented with the `DPoP` scheme.
     pub jkt: Option<String>,
@@ -45,7 +47,10 @@ impl Confirmation {
                 mtls::CNF_MEMBER => confirmation.x5t_s256 = Some(mtls::parse_thumbprint(value)?),
                 "jwk" => {
                     confirmation.jwk =
-                        Some(jwk::parse_one(value).map_err(|_| Reason::CnfMalformed)?)
+                        Some(jwk::parse_one(value).map_err(|_| Reason::CnfMalformed)?);
+                    confirmation.jwk_thumbprint = value
+                        .as_object()
+                        .and_then(|object| jwk::thumbprint(object).ok());
                 }
                 dpop::CNF_MEMBER => confirmation.jkt = Some(dpop::parse_jkt(value)?),
                 _ => return Err(Reason::BindingUnsupported),

@@ -28,6 +28,7 @@ pub enum Map {
 #[derive(Clone, Copy)]
 pub enum Buffer {
     RequestBody = 0,
+    ResponseBody = 1,
     HttpCallResponseBody = 4,
     PluginConfiguration = 7,
 }

@@ -1,5 +1,6 @@
 //! Envoy counters: `tether.allowed`, one `tether.refused.<reason>` per reason, and the key
-//! set fetches (`tether.jwks_fetch.success`, `.failure`, `.key_skipped`), shown in Envoy's
+//! set fetches (`tether.jwks_fetch.success`, `.failure`, `.key_skipped`), signed responses
+//! (`tether.response_signed`) and key set answers (`tether.jwks_served`), shown in Envoy's
 //! `/stats` with the `wasmcustom.` prefix.
 
 use super::hostcalls;
@@ -12,6 +13,8 @@ pub struct Metrics {
     fetch_success: Option<u32>,
     fetch_failure: Option<u32>,
     key_skipped: Option<u32>,
+    responses_signed: Option<u32>,
+    jwks_served: Option<u32>,
     /// Indexed like [`Reason::ALL`].
     refused: Vec<Option<u32>>,
 }
@@ -27,6 +30,8 @@ impl Metrics {
             fetch_success: counter("tether.jwks_fetch.success"),
             fetch_failure: counter("tether.jwks_fetch.failure"),
             key_skipped: counter("tether.jwks_fetch.key_skipped"),
+            responses_signed: counter("tether.response_signed"),
+            jwks_served: counter("tether.jwks_served"),
             refused: Reason::ALL
                 .iter()
                 .map(|r| counter(&r.metric_name()))
@@ -53,6 +58,16 @@ impl Metrics {
     /// Keys of a fetched key set that could not be used and were skipped.
     pub fn keys_skipped(&self, count: usize) {
         increment(self.key_skipped, i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// A response signed (`sign_response`).
+    pub fn response_signed(&self) {
+        increment(self.responses_signed, 1);
+    }
+
+    /// The published key set answered (`response_signing.jwks_path`).
+    pub fn jwks_served(&self) {
+        increment(self.jwks_served, 1);
     }
 
     pub fn refused(&self, reason: Reason) {

@@ -11,7 +11,7 @@ mod hostcalls;
 mod metrics;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -23,10 +23,14 @@ use crate::config::Policy;
 use crate::crypto::native::{ForeignFunction, Native};
 use crate::crypto::{InVm, SignatureVerifier};
 use crate::keyset::{namespace, replay_namespace, FetchedKeys, Fetcher};
-use crate::lifecycle::{Decision, Driven, Entry, Held, Limits, Pipeline, Step, Table};
+use crate::lifecycle::{
+    Decision, Driven, Entry, Held, Limits, Outgoing, Pipeline, ResponseStep, Step, Table,
+};
+use crate::policy::SignatureFormat;
 use crate::reject::{Challenge, Reason};
 use crate::replay::SharedReplay;
-use crate::verdict::{decide, Facts, Pending, Request, Tokens};
+use crate::respond::{self, Exchange};
+use crate::verdict::{decide, Facts, Pending, Request, SignResponse, Tokens};
 use hostcalls::{Buffer, EnvoySharedData, Level, Map};
 use metrics::Metrics;
 
@@ -76,6 +80,14 @@ struct Shared {
     warned_body_withheld: Cell<bool>,
     /// Allowed requests of `dpop_nonce` routes, whose responses get a fresh `DPoP-Nonce`.
     nonce_responses: RefCell<HashSet<u32>>,
+    /// Allowed requests of `sign_response` routes, until their responses start.
+    to_sign: RefCell<HashMap<u32, ToSign>>,
+}
+
+/// A response to sign: how, and the request it answers.
+struct ToSign {
+    format: SignatureFormat,
+    exchange: Exchange,
 }
 
 /// What it takes to decide a request (again), beside its life in the [`Table`].
@@ -88,6 +100,8 @@ struct RequestState {
     headers: Vec<(String, String)>,
     /// The challenges of a refusal (and whether the route gives out DPoP nonces).
     challenge: Challenge,
+    /// On a `sign_response` route: how the response is signed, and what binds it.
+    sign_response: Option<SignResponse>,
 }
 
 /// Reads the request's header lines once, and removes those an upstream could take for a
@@ -188,7 +202,8 @@ impl RootContext for Root {
             policy
                 .signed_requests
                 .max_age_seconds
-                .max(policy.dpop.max_age_seconds),
+                .max(policy.dpop.max_age_seconds)
+                .max(policy.message_signatures.max_age_seconds),
             now_seconds,
         );
         log(
@@ -213,6 +228,7 @@ impl RootContext for Root {
             limits,
             warned_body_withheld: Cell::new(false),
             nonce_responses: RefCell::new(HashSet::new()),
+            to_sign: RefCell::new(HashMap::new()),
         });
         // The first fetch starts on the first tick, not here: a VM configured on Envoy's main
         // thread may be gone before an answer could reach it. The tick also times out held
@@ -246,6 +262,7 @@ impl RootContext for Root {
         Some(Box::new(Filter {
             context_id,
             shared: self.shared.clone(),
+            outgoing: None,
         }))
     }
 
@@ -258,6 +275,8 @@ impl RootContext for Root {
 struct Filter {
     context_id: u32,
     shared: Option<Rc<Shared>>,
+    /// The response held to be signed, from its headers on.
+    outgoing: Option<(Outgoing, ToSign)>,
 }
 
 impl Context for Filter {}
@@ -276,6 +295,11 @@ impl HttpContext for Filter {
                 return refuse(Some(&shared), reason, None, Challenge::BEARER, now_ms);
             }
         };
+        if let Some(signing) = &shared.policy.response_signing {
+            if signing.is_jwks_request(&facts.method, &facts.path) {
+                return answer_jwks(&shared, signing);
+            }
+        }
         let request = Entry {
             held: Held::new(now_ms, end_of_stream, facts.content_length, shared.limits),
             token_fp: None,
@@ -285,6 +309,7 @@ impl HttpContext for Filter {
                 pending: None,
                 headers: Vec::new(),
                 challenge: Challenge::BEARER,
+                sign_response: None,
             },
         };
         drive(
@@ -323,18 +348,50 @@ impl HttpContext for Filter {
         self.event(Held::on_trailers)
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
         // RFC 9449 §8: a fresh nonce on every success of a nonce route, so that a client never
         // needs a round trip to learn the next one when the window turns.
-        if let Some(shared) = &self.shared {
-            if shared.nonce_responses.borrow_mut().remove(&self.context_id) {
-                if let Some(nonces) = &shared.policy.dpop.nonces {
-                    let nonce = nonces.mint(now_seconds());
-                    let _ = hostcalls::set_header(Map::ResponseHeaders, "dpop-nonce", &nonce);
-                }
+        if shared.nonce_responses.borrow_mut().remove(&self.context_id) {
+            if let Some(nonces) = &shared.policy.dpop.nonces {
+                let nonce = nonces.mint(now_seconds());
+                let _ = hostcalls::set_header(Map::ResponseHeaders, "dpop-nonce", &nonce);
             }
         }
-        Action::Continue
+        let Some(to_sign) = shared.to_sign.borrow_mut().remove(&self.context_id) else {
+            return Action::Continue;
+        };
+        let Some(signing) = &shared.policy.response_signing else {
+            return Action::Continue;
+        };
+        let announced = hostcalls::header(Map::ResponseHeaders, "content-length")
+            .ok()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok());
+        let mut outgoing = Outgoing::new(signing.max_body_bytes);
+        let step = outgoing.on_headers(end_of_stream, announced);
+        self.outgoing = Some((outgoing, to_sign));
+        self.response_step(&shared, step)
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(shared), Some((outgoing, _))) = (self.shared.clone(), self.outgoing.as_mut())
+        else {
+            return Action::Continue;
+        };
+        let step = outgoing.on_body(body_size, end_of_stream);
+        self.response_step(&shared, step)
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        let (Some(shared), Some((outgoing, _))) = (self.shared.clone(), self.outgoing.as_mut())
+        else {
+            return Action::Continue;
+        };
+        let step = outgoing.on_trailers();
+        self.response_step(&shared, step)
     }
 
     fn on_log(&mut self) {
@@ -342,11 +399,36 @@ impl HttpContext for Filter {
         if let Some(shared) = &self.shared {
             shared.held.borrow_mut().forget(self.context_id);
             shared.nonce_responses.borrow_mut().remove(&self.context_id);
+            shared.to_sign.borrow_mut().remove(&self.context_id);
         }
     }
 }
 
 impl Filter {
+    /// Carries out a step of the held response's life.
+    fn response_step(&mut self, shared: &Shared, step: ResponseStep) -> Action {
+        let step = match step {
+            ResponseStep::Sign => {
+                let result = match self.outgoing.as_ref() {
+                    Some((_, to_sign)) => sign_response(shared, to_sign),
+                    None => Err(Reason::ResponseSigningFailed),
+                };
+                match self.outgoing.as_mut() {
+                    Some((outgoing, _)) => outgoing.signed(result),
+                    None => ResponseStep::Refuse(Reason::ResponseSigningFailed),
+                }
+            }
+            step => step,
+        };
+        match step {
+            ResponseStep::Continue => Action::Continue,
+            ResponseStep::Pause | ResponseStep::Sign => Action::Pause,
+            ResponseStep::Refuse(reason) => {
+                refuse(Some(shared), reason, None, Challenge::BEARER, now_millis())
+            }
+        }
+    }
+
     /// Feeds an event of the request's own stream to its life, if it is held.
     fn event(&mut self, event: impl FnOnce(&mut Held) -> Step) -> Action {
         let Some(shared) = self.shared.clone() else {
@@ -387,6 +469,16 @@ fn drive(
             allow(shared, &entry.request.headers);
             if entry.request.challenge.nonce {
                 shared.nonce_responses.borrow_mut().insert(context_id);
+            }
+            if let Some(sign) = entry.request.sign_response {
+                let exchange = exchange(&entry.request.facts, sign.clone());
+                shared.to_sign.borrow_mut().insert(
+                    context_id,
+                    ToSign {
+                        format: sign.format,
+                        exchange,
+                    },
+                );
             }
             if !in_callback {
                 let _ = hostcalls::resume_request();
@@ -442,7 +534,13 @@ fn decide_again(
     let authorization: Vec<&[u8]> = facts.authorization.iter().map(Vec::as_slice).collect();
     let signature: Vec<&[u8]> = facts.signature.iter().map(Vec::as_slice).collect();
     let dpop: Vec<&[u8]> = facts.dpop.iter().map(Vec::as_slice).collect();
+    let lines: Vec<(&[u8], &[u8])> = facts
+        .lines
+        .iter()
+        .map(|(name, value)| (name.as_slice(), value.as_slice()))
+        .collect();
     let facts_view = Request {
+        headers: &lines,
         path: &facts.path,
         authorization: &authorization,
         method: &facts.method,
@@ -485,6 +583,7 @@ fn decide_again(
     request.headers = leftovers.headers;
     request.pending = leftovers.pending;
     request.challenge = leftovers.challenge;
+    request.sign_response = leftovers.proved;
     entry.token_fp = leftovers.token_fp;
     decision
 }
@@ -533,6 +632,79 @@ fn resolve_held(shared: &Shared, now_ms: u64) {
         }
         drive(shared, context_id, request, step, false, now_ms);
     }
+}
+
+/// The request a response answers, as its signature binds it.
+fn exchange(facts: &Facts, sign: SignResponse) -> Exchange {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    Exchange {
+        method: text(&facts.method),
+        scheme: text(&facts.scheme),
+        authority: text(&facts.authority),
+        path_and_query: text(&facts.path),
+        headers: facts.lines.clone(),
+        signature_label: sign.label,
+        signature_hash: sign.signature_hash,
+        token_hash: sign.token_hash,
+    }
+}
+
+/// Signs the held response, its body complete (buffered by Envoy), by setting its headers.
+fn sign_response(shared: &Shared, to_sign: &ToSign) -> Result<(), Reason> {
+    let signing = shared
+        .policy
+        .response_signing
+        .as_ref()
+        .ok_or(Reason::ResponseSigningFailed)?;
+    let key = signing.signing_key().ok_or(Reason::ResponseSigningFailed)?;
+    // One byte more than the limit: a body that grew past it is refused, not cut. No body
+    // at all reads as none.
+    let body = hostcalls::buffer(
+        Buffer::ResponseBody,
+        0,
+        signing.max_body_bytes.saturating_add(1),
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    if body.len() > signing.max_body_bytes {
+        return Err(Reason::ResponseTooLargeToSign);
+    }
+    let now = now_seconds();
+    let headers: Vec<(&str, String)> = match to_sign.format {
+        SignatureFormat::HttpMessageSignature => {
+            let status = hostcalls::header(Map::ResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+                .ok_or(Reason::ResponseSigningFailed)?;
+            respond::sign_http(key, &to_sign.exchange, status, &[], &body, now)
+                .map_err(|_| Reason::ResponseSigningFailed)?
+        }
+        SignatureFormat::Jws => vec![(
+            shared.policy.signed_requests.header.as_str(),
+            respond::sign_jws(key, &to_sign.exchange, &body, now),
+        )],
+    };
+    for (name, value) in headers {
+        hostcalls::set_header(Map::ResponseHeaders, name, &value)
+            .map_err(|_| Reason::ResponseSigningFailed)?;
+    }
+    shared.metrics.response_signed();
+    Ok(())
+}
+
+/// Answers `GET response_signing.jwks_path` with the published key set.
+fn answer_jwks(shared: &Shared, signing: &respond::ResponseSigning) -> Action {
+    let headers: Vec<(&str, &[u8])> = vec![
+        ("content-type", b"application/jwk-set+json"),
+        ("cache-control", signing.jwks_cache_control.as_bytes()),
+    ];
+    if hostcalls::send_response(200, &headers, signing.jwks_document.as_bytes()).is_err() {
+        log(Level::Warn, "tether: the key set could not be sent");
+    }
+    shared.metrics.jwks_served();
+    Action::Pause
 }
 
 /// Sets the claim headers, strips the token if configured, and counts the request.
@@ -587,6 +759,14 @@ fn refuse(
     }
     if let Some(nonce) = nonce.as_deref() {
         headers.push(("dpop-nonce", nonce.as_bytes()));
+    }
+    // RFC 9421 §5.1: tell the client which signature the route expects.
+    if let Some(policy) = policy.filter(|_| challenge.http_signature && reason.asks_for_signature())
+    {
+        headers.push((
+            "accept-signature",
+            policy.message_signatures.accept_signature.as_bytes(),
+        ));
     }
     let body = reason.body();
     if hostcalls::send_response(reason.status(), &headers, body.as_bytes()).is_err() {
