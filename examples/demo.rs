@@ -5,12 +5,16 @@
 //! mints tokens with the DEMO-ONLY key `envoy/demo-issuer.key.pem`, signs requests with the
 //! DEMO-ONLY client key `envoy/demo-client.key.pem`, and plays nine scenes. Then DPoP
 //! (RFC 9449) on demo.yaml's `require: "dpop"` route: four more scenes, with client keys and
-//! proofs made by jwcrypto (`tests/interop/dpop_client.py`).
+//! proofs made by jwcrypto (`tests/interop/dpop_client.py`). Then HTTP Message Signatures
+//! (RFC 9421) both ways on the `/transfers` route: a request signed and a response checked by
+//! http-message-signatures (`tests/interop/httpsig_exchange.py`).
 //! Exits non-zero if any scene does not end as the story says.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use serde_json::json;
 
 use support::client::{HttpsRequest, Response};
@@ -44,6 +48,21 @@ fn main() {
     println!("  PKI in build/demo/: a CA, a server certificate, client certificates for alice and mallory");
     let _backend = EchoBackend::start_on(BACKEND_PORT);
     println!("  backend on 127.0.0.1:{BACKEND_PORT}: answers with the request it received");
+    // Tether's response signing key: made here (by jwcrypto), handed to Envoy's VM through
+    // its environment (demo.yaml's host_env_keys), never written in the configuration.
+    let signer_dir = demo_dir.join("httpsig-client-keys");
+    std::fs::create_dir_all(&signer_dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", signer_dir.display()));
+    let signer_dir = signer_dir.to_str().expect("a UTF-8 path").to_string();
+    let made = run_interop_client(
+        "httpsig_exchange.py",
+        &json!({"mode": "keys", "dir": signer_dir}),
+    );
+    std::env::set_var(
+        "TETHER_DEMO_RESPONSE_KEY",
+        made["tether"]["ed25519"].as_str().expect("a private JWK"),
+    );
+    println!("  Tether's response signing key (Ed25519) made by jwcrypto, passed to Envoy's VM by environment");
     let envoy = Envoy::start_with_file(&root.join("envoy/demo.yaml"), &root, &demo_dir)
         .unwrap_or_else(|log| {
             eprintln!("Envoy did not start (are ports 10443/19901 free?):\n{log}");
@@ -272,6 +291,69 @@ fn main() {
         401,
         Some("invalid_dpop_proof"),
     );
+
+    // HTTP Message Signatures (RFC 9421) both ways, on demo.yaml's /transfers route: the
+    // payment app signs the request with http-message-signatures (the same key as its JWS),
+    // and checks the response Tether signs against the key set Tether publishes.
+    println!("\nHTTP Message Signatures (RFC 9421): a signed request, a signed response");
+    let pem = std::fs::read_to_string(root.join("envoy/demo-client.key.pem")).expect("demo key");
+    let block = &pem[pem.find("-----BEGIN").expect("a PEM block")..];
+    std::fs::write(format!("{signer_dir}/ecdsa-p256-sha256"), block).expect("write the key");
+    let url = format!("https://localhost:{HTTPS_PORT}/transfers");
+    let transfer_headers = vec![
+        ("authorization".to_string(), format!("Bearer {app_token}")),
+        ("content-type".to_string(), "application/json".to_string()),
+    ];
+    let spec = json!({"mode": "sign", "dir": signer_dir, "requests": [{
+        "alg": "ecdsa-p256-sha256", "keyid": "demo-app-1", "method": "POST", "url": url,
+        "headers": transfer_headers, "body": STANDARD.encode(body), "created": support::now(),
+        "components": ["@method", "@target-uri", "authorization", "content-digest"]}]});
+    let mut signed_headers = transfer_headers.clone();
+    for pair in run_interop_client("httpsig_exchange.py", &spec)["headers"][0]
+        .as_array()
+        .expect("headers")
+    {
+        let name = pair[0].as_str().expect("a name").to_string();
+        signed_headers.push((name, pair[1].as_str().expect("a value").to_string()));
+    }
+    let transfer = || {
+        let mut request = get("/transfers").cert(&pki.alice).method("POST").body(body);
+        for (name, value) in &signed_headers {
+            request = request.header(name, value);
+        }
+        request
+    };
+    println!(
+        "\n[14] The payment app signs its request with RFC 9421 and checks the signed response"
+    );
+    println!("    POST /transfers, Signature-Input: sig1=(\"@method\" \"@target-uri\" \"authorization\" \"content-digest\");tag=\"fapi-2-request\"");
+    let response = transfer().send();
+    println!("    -> {}", outcome(&response));
+    let jwks = get("/.well-known/jwks.json").send().json();
+    let headers: Vec<(String, String)> = response
+        .headers
+        .iter()
+        .flat_map(|(n, values)| values.iter().map(move |v| (n.clone(), v.clone())))
+        .collect();
+    let check = json!({"mode": "verify_response", "jwks": jwks,
+        "request": {"method": "POST", "url": url, "headers": signed_headers},
+        "response": {"status": response.status, "headers": headers,
+                     "body": STANDARD.encode(&response.body)}});
+    let checked = run_interop_client("httpsig_exchange.py", &check);
+    if response.status == 200 && checked["ok"] == true {
+        println!("    -> the client verified the response's signature against /.well-known/jwks.json (sig1, tag fapi-2-response)");
+    } else {
+        println!("    !! expected HTTP 200 with a signed response the client verifies: {checked}");
+        failures += 1;
+    }
+    println!("\n[15] The signed request is captured and replayed");
+    println!("    the same POST /transfers again, same signature");
+    let replayed = transfer().send();
+    println!("    -> {}", outcome(&replayed));
+    if replayed.status != 401 || challenge_param(&replayed, "error") != Some("invalid_signature") {
+        println!("    !! expected HTTP 401 invalid_signature");
+        failures += 1;
+    }
 
     // Envoy shows a wasm filter's own counters under "wasmcustom.".
     print_counters("http://127.0.0.1:19901", &envoy);
