@@ -89,6 +89,12 @@ fn every_example_config_passes_envoy_validation() {
     );
     let material = ScratchDir::new("configs-pki");
     let pki = Pki::generate(material.path());
+    // demo.yaml's response signing key comes from Envoy's environment (`make demo` makes one):
+    // here, RFC 8037 Appendix A.1's Ed25519 example key, a public value.
+    std::env::set_var(
+        "TETHER_DEMO_RESPONSE_KEY",
+        r#"{"kty":"OKP","crv":"Ed25519","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#,
+    );
     for config in configs {
         let root = ScratchDir::new("config-root");
         materialize(&config, root.path(), &pki);
