@@ -64,12 +64,15 @@ fn config(made: &Value, first_key: &str) -> Value {
              "signed_request": "http_message_signature", "sign_response": "http_message_signature"},
             {"prefix": "/reports", "require": "mtls", "sign_response": "http_message_signature"},
             {"prefix": "/statements", "require": "mtls", "sign_response": "jws"},
+            {"prefix": "/keyed", "require": "bound", "signed_request": "http_message_signature"},
             {"prefix": "/", "require": "bound"}
         ],
     })
 }
 
 struct Fixtures {
+    /// The client keys' public JWKs and RFC 7638 thumbprints, as jwcrypto made them.
+    made: Value,
     pki: Pki,
     issuer: Issuer,
     /// The client keys' directory (for the signer).
@@ -111,6 +114,7 @@ fn fixtures() -> &'static Fixtures {
         let envoy = start("ed25519");
         let envoy_p256 = start("p256");
         Fixtures {
+            made,
             pki,
             issuer,
             keys,
@@ -579,4 +583,28 @@ fn a_signed_request_over_http2_with_a_slow_body_and_trailers_gets_a_signed_respo
         .send_one(again);
     assert_eq!(answer.status, Some(401), "{}", answer.body);
     assert_eq!(answer.header("signature"), None);
+}
+
+#[test]
+fn a_token_bound_to_a_key_takes_a_signature_whose_keyid_is_the_keys_thumbprint() {
+    let f = fixtures();
+    let jwk = f.made["jwks"]["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["kid"] == "client-ed25519")
+        .expect("the Ed25519 key")
+        .clone();
+    // No client_id: only the token's own key (cnf.jwk, RFC 7800 §3.2) can verify.
+    let token = f.issuer.token().claim("cnf", json!({"jwk": jwk})).sign();
+    let thumbprint = f.made["thumbprints"]["ed25519"].as_str().expect("thumbprint");
+    let keyed = Exchange::post("/keyed/1", &token).signed(&f.envoy, "ed25519", json!({"keyid": thumbprint}));
+    assert_served(&keyed.send(&f.envoy));
+    // The key's kid is not its thumbprint: refused.
+    let by_kid = Exchange::post("/keyed/2", &token).signed(&f.envoy, "ed25519", json!({}));
+    assert_refused(&by_kid.send(&f.envoy), "request_signature_key_unknown");
+    // Another key, naming the bound key's thumbprint: the signature does not verify.
+    let other = Exchange::post("/keyed/3", &token)
+        .signed(&f.envoy, "ecdsa-p256-sha256", json!({"keyid": thumbprint, "include_alg": false}));
+    assert_refused(&other.send(&f.envoy), "request_signature_invalid");
 }
