@@ -867,6 +867,9 @@ fn compile_message_signatures(raw: RawMessageSignatures) -> Result<MessageSignat
             ));
         }
     }
+    if raw.required_components.is_empty() {
+        return Err("message_signatures.required_components must name at least one component (a signature covering nothing would authorize any request of its client)".into());
+    }
     if raw.required_components.len() > httpsig::MAX_COMPONENTS {
         return Err(format!(
             "message_signatures.required_components lists more than {} components",

@@ -12,17 +12,18 @@
 //!   method, URI, token and signature are in what is signed.
 //! - **`jws`**: a detached JWS over the body (RFC 7515 Appendix F, RFC 7797 `b64: false`) in
 //!   `signed_requests.header`. Its protected header carries `alg`, `kid`, `b64: false`,
-//!   `crit: ["b64"]`, `iat`, and the request it answers: `htm`, `htu` (the request's URI
-//!   without query, as in DPoP), and `rsh` (the base64url SHA-256 of the request signature as
-//!   the client sent it) when the request was signed, else `ath` (of the access token).
+//!   `crit: ["b64"]`, `iat`, `status`, and the request it answers: `htm`, `htu` (the request's
+//!   URI, query included), and `rsh` (the base64url SHA-256 of the request signature: the
+//!   JWS as sent, or the RFC 9421 signature's bytes) when the request was signed, else `ath`
+//!   (of the access token).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::bind::digest;
 use crate::bind::httpsig::{self, Message, Request, Response};
-use crate::bind::{digest, htu};
 use crate::sign::SigningKey;
 
 /// Default for `response_signing.jwks_path`.
@@ -79,8 +80,9 @@ impl ResponseSigning {
 }
 
 /// What a response signature binds it to: the request, as its headers arrived, and how it
-/// was proved. Kept from the decision until the response is signed.
-#[derive(Clone, Debug, Default)]
+/// was proved. Kept from the decision until the response is signed. Its `Debug` shows no
+/// header value (they hold the token).
+#[derive(Clone, Default)]
 pub struct Exchange {
     pub method: String,
     pub scheme: String,
@@ -94,6 +96,17 @@ pub struct Exchange {
     pub signature_hash: Option<String>,
     /// The base64url SHA-256 of the access token (JWS `ath`).
     pub token_hash: String,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("method", &self.method)
+            .field("path_and_query", &self.path_and_query)
+            .field("header_lines", &self.headers.len())
+            .field("signature_label", &self.signature_label)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Exchange {
@@ -164,7 +177,13 @@ pub fn sign_http(
 }
 
 /// The detached JWS that signs a response body (`jws`): `BASE64URL(header)..BASE64URL(sig)`.
-pub fn sign_jws(key: &SigningKey, exchange: &Exchange, body: &[u8], now: u64) -> String {
+pub fn sign_jws(
+    key: &SigningKey,
+    exchange: &Exchange,
+    status: u16,
+    body: &[u8],
+    now: u64,
+) -> String {
     let mut header = Map::new();
     header.insert("alg".into(), json!(key.alg().jws_name()));
     header.insert("kid".into(), json!(key.kid()));
@@ -172,11 +191,14 @@ pub fn sign_jws(key: &SigningKey, exchange: &Exchange, body: &[u8], now: u64) ->
     header.insert("crit".into(), json!(["b64"]));
     header.insert("iat".into(), json!(now));
     header.insert("htm".into(), json!(exchange.method));
+    // The whole target, query included (as a request's JWS `htu`): a response for
+    // `?id=alice` must not pass for `?id=bob`. And the status, which the body does not say.
     let uri = format!(
         "{}://{}{}",
         exchange.scheme, exchange.authority, exchange.path_and_query
     );
-    header.insert("htu".into(), json!(htu::without_query(&uri)));
+    header.insert("htu".into(), json!(uri));
+    header.insert("status".into(), json!(status));
     match &exchange.signature_hash {
         Some(rsh) => header.insert("rsh".into(), json!(rsh)),
         None => header.insert("ath".into(), json!(exchange.token_hash)),

@@ -290,8 +290,7 @@ struct PendingSignature {
     client: Option<usize>,
 }
 
-/// The request signature, read.
-#[derive(Debug)]
+/// The request signature, read. Its `Debug` shows no base (which holds the token).
 enum Proof {
     /// A detached JWS over the body.
     Jws(DetachedJws),
@@ -302,6 +301,19 @@ enum Proof {
         base: Vec<u8>,
         content_digest: Vec<Vec<u8>>,
     },
+}
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Proof::Jws(jws) => f.debug_tuple("Jws").field(jws).finish(),
+            Proof::Http { signature, .. } => f
+                .debug_struct("Http")
+                .field("label", &signature.label)
+                .field("keyid", &signature.keyid)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl Pending {
@@ -372,13 +384,9 @@ impl PendingSignature {
                 if created < replay.remembers_since() {
                     return Err(Reason::RequestSignatureExpired);
                 }
-                // FAPI 2.0: a body is bound by a covered Content-Digest.
-                let required = policy
-                    .message_signatures
-                    .required_components
-                    .iter()
-                    .any(|c| c == digest::FIELD);
-                if !body.is_empty() && required && !signature.covers(digest::FIELD) {
+                // A body is bound by a covered Content-Digest, whatever the configuration: an
+                // uncovered digest would be the sender's to recompute over another body.
+                if !body.is_empty() && !signature.covers(digest::FIELD) {
                     return Err(Reason::RequestSignatureIncomplete);
                 }
                 let thumbprint = self.token.confirmation().jwk_thumbprint.as_deref();

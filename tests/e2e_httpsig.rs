@@ -541,8 +541,12 @@ fn a_jws_signed_response_is_bound_to_its_request() {
     assert_eq!(header["htm"], "GET");
     assert_eq!(
         header["htu"],
-        format!("https://localhost:{}/statements/3", f.envoy.https_port())
+        format!(
+            "https://localhost:{}/statements/3?month=11",
+            f.envoy.https_port()
+        )
     );
+    assert_eq!(header["status"], 200);
     assert_eq!(header["b64"], false);
     assert_eq!(
         header["ath"],
@@ -597,14 +601,23 @@ fn a_token_bound_to_a_key_takes_a_signature_whose_keyid_is_the_keys_thumbprint()
         .clone();
     // No client_id: only the token's own key (cnf.jwk, RFC 7800 §3.2) can verify.
     let token = f.issuer.token().claim("cnf", json!({"jwk": jwk})).sign();
-    let thumbprint = f.made["thumbprints"]["ed25519"].as_str().expect("thumbprint");
-    let keyed = Exchange::post("/keyed/1", &token).signed(&f.envoy, "ed25519", json!({"keyid": thumbprint}));
+    let thumbprint = f.made["thumbprints"]["ed25519"]
+        .as_str()
+        .expect("thumbprint");
+    let keyed = Exchange::post("/keyed/1", &token).signed(
+        &f.envoy,
+        "ed25519",
+        json!({"keyid": thumbprint}),
+    );
     assert_served(&keyed.send(&f.envoy));
     // The key's kid is not its thumbprint: refused.
     let by_kid = Exchange::post("/keyed/2", &token).signed(&f.envoy, "ed25519", json!({}));
     assert_refused(&by_kid.send(&f.envoy), "request_signature_key_unknown");
     // Another key, naming the bound key's thumbprint: the signature does not verify.
-    let other = Exchange::post("/keyed/3", &token)
-        .signed(&f.envoy, "ecdsa-p256-sha256", json!({"keyid": thumbprint, "include_alg": false}));
+    let other = Exchange::post("/keyed/3", &token).signed(
+        &f.envoy,
+        "ecdsa-p256-sha256",
+        json!({"keyid": thumbprint, "include_alg": false}),
+    );
     assert_refused(&other.send(&f.envoy), "request_signature_invalid");
 }

@@ -671,19 +671,19 @@ fn sign_response(shared: &Shared, to_sign: &ToSign) -> Result<(), Reason> {
         return Err(Reason::ResponseTooLargeToSign);
     }
     let now = now_seconds();
+    let status = hostcalls::header(Map::ResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+        .ok_or(Reason::ResponseSigningFailed)?;
     let headers: Vec<(&str, String)> = match to_sign.format {
         SignatureFormat::HttpMessageSignature => {
-            let status = hostcalls::header(Map::ResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
-                .ok_or(Reason::ResponseSigningFailed)?;
             respond::sign_http(key, &to_sign.exchange, status, &[], &body, now)
                 .map_err(|_| Reason::ResponseSigningFailed)?
         }
         SignatureFormat::Jws => vec![(
             shared.policy.signed_requests.header.as_str(),
-            respond::sign_jws(key, &to_sign.exchange, &body, now),
+            respond::sign_jws(key, &to_sign.exchange, status, &body, now),
         )],
     };
     for (name, value) in headers {
