@@ -980,7 +980,7 @@ fn claim_headers<'p>(policy: &'p Policy, token: &VerifiedToken) -> Vec<(&'p str,
 mod tests {
     use super::*;
     use crate::crypto::InVm;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     use base64::Engine as _;
     use jwt_simple::prelude::*;
     use serde_json::{json, Map, Value};
@@ -2084,6 +2084,228 @@ mod tests {
             let plain = fixture();
             let (_, challenge) = refusal(run(&plain, &record, "/anything", "", &[], None));
             assert_eq!(challenge, Challenge::BEARER);
+        }
+    }
+
+    /// RFC 9421 request signatures through the pipeline (the signature base and the signing
+    /// are the core's own here; requests signed by an independent implementation are in
+    /// tests/e2e_httpsig.rs).
+    mod http_signatures {
+        use super::*;
+        use crate::replay;
+        use crate::sign::SigningKey;
+
+        /// RFC 8037 Appendix A.1's Ed25519 key (also Tether's response key here).
+        fn private_jwk() -> Value {
+            json!({"kty": "OKP", "crv": "Ed25519",
+                "d": "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A",
+                "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"})
+        }
+
+        /// The client's registered key `app-key`.
+        fn client_key() -> SigningKey {
+            SigningKey::from_private_jwk("app-key", &private_jwk()).unwrap()
+        }
+
+        fn fixture(required: Option<Value>) -> Fixture {
+            let key = ES256KeyPair::generate().with_key_id("k1");
+            let mut config = json!({
+                "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": issuer_jwks(&key)}],
+                "clients": [{"client_id": "app", "jwks": {"keys": [client_key().public_jwk()]}}],
+                "rules": [{"prefix": "/pay", "require": "bearer",
+                           "signed_request": "http_message_signature",
+                           "sign_response": "http_message_signature"}],
+                "response_signing": {"keys": [{"kid": "resp", "private_jwk_env": "RESP"}]}
+            });
+            if let Some(required) = required {
+                config["message_signatures"] = json!({"required_components": required});
+            }
+            let environment = |name: &str| (name == "RESP").then(|| private_jwk().to_string());
+            let policy =
+                Policy::from_json_with(config.to_string().as_bytes(), &environment).unwrap();
+            Fixture { key, policy }
+        }
+
+        /// The header lines of a POST of `body` to https://api.example/pay, signed over
+        /// `covered` (a Signature-Input member's inner list, parameters included).
+        fn signed_lines(token: &str, body: &[u8], covered: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+            let mut lines: Vec<(Vec<u8>, Vec<u8>)> = vec![
+                (
+                    b"authorization".to_vec(),
+                    format!("Bearer {token}").into_bytes(),
+                ),
+                (
+                    b"content-digest".to_vec(),
+                    digest::field_value(body).into_bytes(),
+                ),
+            ];
+            let input = format!("sig1={covered}");
+            let view: Vec<(&[u8], &[u8])> = lines
+                .iter()
+                .map(|(n, v)| (n.as_slice(), v.as_slice()))
+                .collect();
+            let request = httpsig::Request {
+                method: "POST",
+                scheme: "https",
+                authority: "api.example",
+                path_and_query: "/pay",
+                headers: &view,
+            };
+            let dictionary = crate::sfv::parse_dictionary(input.as_bytes()).unwrap();
+            let Some(crate::sfv::ListEntry::InnerList(list)) = dictionary.get("sig1") else {
+                panic!("an inner list");
+            };
+            let base = httpsig::signature_base(list, httpsig::Message::Request(request)).unwrap();
+            let signature = STANDARD.encode(client_key().sign(&base));
+            lines.push((b"signature-input".to_vec(), input.into_bytes()));
+            lines.push((
+                b"signature".to_vec(),
+                format!("sig1=:{signature}:").into_bytes(),
+            ));
+            lines
+        }
+
+        const FULL: &str = r#"("@method" "@target-uri" "authorization" "content-digest");created=1800000000;keyid="app-key";tag="fapi-2-request""#;
+
+        fn decide_lines<'p>(
+            f: &'p Fixture,
+            lines: &[(Vec<u8>, Vec<u8>)],
+            record: &replay::SharedReplay<crate::shared::Memory>,
+        ) -> Verdict<'p> {
+            let headers: Vec<(&[u8], &[u8])> = lines
+                .iter()
+                .map(|(n, v)| (n.as_slice(), v.as_slice()))
+                .collect();
+            let authorization: Vec<&[u8]> = lines
+                .iter()
+                .filter(|(n, _)| n == b"authorization")
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            let request = Request {
+                path: b"/pay",
+                authorization: &authorization,
+                method: b"POST",
+                scheme: b"https",
+                authority: b"api.example",
+                headers: &headers,
+                ..Request::default()
+            };
+            let mut cache = TokenCache::new(0);
+            let mut record = record;
+            let mut tokens = Tokens {
+                crypto: &InVm,
+                cache: &mut cache,
+                fetched: &FetchedKeys::default(),
+                replay: &mut record,
+            };
+            decide(&f.policy, request, || None, &mut tokens, NOW)
+        }
+
+        fn finish(
+            f: &Fixture,
+            verdict: Verdict<'_>,
+            body: &[u8],
+            record: &replay::SharedReplay<crate::shared::Memory>,
+        ) -> Result<(), Reason> {
+            let Verdict::NeedBody(pending) = verdict else {
+                panic!("not waiting for the body: {verdict:?}");
+            };
+            let mut record = record;
+            pending
+                .finish(
+                    &f.policy,
+                    &FetchedKeys::default(),
+                    body,
+                    &InVm,
+                    &mut record,
+                    NOW,
+                )
+                .map(|_| ())
+        }
+
+        const BODY: &[u8] = br#"{"amount":"10.00"}"#;
+
+        #[test]
+        fn a_signed_request_is_served_once_and_its_response_is_bound_to_it() {
+            let f = fixture(None);
+            let token = token(&f, None, &[("client_id", json!("app"))]);
+            let lines = signed_lines(&token, BODY, FULL);
+            let record = replay::in_memory(8);
+            let verdict = decide_lines(&f, &lines, &record);
+            let Verdict::NeedBody(pending) = &verdict else {
+                panic!("{verdict:?}");
+            };
+            let bound = pending.proved.clone().expect("the route signs responses");
+            assert_eq!(bound.format, SignatureFormat::HttpMessageSignature);
+            assert_eq!(bound.label.as_deref(), Some("sig1"));
+            assert!(bound.signature_hash.is_some());
+            assert_eq!(finish(&f, verdict, BODY, &record), Ok(()));
+            let again = decide_lines(&f, &lines, &record);
+            assert_eq!(
+                finish(&f, again, BODY, &record),
+                Err(Reason::RequestSignatureReplayed)
+            );
+            // Another body under the same signature and digest.
+            let changed = decide_lines(&f, &lines, &record);
+            assert_eq!(
+                finish(&f, changed, b"{}", &record),
+                Err(Reason::ContentDigestMismatch)
+            );
+        }
+
+        #[test]
+        fn a_body_needs_a_covered_digest_whatever_the_required_components() {
+            let f = fixture(Some(json!(["@method", "@target-uri", "authorization"])));
+            let token = token(&f, None, &[("client_id", json!("app"))]);
+            let covered = r#"("@method" "@target-uri" "authorization");created=1800000000;keyid="app-key";tag="fapi-2-request""#;
+            let lines = signed_lines(&token, BODY, covered);
+            let record = replay::in_memory(8);
+            let verdict = decide_lines(&f, &lines, &record);
+            assert_eq!(
+                finish(&f, verdict, BODY, &record),
+                Err(Reason::RequestSignatureIncomplete)
+            );
+            // Without a body (a Content-Digest present must still match it), the same
+            // signature is enough.
+            let lines = signed_lines(&token, b"", covered);
+            let verdict = decide_lines(&f, &lines, &record);
+            assert_eq!(finish(&f, verdict, b"", &record), Ok(()));
+        }
+
+        #[test]
+        fn a_required_component_left_out_is_refused_on_the_headers() {
+            let f = fixture(None);
+            let token = token(&f, None, &[("client_id", json!("app"))]);
+            let covered = r#"("@method" "@target-uri" "content-digest");created=1800000000;keyid="app-key";tag="fapi-2-request""#;
+            let lines = signed_lines(&token, BODY, covered);
+            let record = replay::in_memory(8);
+            assert_eq!(
+                reason(decide_lines(&f, &lines, &record)),
+                Reason::RequestSignatureIncomplete
+            );
+            let stale = FULL.replace("1800000000", "1799999000");
+            let lines = signed_lines(&token, BODY, &stale);
+            assert_eq!(
+                reason(decide_lines(&f, &lines, &record)),
+                Reason::RequestSignatureExpired
+            );
+            let unknown = FULL.replace("app-key", "other-key");
+            let lines = signed_lines(&token, BODY, &unknown);
+            assert_eq!(
+                reason(decide_lines(&f, &lines, &record)),
+                Reason::RequestSignatureKeyUnknown
+            );
+        }
+
+        #[test]
+        fn an_empty_list_of_required_components_is_a_configuration_error() {
+            let key = ES256KeyPair::generate().with_key_id("k1");
+            let config = json!({
+                "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": issuer_jwks(&key)}],
+                "message_signatures": {"required_components": []}
+            });
+            let error = Policy::from_json(config.to_string().as_bytes()).unwrap_err();
+            assert!(error.0.contains("required_components"), "{error}");
         }
     }
 }
