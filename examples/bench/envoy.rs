@@ -281,10 +281,18 @@ pub fn start_backend(work: &Path) -> EnvoyProcess {
                         "route_config": {"virtual_hosts": [{
                             "name": "all",
                             "domains": ["*"],
-                            "routes": [{
-                                "match": {"prefix": "/"},
-                                "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
-                            }],
+                            "routes": [
+                                // The signed-response rows' 1 KiB answer.
+                                {
+                                    "match": {"prefix": "/resp-"},
+                                    "direct_response": {"status": 200, "body": {
+                                        "inline_string": "r".repeat(crate::signed::RESPONSE_BYTES)}},
+                                },
+                                {
+                                    "match": {"prefix": "/"},
+                                    "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
+                                },
+                            ],
                         }]},
                         "http_filters": [{
                             "name": "envoy.filters.http.router",

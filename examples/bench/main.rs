@@ -360,18 +360,23 @@ fn signed_rows(
         &config,
         &signed::bootstrap(backend_port, pki, keys, &client, tools),
     );
-    let front = EnvoyProcess::start("front-signed", &config, &dir, 1, 1).unwrap_or_else(|log| {
+    // Tether's response signing keys reach its VMs through the front Envoy's environment
+    // (`host_env_keys`), as in a deployment.
+    let response_keys = signed::ResponseKeys::generate();
+    std::env::set_var(signed::RESPONSE_KEY_ED25519_ENV, &response_keys.ed25519);
+    std::env::set_var(signed::RESPONSE_KEY_P256_ENV, &response_keys.p256);
+    let front = EnvoyProcess::start("front-signed", &config, &dir, 1, 2).unwrap_or_else(|log| {
         fail(&format!(
             "the signed-request front Envoy did not start:\n{log}"
         ))
     });
-    let port = front.listener_ports()[signed::LISTENER];
+    let ports = front.listener_ports();
     println!(
-        "\nSigned requests: a second front Envoy (--concurrency 1, pid {}), listener {} :{port}, \
-         Tether with /signed (signed_request) and /plain; client {} with ES256, EdDSA and HS256 \
-         keys; load by {}",
+        "\nSigned requests: a second front Envoy (--concurrency 1, pid {}), listeners {:?}, \
+         Tether with /signed (JWS), /httpsig (RFC 9421), /plain, /resp-signed (signed \
+         responses) and /resp-plain; client {} with ES256, EdDSA and HS256 keys; load by {}",
         front.pid,
-        signed::LISTENER,
+        ports,
         signed::CLIENT_ID,
         relative(&signload)
     );
@@ -382,7 +387,7 @@ fn signed_rows(
         client: &client,
         front: &front,
         backend_pid: backend.pid,
-        port,
+        ports,
         clock_ticks: clock_ticks_per_second(),
         signload: signload.clone(),
         dir,
