@@ -55,6 +55,7 @@ demo: build
 # BENCH_SECONDS=2 BENCH_ROUNDS=1 BENCH_MEMORY_TOKENS=10000 make bench
 bench: build
 	@scripts/build-ceiling.sh
+	@scripts/build-fixture.sh bench/signprobe signprobe
 	@scripts/bench.sh
 
 # A soak test, not part of `make test`: a million requests of every kind (valid, expired,

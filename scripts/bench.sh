@@ -2,7 +2,8 @@
 # `make bench`: installs the benchmark's tools if missing (oha from crates.io into
 # build/tools, matplotlib into .venv), builds bench/signload (the load generator of the
 # signed-request rows), runs the driver (examples/bench/), then draws the chart.
-# Expects dist/tether.wasm, dist/ceiling.wasm and .venv/bin/envoy (the Makefile builds them).
+# Expects dist/tether.wasm, dist/ceiling.wasm, dist/signprobe.wasm and .venv/bin/envoy (the
+# Makefile builds them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,5 +35,6 @@ RESULTS="${BENCH_RESULTS:-$PWD/bench/results}"
 # profile's whole-program LTO, which only lengthens the build.
 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
   BENCH_OHA="$PWD/$OHA" BENCH_SIGNLOAD="$PWD/bench/signload/target/release/signload" \
+  BENCH_SIGNPROBE="$PWD/dist/signprobe.wasm" \
   cargo run --quiet --release --locked --example bench
 .venv/bin/python bench/chart.py "$RESULTS/latest.json" "$RESULTS/latest.png"

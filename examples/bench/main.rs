@@ -138,6 +138,9 @@ fn main() {
     }
     if let Some(signed) = &signed {
         signed::print_table(&signed.rows, &settings, signed.seconds);
+        if let Some(timings) = &signed.vm_signing {
+            signed::print_vm_signing(timings, &signed.rows);
+        }
     }
 
     let timestamp = utc_timestamp(now());
@@ -165,6 +168,9 @@ fn main() {
             &signed.signload,
         )
     });
+    if let Some(signed) = &signed {
+        report["signed_requests"]["vm_signing"] = signed.vm_signing.clone().unwrap_or(Value::Null);
+    }
     report["dpop"] = main.dpop.as_ref().map_or(Value::Null, |dpop| {
         dpop.to_json(settings.rounds, settings.concurrency)
     });
@@ -397,6 +403,7 @@ fn signed_rows(
     let (measurements, orders, seconds) = bench.rounds();
     drop(front);
     SignedRows {
+        vm_signing: signed::vm_signing(&repo_root()),
         rows: signed::summarize(&measurements),
         check,
         orders,
@@ -407,6 +414,8 @@ fn signed_rows(
 
 struct SignedRows {
     rows: Vec<signed::SignedSummary>,
+    /// Tether's response signing timed in V8 (bench/signprobe).
+    vm_signing: Option<Value>,
     check: Vec<Value>,
     orders: Vec<Vec<String>>,
     seconds: u64,

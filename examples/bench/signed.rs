@@ -1172,3 +1172,70 @@ pub fn report_json(
         "rows": rows.iter().map(SignedSummary::to_json).collect::<Vec<_>>(),
     })
 }
+
+/// Tether's response signing timed in V8 (`bench/signprobe`, run by Node): where a signed
+/// response's CPU goes. `None` (with a note) without the probe or Node.
+pub fn vm_signing(root: &Path) -> Option<Value> {
+    let probe = std::env::var_os("BENCH_SIGNPROBE").map(PathBuf::from)?;
+    let output = Command::new("node")
+        .arg("--no-warnings")
+        .arg(root.join("bench/signprobe/run.mjs"))
+        .arg(&probe)
+        .stdin(Stdio::null())
+        .output();
+    match output {
+        Ok(output) if output.status.success() => serde_json::from_slice(&output.stdout).ok(),
+        Ok(output) => {
+            println!(
+                "  (signing in V8 not timed: {})",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            println!("  (signing in V8 not timed: cannot run node: {e})");
+            None
+        }
+    }
+}
+
+/// Prints the V8 timings beside the signed-response rows' cost.
+pub fn print_vm_signing(timings: &Value, rows: &[SignedSummary]) {
+    let us = |name: &str| timings[name].as_f64().unwrap_or(f64::NAN);
+    let extra = |row: SignedRow| {
+        rows.iter()
+            .find(|r| r.row == row)
+            .and_then(|r| r.extra_cpu_us)
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "\nWhere a signed response's cost goes (bench/signprobe: Tether's signing code as \
+         wasm32, timed in {}):",
+        timings["engine"].as_str().unwrap_or("V8")
+    );
+    for (label, row, sign, whole) in [
+        (
+            "Ed25519",
+            SignedRow::ResponseEd25519,
+            "ed25519_sign_us",
+            "sign_http_ed25519_us",
+        ),
+        (
+            "ES256",
+            SignedRow::ResponseEs256,
+            "p256_sign_us",
+            "sign_http_p256_us",
+        ),
+    ] {
+        let cost = extra(row);
+        println!(
+            "  {label:<8} +{cost:>5.0} us/req Envoy CPU: signing the response in the VM {:>5.0} us \
+             (the signature alone {:>5.0} us, Content-Digest of 1 KiB {:.1} us); holding and \
+             reading the response, setting its headers: the other {:>4.0} us",
+            us(whole),
+            us(sign),
+            us("content_digest_1k_us"),
+            cost - us(whole),
+        );
+    }
+}
