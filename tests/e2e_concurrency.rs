@@ -6,7 +6,9 @@ mod support;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
+use hmac::{Hmac, Mac as _};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use support::echo::EchoBackend;
 use support::envoy::{Bootstrap, Envoy};
@@ -122,6 +124,83 @@ fn a_signature_raced_to_two_workers_is_accepted_once() {
         String::from_utf8_lossy(&requests[0]).replace(SIGNATURE_HEADER, "x-jws-signature");
     assert_eq!(race(&envoy, &pki, 1, &[default_name.into_bytes()]), [[401]]);
     assert!(envoy.stat("wasmcustom.tether.refused.request_signature_missing") >= 1);
+    envoy.stop();
+}
+
+/// The same for RFC 9421 signatures (issue 10): their replay record is the one of detached
+/// JWS, keyed by the signature base. Each of 100 fresh `hmac-sha256` signatures goes to four
+/// connections at once, over two workers.
+#[test]
+fn an_http_message_signature_raced_to_two_workers_is_accepted_once() {
+    let dir = ScratchDir::new("e2e-concurrency-httpsig");
+    let pki = Pki::generate(&dir.join("pki"));
+    let issuer = Issuer::generate(&dir.join("issuer"), ISSUER, AUDIENCE);
+    let echo = EchoBackend::start();
+    let config = json!({
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": issuer.jwks()}],
+        "clients": [{"client_id": "legacy-erp",
+                     "hmac_keys": [{"kid": "erp-1", "k": URL_SAFE_NO_PAD.encode(HMAC_SECRET)}]}],
+        "rules": [{"prefix": "/", "require": "mtls", "signed_request": "http_message_signature"}],
+    });
+    let mut bootstrap = Bootstrap::new(&pki, echo.port(), Some(config));
+    bootstrap.concurrency = Some(2);
+    let envoy = Envoy::start(&bootstrap);
+    let token = issuer
+        .token()
+        .bound_to(&pki.alice)
+        .claim("client_id", "legacy-erp")
+        .sign();
+    let authority = format!("localhost:{}", envoy.https_port());
+    let digest = format!("sha-256=:{}:", STANDARD.encode(Sha256::digest(BODY)));
+    let created = support::now();
+    let requests: Vec<Vec<u8>> = (0..100)
+        .map(|i| {
+            let path = format!("/payments/{i}");
+            // RFC 9421 §2.5, written out.
+            let params = format!(
+                "(\"@method\" \"@target-uri\" \"authorization\" \"content-digest\");\
+                 created={created};keyid=\"erp-1\";alg=\"hmac-sha256\";tag=\"fapi-2-request\""
+            );
+            let base = format!(
+                "\"@method\": POST\n\"@target-uri\": https://{authority}{path}\n\
+                 \"authorization\": Bearer {token}\n\"content-digest\": {digest}\n\
+                 \"@signature-params\": {params}"
+            );
+            let mut mac = Hmac::<Sha256>::new_from_slice(HMAC_SECRET).expect("any key length");
+            mac.update(base.as_bytes());
+            let signature = STANDARD.encode(mac.finalize().into_bytes());
+            let mut request = format!(
+                "POST {path} HTTP/1.1\r\nhost: {authority}\r\nauthorization: Bearer {token}\r\n\
+                 content-digest: {digest}\r\nsignature-input: sig1={params}\r\n\
+                 signature: sig1=:{signature}:\r\ncontent-length: {}\r\n\r\n",
+                BODY.len()
+            )
+            .into_bytes();
+            request.extend_from_slice(BODY);
+            request
+        })
+        .collect();
+    let statuses = race(&envoy, &pki, 4, &requests);
+    let mut accepted_twice = 0;
+    for (i, copies) in statuses.iter().enumerate() {
+        let served = copies.iter().filter(|s| **s == 200).count();
+        assert!(
+            copies.iter().all(|s| *s == 200 || *s == 401),
+            "request {i}: {copies:?}"
+        );
+        assert!(served >= 1, "request {i}: no copy served: {copies:?}");
+        accepted_twice += usize::from(served > 1);
+    }
+    assert_eq!(
+        accepted_twice, 0,
+        "signatures accepted more than once: {accepted_twice} of 100"
+    );
+    assert!(envoy.stat("wasmcustom.tether.refused.request_signature_replayed") >= 1);
+    let per_worker = connections_per_worker(&envoy);
+    assert!(
+        per_worker.iter().all(|n| *n >= 1),
+        "connections per worker: {per_worker:?}"
+    );
     envoy.stop();
 }
 

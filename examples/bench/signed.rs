@@ -1022,7 +1022,7 @@ pub fn summarize(measurements: &BTreeMap<SignedRow, Vec<SignedLoad>>) -> Vec<Sig
 pub fn print_table(rows: &[SignedSummary], settings: &Settings, seconds: u64) {
     println!(
         "\nSigned requests: median of {} round(s) x {seconds} s, {} connections, signload; \
-         its own front Envoy (one worker, one listener), the same back end",
+         its own front Envoy (one worker, two listeners), the same back end",
         settings.rounds, settings.concurrency
     );
     let opt = |x: Option<f64>, precision: usize| {
