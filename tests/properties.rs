@@ -2101,6 +2101,90 @@ mod dpop {
 // config: the filter configuration
 // ---------------------------------------------------------------------------------------------
 
+mod xfcc {
+    use super::*;
+    use tether::bind::mtls::PeerCertificate;
+    use tether::bind::xfcc::{self, Element};
+
+    /// A value Envoy could write: visible ASCII, spaces, and (quoted) `"`, `\`, `,`, `;`, `=`.
+    fn text() -> impl Strategy<Value = String> {
+        "[ -~]{0,24}"
+    }
+
+    fn hex_digest() -> impl Strategy<Value = String> {
+        "[0-9a-f]{64}"
+    }
+
+    /// Writes a value as a quoted-string (RFC 7230 §3.2.6), escaping `"` and `\`.
+    fn quoted(value: &str) -> String {
+        let mut out = String::from("\"");
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    }
+
+    proptest! {
+        #![proptest_config(runner(1))]
+
+        /// The header of a hostile client behind a misconfigured edge: any bytes, any number of
+        /// lines, are read or refused, never a panic, never more elements than the bound.
+        #[test]
+        fn any_bytes_are_read_or_refused(lines in vec(vec(any::<u8>(), 0..300), 0..4)) {
+            let lines: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+            if let Ok(elements) = xfcc::parse(&lines) {
+                prop_assert!(elements.len() <= xfcc::MAX_ELEMENTS);
+            }
+        }
+
+        /// What an edge writes is read back exactly, whatever the quoted values hold: a
+        /// Subject with commas, semicolons, quotes and backslashes cannot split an element or
+        /// forge a pair.
+        #[test]
+        fn elements_written_as_envoy_writes_them_read_back(
+            elements in vec((
+                vec("[a-z]{1,8}://[a-z.]{1,12}", 0..2),
+                proptest::option::of(hex_digest()),
+                proptest::option::of(text()),
+                vec("[a-z]{1,8}://[a-z/]{1,12}", 0..3),
+                vec("[a-z.]{1,16}", 0..3),
+            ), 1..4),
+        ) {
+            let mut written = Vec::new();
+            for (by, hash, subject, uri, dns) in &elements {
+                let mut pairs: Vec<String> = by.iter().map(|b| format!("By={b}")).collect();
+                pairs.extend(hash.iter().map(|h| format!("Hash={h}")));
+                pairs.extend(subject.iter().map(|s| format!("Subject={}", quoted(s))));
+                pairs.extend(uri.iter().map(|u| format!("URI={u}")));
+                pairs.extend(dns.iter().map(|d| format!("DNS={d}")));
+                if pairs.is_empty() {
+                    pairs.push("URI=".to_string());
+                }
+                written.push(pairs.join(";"));
+            }
+            let line = written.join(",");
+            let read = xfcc::parse(&[line.as_bytes()]).map_err(|e| TestCaseError::fail(format!("{e}: {line}")))?;
+            prop_assert_eq!(read.len(), elements.len());
+            for (element, (by, hash, subject, uri, dns)) in read.iter().zip(&elements) {
+                let expected = Element {
+                    by: by.clone(),
+                    hash: hash.as_ref().and_then(|h| PeerCertificate::from_hex_digest(h.as_bytes())),
+                    cert: None,
+                    chain: None,
+                    subject: subject.clone().filter(|s| !s.is_empty()),
+                    uri: uri.clone(),
+                    dns: dns.clone(),
+                };
+                prop_assert_eq!(element, &expected);
+            }
+        }
+    }
+}
+
 mod config {
     use super::*;
     use tether::bind::jws::MIN_HMAC_KEY_BYTES;

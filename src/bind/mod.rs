@@ -11,6 +11,7 @@ pub mod htu;
 pub mod jose;
 pub mod jws;
 pub mod mtls;
+pub mod xfcc;
 
 use serde_json::Value;
 
