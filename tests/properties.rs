@@ -2101,6 +2101,68 @@ mod dpop {
 // config: the filter configuration
 // ---------------------------------------------------------------------------------------------
 
+mod dn {
+    use super::*;
+    use tether::bind::dn::DistinguishedName;
+
+    /// Escapes a value as RFC 4514 §2.4 writes one: `\` before `"+,;<>\` and `=`, and
+    /// every other byte outside printable ASCII as `\XX`.
+    fn escape(value: &str) -> String {
+        let mut out = String::new();
+        for byte in value.bytes() {
+            match byte {
+                b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\' | b'=' => {
+                    out.push('\\');
+                    out.push(char::from(byte));
+                }
+                0x21..=0x7e | b' ' => out.push(char::from(byte)),
+                _ => out.push_str(&format!("\\{byte:02X}")),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(runner(1))]
+
+        /// A subject from a trusted edge, or a configured `tls_client_auth_subject_dn`: any
+        /// text is read or refused, never a panic.
+        #[test]
+        fn any_text_is_read_or_refused(text in "[ -~\u{80}-\u{10ff}]{0,120}") {
+            let _ = DistinguishedName::parse(&text);
+        }
+
+        /// A name whose values hold every separator, escaped, reads back as the same name
+        /// as its values with the separators escaped by hex instead, and differently cased:
+        /// an escaped `,` or `+` never splits an RDN, whichever way it is written.
+        #[test]
+        fn escaped_values_never_split_and_compare_without_case(
+            values in vec("[a-zA-Z0-9 ,+;=<>\"\\\\\u{e9}]{1,12}", 1..5),
+        ) {
+            let values: Vec<String> = values
+                .into_iter()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect();
+            prop_assume!(!values.is_empty());
+            let written: Vec<String> = values.iter().map(|v| format!("CN={}", escape(v))).collect();
+            let name = DistinguishedName::parse(&written.join(","))
+                .map_err(|e| TestCaseError::fail(format!("{e}: {written:?}")))?;
+            prop_assert_eq!(name.len(), values.len());
+            let by_hex: Vec<String> = values
+                .iter()
+                .map(|v| {
+                    let hex: String = v.to_uppercase().bytes().map(|b| format!("\\{b:02x}")).collect();
+                    format!("2.5.4.3={hex}")
+                })
+                .collect();
+            let same = DistinguishedName::parse(&by_hex.join(","))
+                .map_err(|e| TestCaseError::fail(format!("{e}: {by_hex:?}")))?;
+            prop_assert_eq!(name, same);
+        }
+    }
+}
+
 mod xfcc {
     use super::*;
     use tether::bind::mtls::PeerCertificate;

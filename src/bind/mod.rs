@@ -5,6 +5,7 @@
 //! on this request makes the token unusable rather than a plain bearer token.
 
 pub mod digest;
+pub mod dn;
 pub mod dpop;
 pub mod httpsig;
 pub mod htu;
