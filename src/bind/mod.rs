@@ -9,6 +9,7 @@ pub mod dn;
 pub mod dpop;
 pub mod httpsig;
 pub mod htu;
+pub mod identity;
 pub mod jose;
 pub mod jws;
 pub mod mtls;
