@@ -2166,10 +2166,26 @@ mod dn {
 mod identity {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use tether::bind::certificate::{der_from_url_encoded_pem, facts_from_der};
     use tether::bind::identity::Cidr;
 
     proptest! {
         #![proptest_config(runner(1))]
+
+        /// A `Cert` from a trusted edge that is not what it claims: any bytes, as DER or as
+        /// URL-encoded PEM, are read or refused, never a panic.
+        #[test]
+        fn any_certificate_bytes_are_read_or_refused(
+            der in prop_oneof![
+                vec(any::<u8>(), 0..400),
+                // A SEQUENCE header first, so that the DER reader goes further in.
+                vec(any::<u8>(), 0..400).prop_map(|mut v| { v.splice(0..0, [0x30, 0x82, 0x01, 0x80]); v }),
+            ],
+            text in "[-A-Za-z0-9%+/= \n]{0,200}",
+        ) {
+            let _ = facts_from_der(&der);
+            let _ = der_from_url_encoded_pem(&text);
+        }
 
         /// `source_cidrs` against a bit-by-bit reference: an address is in a block exactly
         /// when its first `prefix` bits are the block's, for IPv4 and IPv6 alike.

@@ -14,8 +14,9 @@
 //! `caseIgnoreMatch`, in part: leading and trailing spaces dropped, inner runs of spaces one
 //! space, and Unicode lowercase (`char::to_lowercase`). Not done: NFKC normalization and the
 //! mapping and prohibition tables of RFC 4518 §2.2–2.4 (so `ﬁ` and `fi` differ). A `#` value
-//! whose BER is a UTF8String, PrintableString, IA5String or TeletexString (read as Latin-1) is
-//! compared as that text; any other `#` value as its bytes.
+//! whose BER is a UTF8String, PrintableString, IA5String, TeletexString (read as Latin-1) or
+//! BMPString is compared as that text; any other `#` value as its bytes. A certificate's
+//! subject ([`DistinguishedName::from_der_rdns`]) is prepared the same way.
 
 /// The most input read.
 pub const MAX_BYTES: usize = 4096;
@@ -124,6 +125,33 @@ impl DistinguishedName {
                 Some(_) => return Err(DnError::Malformed),
             }
         }
+    }
+
+    /// The name of a certificate's `Name` (RFC 5280 §4.1.2.4), given in its DER order (the
+    /// most general RDN first): each RDN's attributes as the numeric OID and the BER of the
+    /// value. The string form lists RDNs the other way round (RFC 4514 §2.1); so does this.
+    pub fn from_der_rdns(rdns: &[Vec<(String, Vec<u8>)>]) -> Result<DistinguishedName, DnError> {
+        let avas: usize = rdns.iter().map(Vec::len).sum();
+        if rdns.len() > MAX_RDNS || avas > MAX_AVAS {
+            return Err(DnError::TooLarge);
+        }
+        let mut out = Vec::with_capacity(rdns.len());
+        for rdn in rdns.iter().rev() {
+            let mut prepared: Vec<Ava> = rdn
+                .iter()
+                .map(|(oid, ber)| Ava {
+                    oid: oid.clone(),
+                    value: ber_text(ber).map_or_else(
+                        || Value::Ber(ber.clone()),
+                        |text| Value::Text(prepare(&text)),
+                    ),
+                })
+                .collect();
+            prepared.sort();
+            prepared.dedup();
+            out.push(prepared);
+        }
+        Ok(DistinguishedName(out))
     }
 
     /// The number of RDNs.
@@ -276,6 +304,14 @@ fn ber_text(ber: &[u8]) -> Option<String> {
         0x0c | 0x13 | 0x16 => String::from_utf8(contents.to_vec()).ok(),
         // TeletexString, read as Latin-1 as most software does.
         0x14 => Some(contents.iter().map(|b| char::from(*b)).collect()),
+        // BMPString: UCS-2, big-endian.
+        0x1e if contents.len() % 2 == 0 => char::decode_utf16(
+            contents
+                .chunks_exact(2)
+                .map(|pair| u16::from_be_bytes([pair[0], pair[1]])),
+        )
+        .collect::<Result<String, _>>()
+        .ok(),
         _ => None,
     }
 }

@@ -4,6 +4,7 @@
 //! Every confirmation method a token names must be proved; a method Tether cannot check
 //! on this request makes the token unusable rather than a plain bearer token.
 
+pub mod certificate;
 pub mod digest;
 pub mod dn;
 pub mod dpop;
