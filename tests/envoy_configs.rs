@@ -40,8 +40,8 @@ fn referenced_files(yaml: &str) -> Vec<String> {
 }
 
 /// Lays out, under `root`, every file `config` references: certificates from a fresh PKI
-/// (chosen by file name: `*ca*.pem` the CA, `*.key` the server key, other `*.pem` the server
-/// certificate) and the built filter for `*.wasm`.
+/// (chosen by file name: `*.crl` the CA's CRL, `*ca*.pem` the CA, `*.key` the server key,
+/// other `*.pem` the server certificate) and the built filter for `*.wasm`.
 fn materialize(config: &Path, root: &Path, pki: &Pki) {
     let yaml = std::fs::read_to_string(config).expect("read config");
     let files = referenced_files(&yaml);
@@ -67,6 +67,8 @@ fn materialize(config: &Path, root: &Path, pki: &Pki) {
         let source = if name.ends_with(".wasm") {
             std::os::unix::fs::symlink(wasm_module(), &target).expect("symlink the filter");
             continue;
+        } else if name.ends_with(".crl") {
+            &pki.crl
         } else if name.ends_with(".key") {
             &pki.server_key
         } else if name.ends_with(".pem") && name.contains("ca") {

@@ -75,6 +75,12 @@ impl HttpsRequest {
     }
 
     /// Presents `client`'s certificate in the TLS handshake.
+    /// The value of the test-id header this request carries (see
+    /// [`EchoBackend::received`](super::echo::EchoBackend::received)), known before it is sent.
+    pub fn test_id(&self) -> &str {
+        &self.test_id
+    }
+
     pub fn cert(mut self, client: &ClientCert) -> Self {
         self.client_cert = Some(client.clone());
         self

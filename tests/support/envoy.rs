@@ -91,6 +91,8 @@ pub struct Bootstrap {
     pub clusters: Vec<(String, u16)>,
     /// More HTTP filters, before Tether's (another plugin in the same Envoy).
     pub filters_before: Vec<Value>,
+    /// A CRL for `validation_context.crl`: revoked client certificates fail the handshake.
+    pub crl: Option<PathBuf>,
     /// Environment variables of the Envoy process that Tether's VM may read
     /// (`vm_config.environment_variables.host_env_keys`): secrets kept out of the config.
     pub vm_env: Vec<(String, String)>,
@@ -112,6 +114,7 @@ impl Bootstrap {
             concurrency: None,
             clusters: Vec::new(),
             filters_before: Vec::new(),
+            crl: None,
             vm_env: Vec::new(),
         }
     }
@@ -154,6 +157,10 @@ impl Bootstrap {
                 .iter()
                 .map(|(name, port)| static_cluster(name, *port, 1000)),
         );
+        let mut validation = json!({"trusted_ca": file(&self.ca)});
+        if let Some(crl) = &self.crl {
+            validation["crl"] = file(crl);
+        }
         json!({
             "admin": {"address": socket_address(0)},
             "static_resources": {
@@ -175,7 +182,7 @@ impl Bootstrap {
                                         "certificate_chain": file(&self.server_cert),
                                         "private_key": file(&self.server_key),
                                     }],
-                                    "validation_context": {"trusted_ca": file(&self.ca)},
+                                    "validation_context": validation,
                                     "alpn_protocols": if self.http2 { json!(["h2", "http/1.1"]) } else { json!(["http/1.1"]) },
                                 },
                             },

@@ -15,7 +15,8 @@ use super::openssl;
 /// The trust domain of the client certificates' SPIFFE IDs (URI SANs).
 pub const TRUST_DOMAIN: &str = "mesh.internal";
 
-/// A CA, a server certificate for `localhost` and two client certificates, as files in `dir`.
+/// A CA, a server certificate for `localhost`, three client certificates (one revoked) and the
+/// CA's CRL, as files in `dir`.
 #[derive(Debug)]
 pub struct Pki {
     /// The CA certificate: what Envoy trusts for client certificates and curl for the server.
@@ -27,6 +28,10 @@ pub struct Pki {
     pub alice: ClientCert,
     /// A second client of the same CA: valid certificate, someone else's tokens.
     pub mallory: ClientCert,
+    /// A third client of the same CA whose certificate the CA has revoked (listed in `crl`).
+    pub revoked: ClientCert,
+    /// The CA's CRL (PEM), listing `revoked`: what Envoy's `validation_context.crl` reads.
+    pub crl: PathBuf,
 }
 
 /// A client certificate, its key, and facts about it computed here (not by Envoy).
@@ -69,7 +74,8 @@ pub fn pem_to_der(pem: &str) -> Vec<u8> {
 
 impl Pki {
     /// Generates the whole PKI into `dir` (created if needed). Files: `ca.pem`, `ca.key`,
-    /// `server.pem`, `server.key`, `alice.pem`, `alice.key`, `mallory.pem`, `mallory.key`.
+    /// `server.pem`, `server.key`, `alice.pem`, `alice.key`, `mallory.pem`, `mallory.key`,
+    /// `eve.pem`, `eve.key` (revoked) and `ca.crl` (with the CA's `openssl ca` files).
     pub fn generate(dir: &Path) -> Pki {
         std::fs::create_dir_all(dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
@@ -123,12 +129,16 @@ impl Pki {
         };
         let alice = client("alice");
         let mallory = client("mallory");
+        let revoked = client("eve");
+        let crl = revoke(dir, &revoked.cert, &ca, &ca_key);
         Pki {
             ca,
             server_cert,
             server_key,
             alice,
             mallory,
+            revoked,
+            crl,
         }
     }
 }
@@ -194,6 +204,38 @@ fn issue(
     let _ = std::fs::remove_file(&csr);
     let _ = std::fs::remove_file(&ext);
     (cert, key)
+}
+
+/// Revokes `cert` and writes the CA's CRL, `<dir>/ca.crl`, with `openssl ca` (its database in
+/// `dir`).
+fn revoke(dir: &Path, cert: &Path, ca: &Path, ca_key: &Path) -> PathBuf {
+    let config = dir.join("ca.cnf");
+    let index = dir.join("index.txt");
+    let number = dir.join("crlnumber");
+    std::fs::write(
+        &config,
+        format!(
+            "[ ca ]\ndefault_ca = tether_ca\n[ tether_ca ]\ndatabase = {}\ncrlnumber = {}\n\
+             default_md = sha256\ndefault_crl_days = 2\n",
+            path(&index),
+            path(&number)
+        ),
+    )
+    .expect("write the CA's openssl config");
+    std::fs::write(&index, "").expect("write the CA's database");
+    std::fs::write(&number, "01\n").expect("write the CRL number");
+    let crl = dir.join("ca.crl");
+    let ca_args = [
+        "-config",
+        path(&config),
+        "-keyfile",
+        path(ca_key),
+        "-cert",
+        path(ca),
+    ];
+    openssl(&[&["ca"][..], &ca_args, &["-revoke", path(cert)]].concat());
+    openssl(&[&["ca"][..], &ca_args, &["-gencrl", "-out", path(&crl)]].concat());
+    crl
 }
 
 fn path(p: &Path) -> &str {
