@@ -86,7 +86,7 @@ fn a_revoked_client_certificate_is_refused_by_tls_before_tether_sees_a_request()
         moved.keys().any(|n| n.ends_with("ssl.fail_verify_error")),
         "the TLS layer did not count a verification failure: {moved:?}"
     );
-    assert!(!echo.received(&request.test_id()));
+    assert!(!echo.received(request.test_id()));
     // Without the CRL, the same certificate connects: the refusal above is the CRL's.
     bootstrap.crl = None;
     let without = Envoy::start(&bootstrap);
