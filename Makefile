@@ -7,7 +7,7 @@ WASM := dist/tether.wasm
 export TETHER_ENVOY := $(CURDIR)/$(ENVOY)
 export TETHER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: setup build fmt lint unit e2e test fuzz demo bench soak clean
+.PHONY: setup build fmt lint unit e2e test fuzz demo bench soak oci clean
 
 setup:
 	@scripts/setup.sh
@@ -49,6 +49,11 @@ fuzz: setup
 
 demo: build
 	cargo run --quiet --locked --example demo
+
+# The filter as an OCI image layout in Istio's Wasm image format, in dist/oci/ (no registry, no
+# Docker daemon); prints the digest to pin in a WasmPlugin (deploy/istio/).
+oci: build
+	@scripts/build-oci.sh
 
 # A benchmark, not a test: Tether beside Envoy's jwt_authn in one Envoy worker (bench/README.md).
 # Prints figures and writes bench/results/; never fails on a number. Quick run:

