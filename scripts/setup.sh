@@ -60,10 +60,13 @@ done
 # (dpop), from npm, for tests/e2e_interop.rs: pinned by tests/interop/oidc/package-lock.json and
 # installed again only when the lock file changes.
 command -v npm >/dev/null || apt_install nodejs npm
-oidc=tests/interop/oidc
-stamp=$oidc/node_modules/.tether-lock.sha256
-if ! sha256sum --status -c "$stamp" 2>/dev/null; then
-  echo "setup: installing $oidc's npm packages (npm ci)"
-  npm ci --prefix "$oidc" --no-audit --no-fund --loglevel=error >/dev/null
-  sha256sum "$oidc/package-lock.json" >"$stamp"
-fi
+# The same for Istio's CRD schemas (@kubernetes-models/istio), which tests/istio_kit.rs validates
+# deploy/istio/ against.
+for packages in tests/interop/oidc tests/interop/istio; do
+  stamp=$packages/node_modules/.tether-lock.sha256
+  if ! sha256sum --status -c "$stamp" 2>/dev/null; then
+    echo "setup: installing $packages's npm packages (npm ci)"
+    npm ci --prefix "$packages" --no-audit --no-fund --loglevel=error >/dev/null
+    sha256sum "$packages/package-lock.json" >"$stamp"
+  fi
+done
