@@ -99,9 +99,16 @@ pub struct VerifiedToken {
     expires_at: u64,
     /// The `cnf` claim (RFC 7800), decoded once (its `jwk` is a key to decode).
     confirmation: Confirmation,
+    /// The token's [`fingerprint`], computed once with the verification (and cached with it).
+    fingerprint: String,
 }
 
 impl VerifiedToken {
+    /// The token's fingerprint, for logs: never the token.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     /// What the token is bound to.
     pub fn confirmation(&self) -> &Confirmation {
         &self.confirmation
@@ -230,6 +237,7 @@ pub fn verify(
         claims,
         expires_at,
         confirmation,
+        fingerprint: fingerprint(token),
     })
 }
 
@@ -701,6 +709,7 @@ pub(crate) mod tests {
             claims,
             expires_at: exp,
             confirmation: Confirmation::default(),
+            fingerprint: String::new(),
         }
     }
 

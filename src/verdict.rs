@@ -133,6 +133,9 @@ pub enum Verdict<'p> {
         challenge: Challenge,
         /// On a route that signs responses: what the response's signature binds it to.
         proved: Option<SignResponse>,
+        published: Published,
+        /// The verified token's fingerprint (none on a route that examines no token).
+        token_fp: Option<String>,
     },
     /// Refuse the request. `token_fp` is the presented token's fingerprint, for the log;
     /// `challenge` the schemes the refusal challenges.
@@ -140,6 +143,8 @@ pub enum Verdict<'p> {
         reason: Reason,
         token_fp: Option<String>,
         challenge: Challenge,
+        /// The token's identity, when it was verified before the refusal.
+        published: Published,
     },
     /// Everything but the request signature is verified: it needs the body.
     NeedBody(Box<Pending>),
@@ -159,11 +164,64 @@ pub enum Verdict<'p> {
 #[derive(Debug, Default)]
 pub struct Leftovers {
     pub headers: Vec<(String, String)>,
+    /// What the access log shows of the decision.
+    pub published: Published,
     /// On a route that signs responses: what the response's signature binds it to.
     pub proved: Option<SignResponse>,
     pub pending: Option<Box<Pending>>,
     pub token_fp: Option<String>,
     pub challenge: Challenge,
+}
+
+/// What Envoy's access log shows of a decision (issue 11), published by the glue as filter
+/// state. Never the token: its fingerprint goes beside, from [`Leftovers::token_fp`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// The bindings an allowed request proved, joined by `+` (`mtls`, `dpop`, `jws`,
+    /// `http_message_signature`), or `none` for an unbound token; empty before the token is
+    /// verified.
+    pub binding: String,
+    /// The verified token's `client_id` (else `azp`) and `sub`, when they are safe to log:
+    /// visible ASCII, at most [`MAX_PUBLISHED_CLAIM_BYTES`].
+    pub client_id: Option<String>,
+    pub sub: Option<String>,
+}
+
+/// The longest claim value published for the access log.
+pub const MAX_PUBLISHED_CLAIM_BYTES: usize = 256;
+
+impl Published {
+    /// The identity of a verified token, before anything is proved.
+    fn of(token: &VerifiedToken) -> Published {
+        let safe = |value: Option<&str>| {
+            value
+                .filter(|v| {
+                    !v.is_empty()
+                        && v.len() <= MAX_PUBLISHED_CLAIM_BYTES
+                        && v.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .map(str::to_string)
+        };
+        Published {
+            binding: String::new(),
+            client_id: safe(
+                token
+                    .string_claim("client_id")
+                    .or_else(|| token.string_claim("azp")),
+            ),
+            sub: safe(token.string_claim("sub")),
+        }
+    }
+
+    /// With the bindings proved.
+    fn proved(mut self, bindings: &[&str]) -> Published {
+        self.binding = if bindings.is_empty() {
+            "none".to_string()
+        } else {
+            bindings.join("+")
+        };
+        self
+    }
 }
 
 impl Verdict<'_> {
@@ -184,6 +242,8 @@ impl Verdict<'_> {
                 headers,
                 challenge,
                 proved,
+                published,
+                token_fp,
             } => {
                 let headers = headers
                     .into_iter()
@@ -193,6 +253,8 @@ impl Verdict<'_> {
                     headers,
                     challenge,
                     proved,
+                    published,
+                    token_fp,
                     ..Leftovers::default()
                 };
                 (Decision::Allow, leftovers)
@@ -201,10 +263,12 @@ impl Verdict<'_> {
                 reason,
                 token_fp,
                 challenge,
+                published,
             } => {
                 let leftovers = Leftovers {
                     token_fp,
                     challenge,
+                    published,
                     ..Leftovers::default()
                 };
                 (Decision::Deny(reason), leftovers)
@@ -213,6 +277,7 @@ impl Verdict<'_> {
                 let leftovers = Leftovers {
                     token_fp: Some(pending.token_fp.clone()),
                     challenge: pending.challenge,
+                    published: pending.published.clone(),
                     proved: pending.proved.clone(),
                     pending: Some(pending),
                     ..Leftovers::default()
@@ -265,6 +330,8 @@ pub struct Pending {
     challenge: Challenge,
     /// On a route that signs responses: what the response's signature binds it to.
     proved: Option<SignResponse>,
+    /// What the access log shows once the body is verified.
+    published: Published,
 }
 
 /// How the response of an allowed request on a `sign_response` route is signed, and what
@@ -542,11 +609,13 @@ pub fn decide<'p>(
     tokens: &mut Tokens<'_>,
     now: u64,
 ) -> Verdict<'p> {
-    let deny = |reason, token: Option<&str>, challenge| Verdict::Deny {
+    let deny_as = |reason, token: Option<&str>, challenge, published| Verdict::Deny {
         reason,
         token_fp: token.map(fingerprint),
         challenge,
+        published,
     };
+    let deny = |reason, token, challenge| deny_as(reason, token, challenge, Published::default());
     let path = match std::str::from_utf8(request.path) {
         Ok(path) if policy::is_normalized(path) => path,
         _ => return deny(Reason::PathNotNormalized, None, Challenge::BEARER),
@@ -558,6 +627,8 @@ pub fn decide<'p>(
             headers: Vec::new(),
             challenge,
             proved: None,
+            published: Published::default(),
+            token_fp: None,
         };
     }
     if let Err(reason) = extract::reject_token_in_query(path) {
@@ -575,7 +646,7 @@ pub fn decide<'p>(
         token_fp: Some(fingerprint(token)),
         challenge,
     };
-    let verified = match verify_and_prove(policy, route, scheme, token, peer, tokens, now) {
+    let verified = match tokens.verify(policy, token, now) {
         Ok(verified) => verified,
         Err(Refusal {
             reason,
@@ -583,6 +654,12 @@ pub fn decide<'p>(
         }) => return need_keys(set, reason),
         Err(Refusal { reason, .. }) => return deny(reason, Some(token), challenge),
     };
+    // From here on a refusal names whose token it was (a stolen token's client, for the log).
+    let identity = Published::of(&verified);
+    let refuse = |reason| deny_as(reason, Some(token), challenge, identity.clone());
+    if let Err(reason) = check_binding(route, scheme, &verified, peer) {
+        return refuse(reason);
+    }
     let headers = claim_headers(policy, &verified);
     // A token bound to a key is accepted only with a signature made with that key, on any
     // route (a detached JWS unless the route names the format); a signed route asks every
@@ -596,6 +673,9 @@ pub fn decide<'p>(
     });
     let token_expires_at = verified.expires_at();
     let jkt = verified.confirmation().jkt.clone();
+    let certificate_bound = verified.confirmation().x5t_s256.is_some();
+    // Computed once per verification and cached with the token: no hash per request.
+    let token_fp = verified.fingerprint().to_string();
     // A second token in a form body would reach the upstream unchecked (RFC 6750 §2.2).
     let scan_form = request.form_body && policy.form_body_tokens == FormBodyTokens::Refuse;
     // Everything that may wait for a key set comes before the DPoP proof, whose `jti` is
@@ -613,15 +693,31 @@ pub fn decide<'p>(
         ) {
             Ok(signature) => Some(signature),
             Err((reason, Some(set))) => return need_keys(set, reason),
-            Err((reason, None)) => return deny(reason, Some(token), challenge),
+            Err((reason, None)) => return refuse(reason),
         },
         None => None,
     };
+    let mut dpop_proved = false;
     if let (Scheme::Dpop, Some(jkt)) = (scheme, jkt.as_deref()) {
         if let Err(reason) = prove_dpop(policy, route, &request, path, token, jkt, tokens, now) {
-            return deny(reason, Some(token), challenge);
+            return refuse(reason);
         }
+        dpop_proved = true;
     }
+    // What the access log shows once the request is allowed: the bindings it proved.
+    let mut bindings = Vec::new();
+    if certificate_bound {
+        bindings.push("mtls");
+    }
+    if dpop_proved {
+        bindings.push("dpop");
+    }
+    match format {
+        Some(SignatureFormat::Jws) => bindings.push("jws"),
+        Some(SignatureFormat::HttpMessageSignature) => bindings.push("http_message_signature"),
+        None => {}
+    }
+    let published = identity.proved(&bindings);
     // What the response's signature binds it to (only on routes that sign responses).
     let proved = route
         .sign_response
@@ -631,6 +727,8 @@ pub fn decide<'p>(
             headers,
             challenge,
             proved,
+            published,
+            token_fp: Some(token_fp),
         };
     }
     Verdict::NeedBody(Box::new(Pending {
@@ -641,9 +739,10 @@ pub fn decide<'p>(
             .into_iter()
             .map(|(name, value)| (name.to_string(), value))
             .collect(),
-        token_fp: fingerprint(token),
+        token_fp,
         challenge,
         proved,
+        published,
     }))
 }
 
@@ -924,25 +1023,21 @@ impl Tokens<'_> {
     }
 }
 
-/// Verifies the token, checks that its binding fits the scheme it came with and the route,
-/// and proves its certificate binding. (Its key bindings are proved later: the DPoP proof on
-/// the headers, the request signature over the body.)
-fn verify_and_prove(
-    policy: &Policy,
+/// Checks that the verified token's binding fits the scheme it came with and the route, and
+/// proves its certificate binding. (Its key bindings are proved later: the DPoP proof on the
+/// headers, the request signature over the body.)
+fn check_binding(
     route: Route,
     scheme: Scheme,
-    token: &str,
+    verified: &VerifiedToken,
     peer: impl FnOnce() -> Option<PeerCertificate>,
-    tokens: &mut Tokens<'_>,
-    now: u64,
-) -> Result<Rc<VerifiedToken>, Refusal> {
-    let verified = tokens.verify(policy, token, now)?;
+) -> Result<(), Reason> {
     let confirmation = verified.confirmation();
     match (scheme, confirmation.jkt.is_some()) {
         // RFC 9449 §7.2: a DPoP-bound token as a Bearer token would skip its proof.
-        (Scheme::Bearer, true) => return Err(Reason::DpopTokenAsBearer.into()),
+        (Scheme::Bearer, true) => return Err(Reason::DpopTokenAsBearer),
         // §7.1: the DPoP scheme names a token bound to the proof's key.
-        (Scheme::Dpop, false) => return Err(Reason::TokenNotDpopBound.into()),
+        (Scheme::Dpop, false) => return Err(Reason::TokenNotDpopBound),
         _ => {}
     }
     let constrained = match route.require {
@@ -953,11 +1048,10 @@ fn verify_and_prove(
         Require::Bearer | Require::None => true,
     };
     if !constrained {
-        return Err(Reason::NotSenderConstrained.into());
+        return Err(Reason::NotSenderConstrained);
     }
     // On every route, a certificate-bound token is accepted only over its certificate.
-    confirmation.prove_certificate(peer)?;
-    Ok(verified)
+    confirmation.prove_certificate(peer)
 }
 
 /// The `claims_to_headers` values of a verified token: string claims only, and only values
@@ -1247,6 +1341,54 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    /// Issue 11: what the access log shows. An allowed request names the bindings it proved;
+    /// a refusal after the token verified names whose token it was; nothing is published of a
+    /// claim that could forge a log line.
+    #[test]
+    fn decisions_publish_the_bindings_and_whose_token_it_was() {
+        let f = fixture();
+        let published = |v: Verdict<'_>| match v {
+            Verdict::Allow {
+                published,
+                token_fp,
+                ..
+            } => (published, token_fp),
+            Verdict::Deny {
+                published,
+                token_fp,
+                ..
+            } => (published, token_fp),
+            other => panic!("{other:?}"),
+        };
+        let bound = token(
+            &f,
+            bound_to(ALICE_DER),
+            &[("client_id", json!("orders-app"))],
+        );
+        let auth = format!("Bearer {bound}");
+        let (allowed, fp) = published(run(&f, "/orders", Some(&auth), Some(ALICE_DER)));
+        assert_eq!(allowed.binding, "mtls");
+        assert_eq!(allowed.client_id.as_deref(), Some("orders-app"));
+        assert_eq!(allowed.sub.as_deref(), Some("alice"));
+        assert_eq!(fp.as_deref(), Some(fingerprint(&bound).as_str()));
+        let (stolen, fp) = published(run(&f, "/orders", Some(&auth), Some(MALLORY_DER)));
+        assert_eq!(stolen.binding, "");
+        assert_eq!(stolen.client_id.as_deref(), Some("orders-app"));
+        assert_eq!(fp.as_deref(), Some(fingerprint(&bound).as_str()));
+        let unbound = format!("Bearer {}", token(&f, None, &[("azp", json!("web"))]));
+        let (bearer, _) = published(run(&f, "/legacy", Some(&unbound), None));
+        assert_eq!(bearer.binding, "none");
+        assert_eq!(bearer.client_id.as_deref(), Some("web"));
+        let hostile = format!(
+            "Bearer {}",
+            token(&f, None, &[("client_id", json!("a b\nforged=1"))])
+        );
+        let (hostile, _) = published(run(&f, "/legacy", Some(&hostile), None));
+        assert_eq!(hostile.client_id, None);
+        let (none, fp) = published(run(&f, "/healthz", None, None));
+        assert_eq!((none, fp), (Published::default(), None));
     }
 
     #[test]

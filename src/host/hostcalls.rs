@@ -85,6 +85,12 @@ mod ffi {
             return_value_data: *mut *mut u8,
             return_value_size: *mut usize,
         ) -> u32;
+        pub fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
         pub fn proxy_get_shared_data(
             key_data: *const u8,
             key_size: usize,
@@ -246,6 +252,17 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
         Status::NotFound => Ok(None),
         other => Err(other),
     }
+}
+
+/// Sets a property of the stream (Envoy keeps it as filter state `wasm.<path>`, which its
+/// access log reads).
+#[allow(unsafe_code)]
+pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), Status> {
+    let path = encode_path(path);
+    // SAFETY: pointers and lengths describe `path` and `value`.
+    status(unsafe {
+        ffi::proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len())
+    })
 }
 
 /// A shared-data value and its compare-and-swap token; `(None, None)` if the key is absent.

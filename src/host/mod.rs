@@ -30,7 +30,7 @@ use crate::policy::SignatureFormat;
 use crate::reject::{Challenge, Reason};
 use crate::replay::SharedReplay;
 use crate::respond::{self, Exchange};
-use crate::verdict::{decide, Facts, Pending, Request, SignResponse, Tokens};
+use crate::verdict::{decide, Facts, Pending, Published, Request, SignResponse, Tokens};
 use hostcalls::{Buffer, EnvoySharedData, Level, Map};
 use metrics::Metrics;
 
@@ -102,6 +102,8 @@ struct RequestState {
     challenge: Challenge,
     /// On a `sign_response` route: how the response is signed, and what binds it.
     sign_response: Option<SignResponse>,
+    /// What the access log shows of the decision.
+    published: Published,
 }
 
 /// Reads the request's header lines once, and removes those an upstream could take for a
@@ -286,12 +288,14 @@ impl HttpContext for Filter {
         // The host's clock, read once for the whole callback.
         let now_ms = now_millis();
         let Some(shared) = self.shared.clone() else {
+            publish(Some(Reason::NotConfigured), &Published::default(), None);
             return refuse(None, Reason::NotConfigured, None, Challenge::BEARER, now_ms);
         };
         let facts = match read_facts(&shared.policy) {
             Ok(facts) => facts,
             Err(reason) => {
                 shared.held.borrow_mut().refused(self.context_id);
+                publish(Some(reason), &Published::default(), None);
                 return refuse(Some(&shared), reason, None, Challenge::BEARER, now_ms);
             }
         };
@@ -310,6 +314,7 @@ impl HttpContext for Filter {
                 headers: Vec::new(),
                 challenge: Challenge::BEARER,
                 sign_response: None,
+                published: Published::default(),
             },
         };
         drive(
@@ -424,6 +429,8 @@ impl Filter {
             ResponseStep::Continue => Action::Continue,
             ResponseStep::Pause | ResponseStep::Sign => Action::Pause,
             ResponseStep::Refuse(reason) => {
+                // The request was allowed; its response is not sent: the log says why.
+                publish(Some(reason), &Published::default(), None);
                 refuse(Some(shared), reason, None, Challenge::BEARER, now_millis())
             }
         }
@@ -467,6 +474,7 @@ fn drive(
         Driven::Held => Action::Pause,
         Driven::Continue(entry) => {
             allow(shared, &entry.request.headers);
+            publish(None, &entry.request.published, entry.token_fp.as_deref());
             if entry.request.challenge.nonce {
                 shared.nonce_responses.borrow_mut().insert(context_id);
             }
@@ -494,6 +502,11 @@ fn drive(
             {
                 log(Level::Warn, "tether: a held request's body never reached the filter before body_timeout_ms; if clients do send bodies, Envoy is holding them back: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy 1.35 or later). Logged once.");
             }
+            publish(
+                Some(reason),
+                &entry.request.published,
+                entry.token_fp.as_deref(),
+            );
             refuse(
                 Some(shared),
                 reason,
@@ -584,6 +597,7 @@ fn decide_again(
     request.pending = leftovers.pending;
     request.challenge = leftovers.challenge;
     request.sign_response = leftovers.proved;
+    request.published = leftovers.published;
     entry.token_fp = leftovers.token_fp;
     decision
 }
@@ -705,6 +719,37 @@ fn answer_jwks(shared: &Shared, signing: &respond::ResponseSigning) -> Action {
     }
     shared.metrics.jwks_served();
     Action::Pause
+}
+
+/// Publishes the decision for Envoy's access log, as filter state `wasm.tether.<name>`:
+/// `decision` (`allowed` or `refused`), `reason` (a refusal's), `binding` (what an allowed
+/// request proved), `client_id`, `sub` and `token_fp`. Never the token. A value that cannot be
+/// set is left out: the log shows `-`.
+fn publish(refused: Option<Reason>, published: &Published, token_fp: Option<&str>) {
+    let set = |name: &str, value: &str| {
+        let _ = hostcalls::set_property(&[&format!("tether.{name}")], value.as_bytes());
+    };
+    match refused {
+        Some(reason) => {
+            set("decision", "refused");
+            set("reason", reason.name());
+        }
+        None => {
+            set("decision", "allowed");
+            if !published.binding.is_empty() {
+                set("binding", &published.binding);
+            }
+        }
+    }
+    if let Some(client_id) = &published.client_id {
+        set("client_id", client_id);
+    }
+    if let Some(sub) = &published.sub {
+        set("sub", sub);
+    }
+    if let Some(token_fp) = token_fp {
+        set("token_fp", token_fp);
+    }
 }
 
 /// Sets the claim headers, strips the token if configured, and counts the request.

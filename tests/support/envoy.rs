@@ -93,6 +93,9 @@ pub struct Bootstrap {
     pub filters_before: Vec<Value>,
     /// A CRL for `validation_context.crl`: revoked client certificates fail the handshake.
     pub crl: Option<PathBuf>,
+    /// A file access log: its path and its text format (with `%REQ_WITHOUT_QUERY(...)%`
+    /// available).
+    pub access_log: Option<(PathBuf, String)>,
     /// Environment variables of the Envoy process that Tether's VM may read
     /// (`vm_config.environment_variables.host_env_keys`): secrets kept out of the config.
     pub vm_env: Vec<(String, String)>,
@@ -115,6 +118,7 @@ impl Bootstrap {
             clusters: Vec::new(),
             filters_before: Vec::new(),
             crl: None,
+            access_log: None,
             vm_env: Vec::new(),
         }
     }
@@ -157,6 +161,26 @@ impl Bootstrap {
                 .iter()
                 .map(|(name, port)| static_cluster(name, *port, 1000)),
         );
+        let access_log: Vec<Value> = self
+            .access_log
+            .iter()
+            .map(|(path, format)| {
+                json!({
+                    "name": "envoy.access_loggers.file",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                        "path": path,
+                        "log_format": {
+                            "text_format_source": {"inline_string": format},
+                            "formatters": [{
+                                "name": "envoy.formatter.req_without_query",
+                                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"},
+                            }],
+                        },
+                    },
+                })
+            })
+            .collect();
         let mut validation = json!({"trusted_ca": file(&self.ca)});
         if let Some(crl) = &self.crl {
             validation["crl"] = file(crl);
@@ -192,6 +216,7 @@ impl Bootstrap {
                             "typed_config": {
                                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                                 "stat_prefix": "tether_https",
+                                "access_log": access_log,
                                 // The filter's path rules assume RFC 3986 normalized paths;
                                 // it refuses what normalization leaves ambiguous (%2F, %5C).
                                 "normalize_path": true,
