@@ -810,10 +810,7 @@ fn compile_signed_requests(
     claim_headers: &[ClaimHeader],
 ) -> Result<SignedRequests, String> {
     let header = raw.header.to_ascii_lowercase();
-    let is_token = !header.is_empty()
-        && header
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let is_token = !header.is_empty() && header.bytes().all(sfv::is_tchar);
     // Envoy's own headers, and the claim headers Tether removes from every request (also
     // under a look-alike name), cannot carry a client's signature.
     let taken = RESERVED_HEADERS.contains(&header.as_str())
@@ -1026,10 +1023,7 @@ fn compile_claim_headers(raw: Vec<RawClaimHeader>) -> Result<Vec<ClaimHeader>, S
         .enumerate()
         .map(|(i, entry)| {
             let header = entry.header.to_ascii_lowercase();
-            let is_token = !header.is_empty()
-                && header
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            let is_token = !header.is_empty() && header.bytes().all(sfv::is_tchar);
             if !is_token {
                 return Err(format!(
                     "claims_to_headers[{i}].header {:?} is not a valid header name",

@@ -47,6 +47,23 @@ pub fn form_decode(input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Strict percent-decoding (RFC 3986 §2.1): every `%XX` decoded, and a `%` not followed by
+/// two hex digits is an error (`None`); `+` is kept as it is.
+pub fn decode_strict(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        if b == b'%' {
+            out.push(hex_byte(input.get(i + 1..i + 3)?)?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

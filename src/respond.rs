@@ -20,7 +20,6 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::bind::digest;
 use crate::bind::httpsig::{self, Message, Request, Response};
@@ -124,11 +123,6 @@ impl Exchange {
             headers: &headers,
         })
     }
-}
-
-/// The base64url SHA-256 of `bytes`: how `ath` and `rsh` name a token or a signature.
-pub fn hash_b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(bytes))
 }
 
 /// The headers that sign a response (`http_message_signature`): `content-digest` (when the

@@ -700,26 +700,12 @@ fn is_token_start(c: u8) -> bool {
 }
 
 fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-                | b':'
-                | b'/'
-        )
+    is_tchar(c) || matches!(c, b':' | b'/')
+}
+
+/// RFC 9110 §5.6.2 `tchar`: what a field name (and, with `:` and `/`, an sf-token) is made of.
+pub fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
 }
 
 // ---------------------------------------------------------------------------------------------

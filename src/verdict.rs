@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq as _;
 use crate::bind::httpsig::{self, Signature};
 use crate::bind::jws::{DetachedJws, SignedRequest, SigningKeys, Window};
 use crate::bind::mtls::PeerCertificate;
-use crate::bind::{digest, dpop};
+use crate::bind::{digest, dpop, jose};
 use crate::cache::TokenCache;
 use crate::config::{Client, FormBodyTokens, Policy};
 use crate::crypto::SignatureVerifier;
@@ -22,7 +22,6 @@ use crate::lifecycle::Decision;
 use crate::policy::{self, Require, Route, SignatureFormat};
 use crate::reject::{Challenge, Reason};
 use crate::replay::ReplayStore;
-use crate::respond;
 use crate::token::{self, fingerprint, Refusal, VerifiedToken};
 
 /// What the filter knows of a request when it decides. Its `Debug` shows no credential.
@@ -757,11 +756,11 @@ fn sign_response_for(
     let (label, signature_hash) = match signature.map(|s| &s.proof) {
         Some(Proof::Http { signature, .. }) => (
             Some(signature.label.clone()),
-            Some(respond::hash_b64(&signature.signature)),
+            Some(jose::sha256_b64url(&signature.signature)),
         ),
         Some(Proof::Jws(_)) => (
             None,
-            request.signature.first().map(|v| respond::hash_b64(v)),
+            request.signature.first().map(|v| jose::sha256_b64url(v)),
         ),
         None => (None, None),
     };
@@ -769,7 +768,7 @@ fn sign_response_for(
         format,
         label,
         signature_hash,
-        token_hash: respond::hash_b64(token.as_bytes()),
+        token_hash: jose::sha256_b64url(token.as_bytes()),
     }
 }
 

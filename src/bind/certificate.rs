@@ -108,7 +108,7 @@ pub fn der_from_url_encoded_pem(value: &str) -> Result<Vec<u8>, CertificateError
     if value.len() > MAX_DER_BYTES * 3 {
         return Err(CertificateError::TooLarge);
     }
-    let pem = percent_decode(value.as_bytes()).ok_or(CertificateError::Malformed)?;
+    let pem = crate::percent::decode_strict(value.as_bytes()).ok_or(CertificateError::Malformed)?;
     let pem = std::str::from_utf8(&pem).map_err(|_| CertificateError::Malformed)?;
     let body = pem
         .trim()
@@ -123,22 +123,6 @@ pub fn der_from_url_encoded_pem(value: &str) -> Result<Vec<u8>, CertificateError
         return Err(CertificateError::TooLarge);
     }
     Ok(der)
-}
-
-/// `%XX` decoded (strictly: a `%` not followed by two hex digits is an error); `+` is kept.
-fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while let Some(&b) = input.get(i) {
-        if b == b'%' {
-            out.push(crate::percent::hex_byte(input.get(i + 1..i + 3)?)?);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::htu;
-use super::jose::{numeric_date, UniqueObject};
+use super::jose::{self, numeric_date, UniqueObject};
 use crate::crypto::SignatureVerifier;
 use crate::jwk::{self, Alg, VerificationKey};
 use crate::reject::Reason;
@@ -376,7 +376,7 @@ impl Window {
 
 /// `ath` (RFC 9449 §4.2): the unpadded base64url SHA-256 of the access token's ASCII.
 pub fn access_token_hash(access_token: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()))
+    jose::sha256_b64url(access_token.as_bytes())
 }
 
 /// Reads `cnf.jkt`: the unpadded base64url of a SHA-256 thumbprint, 43 characters.

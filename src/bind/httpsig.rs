@@ -47,7 +47,7 @@ use sha2::{Digest, Sha256};
 use crate::crypto::{self, SignatureVerifier};
 use crate::jwk::{Alg, VerificationKey};
 use crate::percent;
-use crate::sfv::{self, BareItem, Dictionary, InnerList, Item, ListEntry, Parameters};
+use crate::sfv::{self, is_tchar, BareItem, Dictionary, InnerList, Item, ListEntry, Parameters};
 
 /// The most components one signature may cover. FAPI 2.0 asks for five; a signature covering
 /// more than this is refused before its base is built.
@@ -807,10 +807,6 @@ fn trim_ows(value: &[u8]) -> &[u8] {
         .rposition(|b| !is_ows(b))
         .map_or(start, |i| i + 1);
     value.get(start..end).unwrap_or_default()
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The algorithms of RFC 9421 §3.3 that Tether verifies.

@@ -1,9 +1,18 @@
-//! The JOSE pieces shared by detached request signatures ([`super::jws`]) and DPoP proofs
-//! ([`super::dpop`]).
+//! The JOSE pieces shared by detached request signatures ([`super::jws`]), DPoP proofs
+//! ([`super::dpop`]) and signed responses ([`crate::respond`]).
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The unpadded base64url SHA-256 of `bytes`: how `ath` (RFC 9449 §4.2) names a token, and how
+/// a signed response's `ath` and `rsh` name the token and the request signature.
+pub fn sha256_b64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(bytes))
+}
 
 /// A NumericDate (RFC 7519 §2): seconds since the epoch, possibly fractional, truncated to
 /// whole seconds. `None` for a negative, non-finite or non-numeric value.

@@ -253,7 +253,7 @@ impl DetachedJws {
             return Err(Reason::RequestSignatureMismatch);
         }
         // The signature names the token it travels with (as RFC 9449 §4.2 `ath` does).
-        let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()));
+        let ath = super::jose::sha256_b64url(token.as_bytes());
         if !bool::from(ath.as_bytes().ct_eq(binding.ath.as_bytes())) {
             return Err(Reason::RequestSignatureMismatch);
         }

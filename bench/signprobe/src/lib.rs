@@ -64,7 +64,7 @@ fn probe<T>(f: impl FnOnce(&Probe) -> T) -> T {
                 ],
                 signature_label: None,
                 signature_hash: None,
-                token_hash: respond::hash_b64(token.as_bytes()),
+                token_hash: tether::bind::jose::sha256_b64url(token.as_bytes()),
             };
             Probe {
                 ed25519,
