@@ -126,25 +126,19 @@ impl Exchange {
 }
 
 /// The headers that sign a response (`http_message_signature`): `content-digest` (when the
-/// body is not empty), `signature-input` and `signature`. `response_headers` are the
-/// response's lines as they will be sent, without those three.
+/// body is not empty), `signature-input` and `signature`. The response components signed are
+/// `@status` and the `content-digest` set here: no other response line is read.
 pub fn sign_http(
     key: &SigningKey,
     exchange: &Exchange,
     status: u16,
-    response_headers: &[(Vec<u8>, Vec<u8>)],
     body: &[u8],
     now: u64,
 ) -> Result<Vec<(&'static str, String)>, httpsig::Error> {
     let mut set = Vec::with_capacity(3);
-    let mut lines: Vec<httpsig::Header<'_>> = response_headers
-        .iter()
-        .map(|(n, v)| (n.as_slice(), v.as_slice()))
-        .collect();
     let content_digest = digest::field_value(body);
-    if !body.is_empty() {
-        lines.push((digest::FIELD.as_bytes(), content_digest.as_bytes()));
-    }
+    let digest_line = [(digest::FIELD.as_bytes(), content_digest.as_bytes())];
+    let lines: &[httpsig::Header<'_>] = if body.is_empty() { &[] } else { &digest_line };
     let fields = exchange.with_request(|request| {
         let input = httpsig::response_input(
             &request,
@@ -155,7 +149,7 @@ pub fn sign_http(
         );
         let response = Response {
             status,
-            headers: &lines,
+            headers: lines,
             request: Some(request),
         };
         let base = httpsig::signature_base(&input, Message::Response(response))?;

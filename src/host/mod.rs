@@ -11,7 +11,7 @@ mod hostcalls;
 mod metrics;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -78,10 +78,17 @@ struct Shared {
     limits: Limits,
     /// The hint about a body that never reached the filter was logged (once per VM).
     warned_body_withheld: Cell<bool>,
-    /// Allowed requests of `dpop_nonce` routes, whose responses get a fresh `DPoP-Nonce`.
-    nonce_responses: RefCell<HashSet<u32>>,
-    /// Allowed requests of `sign_response` routes, until their responses start.
-    to_sign: RefCell<HashMap<u32, ToSign>>,
+    /// What the responses of allowed requests get (a DPoP nonce, a signature), until they
+    /// start.
+    answers: RefCell<HashMap<u32, Answer>>,
+}
+
+/// What the response of an allowed request gets.
+struct Answer {
+    /// A fresh `DPoP-Nonce` (a `dpop_nonce` route, RFC 9449 §8).
+    nonce: bool,
+    /// A signature (a `sign_response` route).
+    sign: Option<ToSign>,
 }
 
 /// A response to sign: how, and the request it answers.
@@ -229,8 +236,7 @@ impl RootContext for Root {
             replay,
             limits,
             warned_body_withheld: Cell::new(false),
-            nonce_responses: RefCell::new(HashSet::new()),
-            to_sign: RefCell::new(HashMap::new()),
+            answers: RefCell::new(HashMap::new()),
         });
         // The first fetch starts on the first tick, not here: a VM configured on Envoy's main
         // thread may be gone before an answer could reach it. The tick also times out held
@@ -357,15 +363,18 @@ impl HttpContext for Filter {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
+        let Some(answer) = shared.answers.borrow_mut().remove(&self.context_id) else {
+            return Action::Continue;
+        };
         // RFC 9449 §8: a fresh nonce on every success of a nonce route, so that a client never
         // needs a round trip to learn the next one when the window turns.
-        if shared.nonce_responses.borrow_mut().remove(&self.context_id) {
+        if answer.nonce {
             if let Some(nonces) = &shared.policy.dpop.nonces {
                 let nonce = nonces.mint(now_seconds());
                 let _ = hostcalls::set_header(Map::ResponseHeaders, "dpop-nonce", &nonce);
             }
         }
-        let Some(to_sign) = shared.to_sign.borrow_mut().remove(&self.context_id) else {
+        let Some(to_sign) = answer.sign else {
             return Action::Continue;
         };
         let Some(signing) = &shared.policy.response_signing else {
@@ -403,8 +412,7 @@ impl HttpContext for Filter {
         // A held request that ended (client gone) must not linger.
         if let Some(shared) = &self.shared {
             shared.held.borrow_mut().forget(self.context_id);
-            shared.nonce_responses.borrow_mut().remove(&self.context_id);
-            shared.to_sign.borrow_mut().remove(&self.context_id);
+            shared.answers.borrow_mut().remove(&self.context_id);
         }
     }
 }
@@ -475,18 +483,16 @@ fn drive(
         Driven::Continue(entry) => {
             allow(shared, &entry.request.headers);
             publish(None, &entry.request.published, entry.token_fp.as_deref());
-            if entry.request.challenge.nonce {
-                shared.nonce_responses.borrow_mut().insert(context_id);
-            }
-            if let Some(sign) = entry.request.sign_response {
-                let exchange = exchange(&entry.request.facts, sign.clone());
-                shared.to_sign.borrow_mut().insert(
-                    context_id,
-                    ToSign {
-                        format: sign.format,
-                        exchange,
-                    },
-                );
+            let nonce = entry.request.challenge.nonce;
+            let sign = entry.request.sign_response.map(|sign| ToSign {
+                format: sign.format,
+                exchange: exchange(&entry.request.facts, sign),
+            });
+            if nonce || sign.is_some() {
+                shared
+                    .answers
+                    .borrow_mut()
+                    .insert(context_id, Answer { nonce, sign });
             }
             if !in_callback {
                 let _ = hostcalls::resume_request();
@@ -692,7 +698,7 @@ fn sign_response(shared: &Shared, to_sign: &ToSign) -> Result<(), Reason> {
         .ok_or(Reason::ResponseSigningFailed)?;
     let headers: Vec<(&str, String)> = match to_sign.format {
         SignatureFormat::HttpMessageSignature => {
-            respond::sign_http(key, &to_sign.exchange, status, &[], &body, now)
+            respond::sign_http(key, &to_sign.exchange, status, &body, now)
                 .map_err(|_| Reason::ResponseSigningFailed)?
         }
         SignatureFormat::Jws => vec![(
@@ -727,28 +733,28 @@ fn answer_jwks(shared: &Shared, signing: &respond::ResponseSigning) -> Action {
 /// set is left out: the log shows `-`.
 fn publish(refused: Option<Reason>, published: &Published, token_fp: Option<&str>) {
     let set = |name: &str, value: &str| {
-        let _ = hostcalls::set_property(&[&format!("tether.{name}")], value.as_bytes());
+        let _ = hostcalls::set_property(&[name], value.as_bytes());
     };
     match refused {
         Some(reason) => {
-            set("decision", "refused");
-            set("reason", reason.name());
+            set("tether.decision", "refused");
+            set("tether.reason", reason.name());
         }
         None => {
-            set("decision", "allowed");
+            set("tether.decision", "allowed");
             if !published.binding.is_empty() {
-                set("binding", &published.binding);
+                set("tether.binding", &published.binding);
             }
         }
     }
     if let Some(client_id) = &published.client_id {
-        set("client_id", client_id);
+        set("tether.client_id", client_id);
     }
     if let Some(sub) = &published.sub {
-        set("sub", sub);
+        set("tether.sub", sub);
     }
     if let Some(token_fp) = token_fp {
-        set("token_fp", token_fp);
+        set("tether.token_fp", token_fp);
     }
 }
 

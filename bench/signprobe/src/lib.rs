@@ -88,7 +88,6 @@ fn sign_http(key: &SigningKey, p: &Probe, n: u32) -> u32 {
             key,
             &p.exchange,
             200,
-            &[],
             &p.body,
             1_800_000_000 + u64::from(i),
         )
