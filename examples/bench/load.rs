@@ -348,22 +348,13 @@ impl Load {
     pub fn from_oha(stdout: &[u8]) -> Result<Load, String> {
         let report: Value = serde_json::from_slice(stdout).map_err(|e| e.to_string())?;
         let number = |v: &Value| v.as_f64().ok_or("missing figure");
-        let counts = |v: &Value| -> BTreeMap<String, u64> {
-            v.as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let mut errors = counts(&report["errorDistribution"]);
+        let mut errors = crate::report::counts(&report["errorDistribution"]);
         errors.retain(|error, _| !error.contains("deadline"));
         Ok(Load {
             rps: number(&report["summary"]["requestsPerSec"])?,
             p50_ms: number(&report["latencyPercentiles"]["p50"])? * 1000.0,
             p99_ms: number(&report["latencyPercentiles"]["p99"])? * 1000.0,
-            statuses: counts(&report["statusCodeDistribution"]),
+            statuses: crate::report::counts(&report["statusCodeDistribution"]),
             errors,
             envoy_cpu: 0.0,
             envoy_us_per_request: 0.0,

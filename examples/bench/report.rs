@@ -106,6 +106,19 @@ impl Row {
     }
 }
 
+/// A JSON object of counts (`{"200": 9, "401": 1}`, a load generator's statuses or errors) as a
+/// map; members that are not counts are left out.
+pub fn counts(value: &Value) -> BTreeMap<String, u64> {
+    value
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();

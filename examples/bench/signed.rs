@@ -592,15 +592,6 @@ impl SignedBench<'_> {
         let backend_cpu = cpu_seconds(self.backend_pid, backend_before);
         let system_after = system_cpu_ticks();
         let _ = std::fs::remove_file(&file);
-        let counts = |v: &Value| -> BTreeMap<String, u64> {
-            v.as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         let number = |name: &str| report[name].as_f64().unwrap_or(0.0);
         let requests = report["requests"].as_u64().unwrap_or(0);
         // The run itself, without signload reading its file: Envoy's share of a core.
@@ -613,8 +604,8 @@ impl SignedBench<'_> {
             rps: number("requests_per_second"),
             p50_ms: number("p50_ms"),
             p99_ms: number("p99_ms"),
-            statuses: counts(&report["statuses"]),
-            errors: counts(&report["errors"]),
+            statuses: crate::report::counts(&report["statuses"]),
+            errors: crate::report::counts(&report["errors"]),
             refused: self.refused_since(&refused_before),
             envoy_cpu: front_cpu / elapsed,
             envoy_us_per_request: front_cpu * 1e6 / requests.max(1) as f64,
