@@ -131,7 +131,7 @@ pub enum Verdict<'p> {
         headers: Vec<(&'p str, String)>,
         challenge: Challenge,
         /// On a route that signs responses: what the response's signature binds it to.
-        proved: Option<SignResponse>,
+        sign_response: Option<SignResponse>,
         published: Published,
         /// The verified token's fingerprint (none on a route that examines no token).
         token_fp: Option<String>,
@@ -166,7 +166,7 @@ pub struct Leftovers {
     /// What the access log shows of the decision.
     pub published: Published,
     /// On a route that signs responses: what the response's signature binds it to.
-    pub proved: Option<SignResponse>,
+    pub sign_response: Option<SignResponse>,
     pub pending: Option<Box<Pending>>,
     pub token_fp: Option<String>,
     pub challenge: Challenge,
@@ -240,7 +240,7 @@ impl Verdict<'_> {
             Verdict::Allow {
                 headers,
                 challenge,
-                proved,
+                sign_response,
                 published,
                 token_fp,
             } => {
@@ -251,7 +251,7 @@ impl Verdict<'_> {
                 let leftovers = Leftovers {
                     headers,
                     challenge,
-                    proved,
+                    sign_response,
                     published,
                     token_fp,
                     ..Leftovers::default()
@@ -277,7 +277,7 @@ impl Verdict<'_> {
                     token_fp: Some(pending.token_fp.clone()),
                     challenge: pending.challenge,
                     published: pending.published.clone(),
-                    proved: pending.proved.clone(),
+                    sign_response: pending.sign_response.clone(),
                     pending: Some(pending),
                     ..Leftovers::default()
                 };
@@ -328,7 +328,7 @@ pub struct Pending {
     /// The challenges of a refusal.
     challenge: Challenge,
     /// On a route that signs responses: what the response's signature binds it to.
-    proved: Option<SignResponse>,
+    sign_response: Option<SignResponse>,
     /// What the access log shows once the body is verified.
     published: Published,
 }
@@ -625,7 +625,7 @@ pub fn decide<'p>(
         return Verdict::Allow {
             headers: Vec::new(),
             challenge,
-            proved: None,
+            sign_response: None,
             published: Published::default(),
             token_fp: None,
         };
@@ -718,14 +718,14 @@ pub fn decide<'p>(
     }
     let published = identity.proved(&bindings);
     // What the response's signature binds it to (only on routes that sign responses).
-    let proved = route
+    let sign_response = route
         .sign_response
         .map(|format| sign_response_for(format, &request, signature.as_ref(), token));
     if signature.is_none() && !scan_form {
         return Verdict::Allow {
             headers,
             challenge,
-            proved,
+            sign_response,
             published,
             token_fp: Some(token_fp),
         };
@@ -740,7 +740,7 @@ pub fn decide<'p>(
             .collect(),
         token_fp,
         challenge,
-        proved,
+        sign_response,
         published,
     }))
 }
@@ -2376,7 +2376,10 @@ mod tests {
             let Verdict::NeedBody(pending) = &verdict else {
                 panic!("{verdict:?}");
             };
-            let bound = pending.proved.clone().expect("the route signs responses");
+            let bound = pending
+                .sign_response
+                .clone()
+                .expect("the route signs responses");
             assert_eq!(bound.format, SignatureFormat::HttpMessageSignature);
             assert_eq!(bound.label.as_deref(), Some("sig1"));
             assert!(bound.signature_hash.is_some());

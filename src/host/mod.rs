@@ -602,7 +602,7 @@ fn decide_again(
     request.headers = leftovers.headers;
     request.pending = leftovers.pending;
     request.challenge = leftovers.challenge;
-    request.sign_response = leftovers.proved;
+    request.sign_response = leftovers.sign_response;
     request.published = leftovers.published;
     entry.token_fp = leftovers.token_fp;
     decision
