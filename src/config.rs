@@ -12,7 +12,9 @@ use base64::Engine as _;
 
 use crate::bind::dpop::{self, Nonces};
 use crate::bind::httpsig;
+use crate::bind::identity::{Cidr, Identity};
 use crate::bind::jws::{HmacKey, MIN_HMAC_KEY_BYTES};
+use crate::bind::peer::{PeerSource, TrustedPeer};
 use crate::cache::{DEFAULT_ENTRIES, MAX_ENTRIES};
 use crate::jwk::{parse_jwks, Alg};
 use crate::keyset::{JwksEndpoint, KeySource, DEFAULT_REFRESH_SECONDS, DEFAULT_TIMEOUT_MS};
@@ -49,6 +51,18 @@ pub const DEFAULT_MAX_HELD_REQUESTS: usize = 1024;
 pub const MAX_HELD_REQUESTS_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
 /// The largest configuration read.
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+/// The most `source_cidrs` of one client.
+pub const MAX_SOURCE_CIDRS: usize = 64;
+/// The most `peer_certificate.trusted_peers`.
+pub const MAX_TRUSTED_PEERS: usize = 16;
+/// RFC 8705 §2.1.2's certificate identities of a client: it registers at most one.
+const IDENTITY_METADATA: [&str; 5] = [
+    "tls_client_auth_subject_dn",
+    "tls_client_auth_san_dns",
+    "tls_client_auth_san_uri",
+    "tls_client_auth_san_ip",
+    "tls_client_auth_san_email",
+];
 
 /// Request headers that `claims_to_headers` may not set: pseudo-headers, hop-by-hop and
 /// framing headers, credentials, and headers an upstream trusts to describe the client or
@@ -103,6 +117,29 @@ struct RawConfig {
     #[serde(default)]
     message_signatures: RawMessageSignatures,
     response_signing: Option<RawResponseSigning>,
+    peer_certificate: Option<RawPeerCertificate>,
+}
+
+/// `peer_certificate`: where the client certificate is read from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeerCertificate {
+    source: RawPeerSource,
+    trusted_peers: Option<Vec<RawTrustedPeer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawPeerSource {
+    Connection,
+    Xfcc,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrustedPeer {
+    san_uri: Option<String>,
+    san_dns: Option<String>,
 }
 
 /// `message_signatures`: which RFC 9421 signature of a request is checked, and what it
@@ -258,6 +295,8 @@ struct RawRule {
     dpop_nonce: bool,
     #[serde(default = "default_true")]
     case_sensitive: bool,
+    #[serde(default)]
+    require_registered_client: bool,
 }
 
 fn default_true() -> bool {
@@ -272,6 +311,12 @@ struct RawClient {
     jwks: Option<Value>,
     remote_jwks: Option<RawJwksEndpoint>,
     hmac_keys: Option<Vec<RawHmacKey>>,
+    tls_client_auth_subject_dn: Option<String>,
+    tls_client_auth_san_dns: Option<String>,
+    tls_client_auth_san_uri: Option<String>,
+    tls_client_auth_san_ip: Option<String>,
+    tls_client_auth_san_email: Option<String>,
+    source_cidrs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -444,7 +489,9 @@ struct RawClaimHeader {
     header: String,
 }
 
-/// A client registered to sign requests: its public keys and/or HMAC secrets.
+/// A registered client: the keys it signs requests with (public keys and/or HMAC secrets),
+/// the certificate identity it registered (RFC 8705 §2.1.2) and the networks it connects
+/// from.
 #[derive(Debug)]
 pub struct Client {
     pub client_id: String,
@@ -452,6 +499,10 @@ pub struct Client {
     pub issuer: String,
     pub keys: KeySource,
     pub hmac_keys: Vec<HmacKey>,
+    /// One of `tls_client_auth_*`: its client certificate must have it.
+    pub identity: Option<Identity>,
+    /// `source_cidrs`: its connections come from one of these (empty: from anywhere).
+    pub networks: Vec<Cidr>,
 }
 
 /// How request signatures are read and bounded.
@@ -519,6 +570,8 @@ pub struct Policy {
     pub message_signatures: MessageSignatures,
     /// The keys responses are signed with, when any rule signs them.
     pub response_signing: Option<ResponseSigning>,
+    /// Where the client certificate is read from (`peer_certificate`).
+    pub peer_certificate: PeerSource,
     /// Whether a request's header lines are kept whole ([`crate::verdict::Facts::lines`]):
     /// a rule verifies RFC 9421 request signatures or signs responses.
     pub reads_header_lines: bool,
@@ -617,6 +670,7 @@ impl Policy {
                     signed_request: r.signed_request.and_then(RawSignedRequest::format),
                     sign_response: r.sign_response,
                     dpop_nonce: r.dpop_nonce,
+                    require_registered_client: r.require_registered_client,
                     case_sensitive: r.case_sensitive,
                 })
                 .collect(),
@@ -629,6 +683,11 @@ impl Policy {
             environment,
         )?;
         let claims_to_headers = compile_claim_headers(raw.claims_to_headers)?;
+        let peer_certificate = raw
+            .peer_certificate
+            .map(compile_peer_certificate)
+            .transpose()?
+            .unwrap_or_default();
         let signed_requests = compile_signed_requests(raw.signed_requests, &claims_to_headers)?;
         let dpop = compile_dpop(raw.dpop, environment)?;
         let message_signatures = compile_message_signatures(raw.message_signatures)?;
@@ -672,6 +731,7 @@ impl Policy {
             dpop,
             message_signatures,
             response_signing,
+            peer_certificate,
             reads_header_lines,
             notes,
         })
@@ -790,9 +850,44 @@ fn compile_clients(
                 secret,
             });
         }
-        if keys.is_none() && hmac_keys.is_empty() {
+        let identities = [
+            client.tls_client_auth_subject_dn,
+            client.tls_client_auth_san_dns,
+            client.tls_client_auth_san_uri,
+            client.tls_client_auth_san_ip,
+            client.tls_client_auth_san_email,
+        ];
+        let mut identity = None;
+        for (name, value) in IDENTITY_METADATA.iter().zip(identities) {
+            let Some(value) = value else { continue };
+            if identity.is_some() {
+                return Err(format!(
+                    "{at} registers more than one of {}: RFC 8705 §2.1.2 allows exactly one",
+                    IDENTITY_METADATA.join(", ")
+                ));
+            }
+            identity = Some(
+                Identity::from_metadata(name, &value).map_err(|e| format!("{at}.{name}: {e}"))?,
+            );
+        }
+        let networks = match client.source_cidrs {
+            None => Vec::new(),
+            Some(blocks) if blocks.is_empty() || blocks.len() > MAX_SOURCE_CIDRS => {
+                return Err(format!(
+                    "{at}.source_cidrs must list 1 to {MAX_SOURCE_CIDRS} CIDR blocks"
+                ))
+            }
+            Some(blocks) => blocks
+                .iter()
+                .enumerate()
+                .map(|(j, block)| {
+                    Cidr::parse(block).map_err(|e| format!("{at}.source_cidrs[{j}]: {e}"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if keys.is_none() && hmac_keys.is_empty() && identity.is_none() && networks.is_empty() {
             return Err(format!(
-                "{at} needs \"jwks\", \"remote_jwks\" or \"hmac_keys\""
+                "{at} registers nothing: it needs \"jwks\", \"remote_jwks\", \"hmac_keys\", a tls_client_auth_* identity or \"source_cidrs\""
             ));
         }
         clients.push(Client {
@@ -800,9 +895,45 @@ fn compile_clients(
             issuer,
             keys: keys.unwrap_or(KeySource::Inline(Vec::new())),
             hmac_keys,
+            identity,
+            networks,
         });
     }
     Ok(clients)
+}
+
+fn compile_peer_certificate(raw: RawPeerCertificate) -> Result<PeerSource, String> {
+    let peers = match (raw.source, raw.trusted_peers) {
+        (RawPeerSource::Connection, None) => return Ok(PeerSource::Connection),
+        (RawPeerSource::Connection, Some(_)) => {
+            return Err(
+                "peer_certificate.trusted_peers goes with source \"xfcc\" only: the connection's certificate trusts no header".into(),
+            )
+        }
+        (RawPeerSource::Xfcc, Some(peers))
+            if !peers.is_empty() && peers.len() <= MAX_TRUSTED_PEERS =>
+        {
+            peers
+        }
+        (RawPeerSource::Xfcc, _) => {
+            return Err(format!(
+                "peer_certificate.trusted_peers must list 1 to {MAX_TRUSTED_PEERS} peers with source \"xfcc\": XFCC is trusted from those only"
+            ))
+        }
+    };
+    let mut trusted_peers = Vec::with_capacity(peers.len());
+    for (i, peer) in peers.into_iter().enumerate() {
+        trusted_peers.push(match (peer.san_uri, peer.san_dns) {
+            (Some(uri), None) if !uri.is_empty() => TrustedPeer::SanUri(uri),
+            (None, Some(dns)) if !dns.is_empty() => TrustedPeer::SanDns(dns),
+            _ => {
+                return Err(format!(
+                    "peer_certificate.trusted_peers[{i}] needs exactly one non-empty \"san_uri\" or \"san_dns\""
+                ))
+            }
+        });
+    }
+    Ok(PeerSource::Xfcc { trusted_peers })
 }
 
 fn compile_signed_requests(
@@ -1410,7 +1541,7 @@ mod tests {
     }
 
     #[test]
-    fn short_hmac_keys_and_keyless_clients_are_errors() {
+    fn short_hmac_keys_and_clients_without_anything_registered_are_errors() {
         let mut c = contract();
         c["clients"] = json!([{"client_id": "x", "hmac_keys": [{"kid": "k1", "k": "c2hvcnQ"}]}]);
         assert!(parse(&c).unwrap_err().0.contains("at least 32 bytes"));
@@ -1418,6 +1549,125 @@ mod tests {
         assert!(parse(&c).is_err());
         c["clients"] = json!([{"client_id": "x", "jwks": jwks(), "secret": "s"}]);
         assert!(parse(&c).unwrap_err().0.contains("secret"));
+    }
+
+    #[test]
+    fn client_identity_and_networks_parse_and_suffice_for_a_client() {
+        let mut c = contract();
+        c["clients"] = json!([
+            {"client_id": "tpp", "tls_client_auth_san_uri": "spiffe://mesh.local/ns/tpp/sa/client",
+             "source_cidrs": ["10.0.0.0/8", "2001:db8::/32"]},
+            {"client_id": "bank", "tls_client_auth_subject_dn": "CN=bank,O=Example Bank"},
+            {"client_id": "ip", "tls_client_auth_san_ip": "::1"},
+            {"client_id": "mail", "tls_client_auth_san_email": "ops@example.com"},
+            {"client_id": "dns", "tls_client_auth_san_dns": "tpp.example.com"},
+            {"client_id": "net", "source_cidrs": ["192.0.2.7"]}
+        ]);
+        let policy = parse(&c).unwrap();
+        assert_eq!(
+            policy.clients[0].identity,
+            Some(Identity::SanUri(
+                "spiffe://mesh.local/ns/tpp/sa/client".into()
+            ))
+        );
+        assert_eq!(policy.clients[0].networks.len(), 2);
+        assert!(matches!(
+            policy.clients[1].identity,
+            Some(Identity::SubjectDn(_))
+        ));
+        assert!(policy.clients[5].identity.is_none());
+        assert_eq!(policy.peer_certificate, PeerSource::Connection);
+    }
+
+    #[test]
+    fn a_client_with_two_identities_or_bad_networks_is_an_error() {
+        let mut c = contract();
+        for (client, expected) in [
+            (
+                json!({"client_id": "x", "tls_client_auth_san_uri": "spiffe://a", "tls_client_auth_san_dns": "a.example"}),
+                "exactly one",
+            ),
+            (
+                json!({"client_id": "x", "tls_client_auth_subject_dn": "CN"}),
+                "clients[0].tls_client_auth_subject_dn",
+            ),
+            (
+                json!({"client_id": "x", "tls_client_auth_san_ip": "10.0.0.256"}),
+                "clients[0].tls_client_auth_san_ip",
+            ),
+            (
+                json!({"client_id": "x", "tls_client_auth_san_uri": ""}),
+                "clients[0].tls_client_auth_san_uri",
+            ),
+            (
+                json!({"client_id": "x", "source_cidrs": []}),
+                "source_cidrs",
+            ),
+            (
+                json!({"client_id": "x", "source_cidrs": ["10.0.0.1/8"]}),
+                "clients[0].source_cidrs[0]",
+            ),
+            (
+                json!({"client_id": "x", "tls_client_auth_san_url": "spiffe://a"}),
+                "tls_client_auth_san_url",
+            ),
+            (json!({"client_id": "x"}), "registers nothing"),
+        ] {
+            c["clients"] = json!([client]);
+            let error = parse(&c).unwrap_err().0;
+            assert!(error.contains(expected), "{client}: {error}");
+        }
+        c["clients"] =
+            json!([{"client_id": "x", "source_cidrs": vec!["10.0.0.0/8"; MAX_SOURCE_CIDRS + 1]}]);
+        assert!(parse(&c).unwrap_err().0.contains("source_cidrs"));
+    }
+
+    #[test]
+    fn peer_certificate_needs_trusted_peers_with_xfcc_only() {
+        let mut c = contract();
+        c["peer_certificate"] = json!({"source": "xfcc", "trusted_peers": [
+            {"san_uri": "spiffe://mesh.local/ns/edge/sa/ingress"}, {"san_dns": "edge.example.com"}
+        ]});
+        assert_eq!(
+            parse(&c).unwrap().peer_certificate,
+            PeerSource::Xfcc {
+                trusted_peers: vec![
+                    TrustedPeer::SanUri("spiffe://mesh.local/ns/edge/sa/ingress".into()),
+                    TrustedPeer::SanDns("edge.example.com".into()),
+                ]
+            }
+        );
+        c["peer_certificate"] = json!({"source": "connection"});
+        assert_eq!(parse(&c).unwrap().peer_certificate, PeerSource::Connection);
+        for (bad, expected) in [
+            (json!({"source": "xfcc"}), "trusted_peers"),
+            (
+                json!({"source": "xfcc", "trusted_peers": []}),
+                "trusted_peers",
+            ),
+            (
+                json!({"source": "connection", "trusted_peers": [{"san_uri": "spiffe://e"}]}),
+                "trusted_peers",
+            ),
+            (
+                json!({"source": "xfcc", "trusted_peers": [{"san_uri": "spiffe://e", "san_dns": "e"}]}),
+                "trusted_peers[0]",
+            ),
+            (
+                json!({"source": "xfcc", "trusted_peers": [{"san_uri": ""}]}),
+                "trusted_peers[0]",
+            ),
+            (
+                json!({"source": "xfcc", "trusted_peers": [{"subject": "CN=e"}]}),
+                "subject",
+            ),
+            (json!({"source": "header"}), "source"),
+            (json!({"trusted_peers": []}), "source"),
+        ] {
+            c["peer_certificate"] = bad.clone();
+            let error = parse(&c).unwrap_err().0;
+            assert!(error.contains(expected), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Rule {
     pub sign_response: Option<SignatureFormat>,
     /// Whether DPoP proofs on this route must carry a nonce Tether issued (RFC 9449 §8).
     pub dpop_nonce: bool,
+    /// Whether only tokens of registered clients (`clients`) are accepted.
+    pub require_registered_client: bool,
     /// Whether `prefix` matches case-sensitively (the default, like Envoy's route
     /// `case_sensitive`). Turn it off where Envoy's route or the back end ignores case,
     /// or `/ORDERS` would skip the `/orders` rule and still reach the orders service.
@@ -126,6 +128,7 @@ pub struct Route {
     pub signed_request: Option<SignatureFormat>,
     pub sign_response: Option<SignatureFormat>,
     pub dpop_nonce: bool,
+    pub require_registered_client: bool,
 }
 
 /// The route applied when no rule matches: the strictest requirement, no signature.
@@ -134,6 +137,7 @@ const DEFAULT_ROUTE: Route = Route {
     signed_request: None,
     sign_response: None,
     dpop_nonce: false,
+    require_registered_client: false,
 };
 
 /// The ordered rules of a policy.
@@ -148,20 +152,19 @@ impl Rules {
             if !rule.prefix.starts_with('/') {
                 return Err(format!("rules[{i}].prefix must start with '/'"));
             }
-            if rule.signed_request.is_some() && rule.require == Require::None {
-                return Err(format!(
-                    "rules[{i}].signed_request needs a token: it cannot go with require \"none\""
-                ));
-            }
-            if rule.sign_response.is_some() && rule.require == Require::None {
-                return Err(format!(
-                    "rules[{i}].sign_response needs a token: it cannot go with require \"none\""
-                ));
-            }
-            if rule.dpop_nonce && rule.require == Require::None {
-                return Err(format!(
-                    "rules[{i}].dpop_nonce needs a token: it cannot go with require \"none\""
-                ));
+            // What examines a token has nothing to examine on a route that reads none.
+            let needs_a_token = [
+                ("signed_request", rule.signed_request.is_some()),
+                ("sign_response", rule.sign_response.is_some()),
+                ("dpop_nonce", rule.dpop_nonce),
+                ("require_registered_client", rule.require_registered_client),
+            ];
+            if rule.require == Require::None {
+                if let Some((field, _)) = needs_a_token.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "rules[{i}].{field} needs a token: it cannot go with require \"none\""
+                    ));
+                }
             }
             if let Some(j) = shadowing(&rules[..i], rule) {
                 return Err(format!(
@@ -189,6 +192,7 @@ impl Rules {
                 signed_request: rule.signed_request,
                 sign_response: rule.sign_response,
                 dpop_nonce: rule.dpop_nonce,
+                require_registered_client: rule.require_registered_client,
             })
     }
 }
@@ -270,6 +274,7 @@ mod tests {
             signed_request: None,
             sign_response: None,
             dpop_nonce: false,
+            require_registered_client: false,
             case_sensitive: true,
         }
     }
@@ -396,6 +401,16 @@ mod tests {
         assert!(Rules::new(vec![none])
             .unwrap_err()
             .contains("sign_response"));
+        let mut none = rule("/x", Require::None);
+        none.require_registered_client = true;
+        assert!(Rules::new(vec![none])
+            .unwrap_err()
+            .contains("require_registered_client"));
+        let mut bearer = rule("/x", Require::Bearer);
+        bearer.require_registered_client = true;
+        let rules = Rules::new(vec![bearer]).unwrap();
+        assert!(rules.requirement("/x/1").require_registered_client);
+        assert!(!rules.requirement("/y").require_registered_client);
         let mut mtls = rule("/payments", Require::Mtls);
         mtls.signed_request = Some(SignatureFormat::HttpMessageSignature);
         mtls.sign_response = Some(SignatureFormat::Jws);

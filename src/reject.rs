@@ -140,6 +140,20 @@ reasons! {
     ClientCertificateMissing => "client_certificate_missing", 401, InvalidToken, "no client certificate";
     /// The token is bound to a different certificate than the connection's (RFC 8705 §3).
     CertificateMismatch => "certificate_mismatch", 401, InvalidToken, "token is bound to another certificate";
+    /// The token's client is registered with a certificate identity (RFC 8705 §2.1.2
+    /// `tls_client_auth_*`) that the client certificate does not have, or there is no client
+    /// certificate.
+    ClientIdentityMismatch => "client_identity_mismatch", 401, InvalidToken, "client certificate is not the registered client's";
+    /// The token's client is registered with `source_cidrs` and the connection's peer address
+    /// is in none of them.
+    ClientNetworkMismatch => "client_network_mismatch", 401, InvalidToken, "request does not come from the client's registered networks";
+    /// The route takes tokens of registered clients only (`require_registered_client`), and
+    /// the token's client (`client_id`, else `azp`, of its issuer) is not one.
+    ClientNotRegistered => "client_not_registered", 401, InvalidToken, "token's client is not registered";
+    /// `x-forwarded-client-cert` from a trusted peer (`peer_certificate.source: xfcc`) is
+    /// malformed, or its `Cert` is not the certificate its `Hash` names: a broken edge is
+    /// never half read.
+    XfccMalformed => "xfcc_malformed", 400, InvalidRequest, "malformed x-forwarded-client-cert header";
     /// A signed route, or a token bound with `cnf.jwk`, and no request signature header.
     RequestSignatureMissing => "request_signature_missing", 401, InvalidSignature, "request signature is missing";
     /// The signature header is not a detached compact JWS with a well-formed protected

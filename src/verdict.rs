@@ -10,9 +10,10 @@ use std::rc::Rc;
 use subtle::ConstantTimeEq as _;
 
 use crate::bind::httpsig::{self, Signature};
+use crate::bind::identity::CertificateFacts;
 use crate::bind::jws::{DetachedJws, SignedRequest, SigningKeys, Window};
-use crate::bind::mtls::PeerCertificate;
-use crate::bind::{digest, dpop, jose};
+use crate::bind::peer::{self, ClientCertificate, Peer};
+use crate::bind::{digest, dpop, jose, xfcc};
 use crate::cache::TokenCache;
 use crate::config::{Client, FormBodyTokens, Policy};
 use crate::crypto::SignatureVerifier;
@@ -39,6 +40,8 @@ pub struct Request<'a, 'r> {
     pub signature: &'a [&'r [u8]],
     /// Every value of the `DPoP` header (RFC 9449 §4.1).
     pub dpop: &'a [&'r [u8]],
+    /// Every line of `x-forwarded-client-cert` (left after an untrusted one was removed).
+    pub xfcc: &'a [&'r [u8]],
     /// Every header line but the pseudo-headers (names lowercase), when the policy reads RFC
     /// 9421 signatures ([`Policy::reads_header_lines`]); empty otherwise.
     pub headers: &'a [httpsig::Header<'r>],
@@ -56,6 +59,7 @@ impl std::fmt::Debug for Request<'_, '_> {
             .field("authorization_headers", &self.authorization.len())
             .field("signature_headers", &self.signature.len())
             .field("dpop_headers", &self.dpop.len())
+            .field("xfcc_headers", &self.xfcc.len())
             .field("header_lines", &self.headers.len())
             .field("form_body", &self.form_body)
             .finish()
@@ -76,6 +80,11 @@ pub struct Facts {
     pub signature: Vec<Vec<u8>>,
     /// Every line of the `DPoP` header.
     pub dpop: Vec<Vec<u8>>,
+    /// Every line of `x-forwarded-client-cert`.
+    pub xfcc: Vec<Vec<u8>>,
+    /// The request came with `x-forwarded-for` (from which Envoy may take its idea of the
+    /// peer's address, [`peer::peer_address`]).
+    pub forwarded_for: bool,
     /// Every line but the pseudo-headers and the claim-header look-alikes, in order, when the
     /// policy reads RFC 9421 signatures or signs responses with them.
     pub lines: Vec<(Vec<u8>, Vec<u8>)>,
@@ -109,6 +118,8 @@ impl Facts {
                 ":authority" => facts.authority = value,
                 "authorization" => facts.authorization.push(value),
                 "dpop" => facts.dpop.push(value),
+                xfcc::HEADER => facts.xfcc.push(value),
+                "x-forwarded-for" => facts.forwarded_for = true,
                 "content-type" => facts.form_body |= extract::is_form_urlencoded(&value),
                 "content-length" => {
                     facts.content_length = std::str::from_utf8(&value)
@@ -599,12 +610,12 @@ fn route_challenge(policy: &Policy, route: Route) -> Challenge {
 }
 
 /// Decides a request at time `now` (seconds since the Unix epoch), as far as its headers
-/// allow. `peer` gives the connection's client certificate; it is asked only when a
-/// binding needs it.
+/// allow. `peer` tells what Envoy knows of the connection; it is asked only when a check
+/// needs it.
 pub fn decide<'p>(
     policy: &'p Policy,
     request: Request<'_, '_>,
-    peer: impl FnOnce() -> Option<PeerCertificate>,
+    peer: &mut dyn Peer,
     tokens: &mut Tokens<'_>,
     now: u64,
 ) -> Verdict<'p> {
@@ -656,7 +667,15 @@ pub fn decide<'p>(
     // From here on a refusal names whose token it was (a stolen token's client, for the log).
     let identity = Published::of(&verified);
     let refuse = |reason| deny_as(reason, Some(token), challenge, identity.clone());
-    if let Err(reason) = check_binding(route, scheme, &verified, peer) {
+    let mut client = ClientSide {
+        policy,
+        peer,
+        xfcc: request.xfcc,
+        certificate: None,
+    };
+    if let Err(reason) = check_binding(route, scheme, &verified, &mut client)
+        .and_then(|()| check_client(policy, route, &verified, &mut client))
+    {
         return refuse(reason);
     }
     let headers = claim_headers(policy, &verified);
@@ -871,19 +890,7 @@ fn signature_checks(
     let client = match verified.confirmation().jwk {
         Some(_) => None,
         None => {
-            let client_id = verified
-                .string_claim("client_id")
-                .or_else(|| verified.string_claim("azp"))
-                .ok_or(Reason::RequestSignatureKeyUnknown)?;
-            // The client of the token's own issuer: a client_id is an issuer's name for a
-            // client, and another trusted issuer must not select this client's keys.
-            let issuer = verified.string_claim("iss");
-            let index = policy
-                .clients
-                .iter()
-                .position(|c| c.client_id == client_id && Some(c.issuer.as_str()) == issuer)
-                .ok_or(Reason::RequestSignatureKeyUnknown)?;
-            Some(index)
+            Some(registered_client(policy, &verified).ok_or(Reason::RequestSignatureKeyUnknown)?)
         }
     };
     Ok(PendingSignature {
@@ -1022,6 +1029,78 @@ impl Tokens<'_> {
     }
 }
 
+/// The client's side of the connection: its certificate, worked out when a check first needs
+/// it (the connection's, or a trusted edge's XFCC element, [`peer::client_certificate`]).
+struct ClientSide<'a, 'r> {
+    policy: &'a Policy,
+    peer: &'a mut dyn Peer,
+    xfcc: &'a [&'r [u8]],
+    certificate: Option<ClientCertificate>,
+}
+
+impl ClientSide<'_, '_> {
+    fn certificate(&mut self) -> Result<&ClientCertificate, Reason> {
+        let certificate = match self.certificate.take() {
+            Some(known) => known,
+            None => peer::client_certificate(&self.policy.peer_certificate, self.peer, self.xfcc)?,
+        };
+        Ok(self.certificate.insert(certificate))
+    }
+
+    fn facts(&mut self) -> Result<CertificateFacts, Reason> {
+        let certificate = self.certificate()?.clone();
+        certificate.facts(self.peer, self.xfcc)
+    }
+}
+
+/// The index in `clients` of the token's registered client: its `client_id` (else `azp`,
+/// OpenID Connect Core §2), registered for the token's own issuer (a `client_id` is an
+/// issuer's name for a client: another trusted issuer must not select this client).
+fn registered_client(policy: &Policy, verified: &VerifiedToken) -> Option<usize> {
+    let client_id = verified
+        .string_claim("client_id")
+        .or_else(|| verified.string_claim("azp"))?;
+    let issuer = verified.string_claim("iss")?;
+    policy
+        .clients
+        .iter()
+        .position(|c| c.client_id == client_id && c.issuer == issuer)
+}
+
+/// RFC 8705 §2.1.2 and `source_cidrs`: a token of a client registered with a certificate
+/// identity is accepted only over a client certificate with that identity, and one of a
+/// client registered with networks only from those networks: a token stolen from the
+/// client's gateway is useless from anywhere else, with any other certificate, whatever the
+/// route asks of the token itself. A `require_registered_client` route takes tokens of
+/// registered clients only.
+fn check_client(
+    policy: &Policy,
+    route: Route,
+    verified: &VerifiedToken,
+    client_side: &mut ClientSide<'_, '_>,
+) -> Result<(), Reason> {
+    let Some(client) = registered_client(policy, verified).and_then(|i| policy.clients.get(i))
+    else {
+        return match route.require_registered_client {
+            true => Err(Reason::ClientNotRegistered),
+            false => Ok(()),
+        };
+    };
+    if let Some(identity) = &client.identity {
+        if !identity.matches(&client_side.facts()?) {
+            return Err(Reason::ClientIdentityMismatch);
+        }
+    }
+    if !client.networks.is_empty() {
+        // The connection's own peer address: never a forwarded header, which anyone can set.
+        let address = client_side.peer.address();
+        if !address.is_some_and(|a| client.networks.iter().any(|n| n.contains(a))) {
+            return Err(Reason::ClientNetworkMismatch);
+        }
+    }
+    Ok(())
+}
+
 /// Checks that the verified token's binding fits the scheme it came with and the route, and
 /// proves its certificate binding. (Its key bindings are proved later: the DPoP proof on the
 /// headers, the request signature over the body.)
@@ -1029,7 +1108,7 @@ fn check_binding(
     route: Route,
     scheme: Scheme,
     verified: &VerifiedToken,
-    peer: impl FnOnce() -> Option<PeerCertificate>,
+    client_side: &mut ClientSide<'_, '_>,
 ) -> Result<(), Reason> {
     let confirmation = verified.confirmation();
     match (scheme, confirmation.jkt.is_some()) {
@@ -1050,7 +1129,11 @@ fn check_binding(
         return Err(Reason::NotSenderConstrained);
     }
     // On every route, a certificate-bound token is accepted only over its certificate.
-    confirmation.prove_certificate(peer)
+    if confirmation.x5t_s256.is_some() {
+        let digest = client_side.certificate()?.digest;
+        confirmation.prove_certificate(|| digest)?;
+    }
+    Ok(())
 }
 
 /// The `claims_to_headers` values of a verified token: string claims only, and only values
@@ -1072,6 +1155,8 @@ fn claim_headers<'p>(policy: &'p Policy, token: &VerifiedToken) -> Vec<(&'p str,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bind::mtls::PeerCertificate;
+    use crate::bind::peer::{PeerNames, Reported};
     use crate::crypto::InVm;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     use base64::Engine as _;
@@ -1112,6 +1197,21 @@ mod tests {
         });
         let policy = Policy::from_json(config.to_string().as_bytes()).unwrap();
         Fixture { key, policy }
+    }
+
+    /// A connection that must not be looked at.
+    struct Untouched;
+
+    impl Peer for Untouched {
+        fn digest(&mut self) -> Option<PeerCertificate> {
+            panic!("peer certificate read")
+        }
+        fn names(&mut self) -> PeerNames {
+            panic!("peer certificate names read")
+        }
+        fn address(&mut self) -> Option<std::net::IpAddr> {
+            panic!("peer address read")
+        }
     }
 
     fn cert(der: &[u8]) -> PeerCertificate {
@@ -1164,7 +1264,13 @@ mod tests {
             fetched: &FetchedKeys::default(),
             replay: &mut NoReplay,
         };
-        decide(&f.policy, request, || peer, &mut tokens, NOW)
+        decide(
+            &f.policy,
+            request,
+            &mut Reported::with(peer),
+            &mut tokens,
+            NOW,
+        )
     }
 
     fn allowed<'p>(v: Verdict<'p>) -> Option<Vec<(&'p str, String)>> {
@@ -1245,7 +1351,7 @@ mod tests {
             let alice = decide(
                 &f.policy,
                 request,
-                || Some(cert(ALICE_DER)),
+                &mut Reported::with(Some(cert(ALICE_DER))),
                 &mut tokens,
                 NOW,
             );
@@ -1253,7 +1359,7 @@ mod tests {
             let mallory = decide(
                 &f.policy,
                 request,
-                || Some(cert(MALLORY_DER)),
+                &mut Reported::with(Some(cert(MALLORY_DER))),
                 &mut tokens,
                 NOW,
             );
@@ -1264,7 +1370,7 @@ mod tests {
         let late = decide(
             &f.policy,
             request,
-            || Some(cert(ALICE_DER)),
+            &mut Reported::with(Some(cert(ALICE_DER))),
             &mut tokens,
             NOW + 400,
         );
@@ -1294,7 +1400,7 @@ mod tests {
             let early = decide(
                 &f.policy,
                 request,
-                || Some(cert(ALICE_DER)),
+                &mut Reported::with(Some(cert(ALICE_DER))),
                 &mut tokens,
                 NOW - 100,
             );
@@ -1449,7 +1555,13 @@ mod tests {
             ..Request::default()
         };
         assert_eq!(
-            reason(decide(&f.policy, request, || None, &mut uncached(), NOW)),
+            reason(decide(
+                &f.policy,
+                request,
+                &mut Reported::default(),
+                &mut uncached(),
+                NOW
+            )),
             Reason::PathNotNormalized
         );
     }
@@ -1499,13 +1611,7 @@ mod tests {
             authorization: &[auth.as_bytes()],
             ..Request::default()
         };
-        let verdict = decide(
-            &f.policy,
-            request,
-            || panic!("peer certificate read"),
-            &mut uncached(),
-            NOW,
-        );
+        let verdict = decide(&f.policy, request, &mut Untouched, &mut uncached(), NOW);
         assert!(matches!(verdict, Verdict::Allow { .. }));
     }
 
@@ -1528,7 +1634,15 @@ mod tests {
                 issuer,
                 &[("client_id", json!("alice-app"))],
             ));
-            match post.with(|request| decide(&policy, request, || None, &mut uncached(), NOW)) {
+            match post.with(|request| {
+                decide(
+                    &policy,
+                    request,
+                    &mut Reported::default(),
+                    &mut uncached(),
+                    NOW,
+                )
+            }) {
                 Verdict::NeedBody(pending) => Ok(pending.signature.and_then(|s| s.client)),
                 Verdict::Deny { reason, .. } => Err(reason),
                 other => panic!("{other:?}"),
@@ -1583,6 +1697,7 @@ mod tests {
                 authority: b"api.example",
                 signature: &signature,
                 dpop: &[],
+                xfcc: &[],
                 headers: &[],
                 form_body: false,
             })
@@ -1627,7 +1742,7 @@ mod tests {
             match decide(
                 policy,
                 request,
-                || Some(cert(ALICE_DER)),
+                &mut Reported::with(Some(cert(ALICE_DER))),
                 &mut uncached(),
                 NOW,
             ) {
@@ -1690,7 +1805,7 @@ mod tests {
         let held = || match decide(
             &f.policy,
             request,
-            || Some(cert(ALICE_DER)),
+            &mut Reported::with(Some(cert(ALICE_DER))),
             &mut uncached(),
             NOW,
         ) {
@@ -1741,9 +1856,15 @@ mod tests {
         );
         let post = SignedPost::new(&signed_token(&f, ISS, &[("client_id", json!("alice-app"))]));
         let finish = |since: u64| {
-            let Verdict::NeedBody(pending) =
-                post.with(|request| decide(&policy, request, || None, &mut uncached(), NOW))
-            else {
+            let Verdict::NeedBody(pending) = post.with(|request| {
+                decide(
+                    &policy,
+                    request,
+                    &mut Reported::default(),
+                    &mut uncached(),
+                    NOW,
+                )
+            }) else {
                 panic!("not held for the body");
             };
             let mut store = Forgetful {
@@ -1787,7 +1908,7 @@ mod tests {
         let verdict = decide(
             &f.policy,
             request,
-            || Some(cert(ALICE_DER)),
+            &mut Reported::with(Some(cert(ALICE_DER))),
             &mut uncached(),
             NOW,
         );
@@ -1852,13 +1973,14 @@ mod tests {
                 authority: b"api.example",
                 signature: &signatures,
                 dpop: &[],
+                xfcc: &[],
                 headers: &[],
                 form_body: false,
             };
             let Verdict::NeedBody(pending) = decide(
                 &f.policy,
                 request,
-                || Some(cert(ALICE_DER)),
+                &mut Reported::with(Some(cert(ALICE_DER))),
                 &mut uncached(),
                 NOW,
             ) else {
@@ -2050,7 +2172,13 @@ mod tests {
                 fetched: &FetchedKeys::default(),
                 replay: &mut store,
             };
-            decide(&f.policy, request, || peer, &mut tokens, NOW)
+            decide(
+                &f.policy,
+                request,
+                &mut Reported::with(peer),
+                &mut tokens,
+                NOW,
+            )
         }
 
         fn refusal(v: Verdict<'_>) -> (Reason, Challenge) {
@@ -2339,7 +2467,13 @@ mod tests {
                 fetched: &FetchedKeys::default(),
                 replay: &mut record,
             };
-            decide(&f.policy, request, || None, &mut tokens, NOW)
+            decide(
+                &f.policy,
+                request,
+                &mut Reported::default(),
+                &mut tokens,
+                NOW,
+            )
         }
 
         fn finish(
@@ -2450,6 +2584,271 @@ mod tests {
             });
             let error = Policy::from_json(config.to_string().as_bytes()).unwrap_err();
             assert!(error.0.contains("required_components"), "{error}");
+        }
+    }
+
+    /// Issue 11: RFC 8705 §2.1.2 client identity, `source_cidrs`, `require_registered_client`
+    /// and the client certificate forwarded by a trusted edge.
+    mod client_identity {
+        use super::*;
+
+        const TPP: &str = "spiffe://mesh.local/ns/tpp/sa/client";
+        const EDGE: &str = "spiffe://mesh.local/ns/edge/sa/ingress";
+
+        fn fixture_with(extra: Value) -> Fixture {
+            let key = ES256KeyPair::generate().with_key_id("k1");
+            let mut config = json!({
+                "issuers": [{"issuer": ISS, "audiences": [AUD], "jwks": issuer_jwks(&key)}],
+                "rules": [
+                    {"prefix": "/open", "require": "bearer"},
+                    {"prefix": "/partners", "require": "bearer", "require_registered_client": true},
+                    {"prefix": "/", "require": "mtls"}
+                ],
+                "clients": [
+                    {"client_id": "tpp", "tls_client_auth_san_uri": TPP},
+                    {"client_id": "branch", "source_cidrs": ["10.20.0.0/16", "2001:db8:20::/48"]},
+                    {"client_id": "bank", "tls_client_auth_subject_dn": "CN=bank,O=Example Bank,C=GB"}
+                ]
+            });
+            if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+                for (name, value) in extra {
+                    config.insert(name.clone(), value.clone());
+                }
+            }
+            let policy = Policy::from_json(config.to_string().as_bytes()).unwrap();
+            Fixture { key, policy }
+        }
+
+        fn connection(der: &[u8], uri: Option<&str>, address: &str) -> Reported {
+            Reported {
+                digest: Some(cert(der)),
+                names: PeerNames {
+                    uri: uri.map(str::to_string),
+                    ..PeerNames::default()
+                },
+                address: address.parse().ok(),
+            }
+        }
+
+        fn decide_on(
+            f: &Fixture,
+            path: &str,
+            token: &str,
+            xfcc: &[&[u8]],
+            peer: &mut Reported,
+        ) -> Result<(), Reason> {
+            let auth = format!("Bearer {token}");
+            let request = Request {
+                path: path.as_bytes(),
+                authorization: &[auth.as_bytes()],
+                xfcc,
+                ..Request::default()
+            };
+            match decide(&f.policy, request, peer, &mut uncached(), NOW) {
+                Verdict::Allow { .. } => Ok(()),
+                other => Err(reason(other)),
+            }
+        }
+
+        #[test]
+        fn a_registered_san_uri_is_required_on_every_route_that_examines_a_token() {
+            let f = fixture_with(json!({}));
+            let bound = token(&f, bound_to(ALICE_DER), &[("client_id", json!("tpp"))]);
+            let unbound = token(&f, None, &[("client_id", json!("tpp"))]);
+            let mut right = connection(ALICE_DER, Some(TPP), "10.0.0.1:443");
+            assert_eq!(decide_on(&f, "/orders", &bound, &[], &mut right), Ok(()));
+            assert_eq!(decide_on(&f, "/open", &unbound, &[], &mut right), Ok(()));
+            // The same certificate digest, another name: the token's own binding holds, the
+            // client's identity does not.
+            let mut other_name = connection(
+                ALICE_DER,
+                Some("spiffe://mesh.local/ns/x/sa/y"),
+                "10.0.0.1:1",
+            );
+            for (path, token) in [("/orders", &bound), ("/open", &unbound)] {
+                assert_eq!(
+                    decide_on(&f, path, token, &[], &mut other_name),
+                    Err(Reason::ClientIdentityMismatch),
+                    "{path}"
+                );
+            }
+            // No client certificate at all.
+            assert_eq!(
+                decide_on(&f, "/open", &unbound, &[], &mut Reported::default()),
+                Err(Reason::ClientIdentityMismatch)
+            );
+            // A certificate-bound token over another certificate fails on its binding first.
+            let mut mallory = connection(MALLORY_DER, Some(TPP), "10.0.0.1:1");
+            assert_eq!(
+                decide_on(&f, "/orders", &bound, &[], &mut mallory),
+                Err(Reason::CertificateMismatch)
+            );
+        }
+
+        #[test]
+        fn azp_names_the_client_when_client_id_is_absent() {
+            let f = fixture_with(json!({}));
+            let unbound = token(&f, None, &[("azp", json!("tpp"))]);
+            assert_eq!(
+                decide_on(&f, "/open", &unbound, &[], &mut Reported::default()),
+                Err(Reason::ClientIdentityMismatch)
+            );
+            let both = token(
+                &f,
+                None,
+                &[("client_id", json!("nobody")), ("azp", json!("tpp"))],
+            );
+            assert_eq!(
+                decide_on(&f, "/open", &both, &[], &mut Reported::default()),
+                Ok(())
+            );
+        }
+
+        #[test]
+        fn a_registered_subject_dn_compares_as_a_distinguished_name() {
+            let f = fixture_with(json!({}));
+            let unbound = token(&f, None, &[("client_id", json!("bank"))]);
+            let with_subject = |subject: &str| Reported {
+                digest: Some(cert(ALICE_DER)),
+                names: PeerNames {
+                    subject: Some(subject.into()),
+                    ..PeerNames::default()
+                },
+                address: None,
+            };
+            assert_eq!(
+                decide_on(
+                    &f,
+                    "/open",
+                    &unbound,
+                    &[],
+                    &mut with_subject("cn=BANK, o=example  bank,c=gb")
+                ),
+                Ok(())
+            );
+            assert_eq!(
+                decide_on(
+                    &f,
+                    "/open",
+                    &unbound,
+                    &[],
+                    &mut with_subject("CN=bank,O=Example Bank")
+                ),
+                Err(Reason::ClientIdentityMismatch)
+            );
+        }
+
+        #[test]
+        fn source_cidrs_are_checked_against_the_connections_address() {
+            let f = fixture_with(json!({}));
+            let unbound = token(&f, None, &[("client_id", json!("branch"))]);
+            for (address, expected) in [
+                ("10.20.3.4:5555", Ok(())),
+                ("[::ffff:10.20.3.4]:5555", Ok(())),
+                ("[2001:db8:20:1::9]:443", Ok(())),
+                ("10.21.0.1:5555", Err(Reason::ClientNetworkMismatch)),
+                ("[2001:db8:21::9]:443", Err(Reason::ClientNetworkMismatch)),
+                // An address Envoy did not give: not in any network.
+                ("", Err(Reason::ClientNetworkMismatch)),
+            ] {
+                let mut peer = Reported {
+                    address: address.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()),
+                    ..Reported::default()
+                };
+                assert_eq!(
+                    decide_on(&f, "/open", &unbound, &[], &mut peer),
+                    expected,
+                    "{address}"
+                );
+            }
+        }
+
+        #[test]
+        fn registered_client_routes_refuse_tokens_of_other_clients() {
+            let f = fixture_with(json!({}));
+            let stranger = token(&f, None, &[("client_id", json!("stranger"))]);
+            let nameless = token(&f, None, &[]);
+            for t in [&stranger, &nameless] {
+                assert_eq!(
+                    decide_on(&f, "/partners/1", t, &[], &mut Reported::default()),
+                    Err(Reason::ClientNotRegistered)
+                );
+                assert_eq!(
+                    decide_on(&f, "/open", t, &[], &mut Reported::default()),
+                    Ok(())
+                );
+            }
+            let branch = token(&f, None, &[("client_id", json!("branch"))]);
+            let mut inside = Reported {
+                address: "10.20.0.9".parse().ok(),
+                ..Reported::default()
+            };
+            assert_eq!(
+                decide_on(&f, "/partners/1", &branch, &[], &mut inside),
+                Ok(())
+            );
+        }
+
+        #[test]
+        fn a_client_of_another_issuer_is_not_this_client() {
+            let key = ES256KeyPair::generate().with_key_id("k1");
+            let config = json!({
+                "issuers": [
+                    {"issuer": ISS, "audiences": [AUD], "jwks": issuer_jwks(&key)},
+                    {"issuer": "https://other.example", "audiences": [AUD], "jwks": issuer_jwks(&key)}
+                ],
+                "rules": [{"prefix": "/", "require": "bearer", "require_registered_client": true}],
+                "clients": [{"client_id": "tpp", "issuer": "https://other.example", "tls_client_auth_san_uri": TPP}]
+            });
+            let f = Fixture {
+                policy: Policy::from_json(config.to_string().as_bytes()).unwrap(),
+                key,
+            };
+            let ours = token(&f, None, &[("client_id", json!("tpp"))]);
+            assert_eq!(
+                decide_on(&f, "/x", &ours, &[], &mut Reported::default()),
+                Err(Reason::ClientNotRegistered)
+            );
+        }
+
+        #[test]
+        fn a_trusted_edge_forwards_the_client_certificate() {
+            let f = fixture_with(json!({
+                "peer_certificate": {"source": "xfcc", "trusted_peers": [{"san_uri": EDGE}]}
+            }));
+            let bound = token(&f, bound_to(ALICE_DER), &[("client_id", json!("tpp"))]);
+            let hash: String = Sha256::digest(ALICE_DER)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let alice = format!("Hash={hash};URI={TPP}");
+            let mut edge = connection(b"edge", Some(EDGE), "10.0.0.2:1");
+            assert_eq!(
+                decide_on(&f, "/orders", &bound, &[alice.as_bytes()], &mut edge),
+                Ok(())
+            );
+            // The edge's own certificate never stands in for the client's.
+            assert_eq!(
+                decide_on(&f, "/orders", &bound, &[], &mut edge),
+                Err(Reason::ClientCertificateMissing)
+            );
+            assert_eq!(
+                decide_on(&f, "/orders", &bound, &[b"Hash=00"], &mut edge),
+                Err(Reason::XfccMalformed)
+            );
+            // The same header over any other connection names nobody: the connection's own
+            // certificate is the client's (the glue has removed the header by then).
+            let mut direct = connection(ALICE_DER, Some(TPP), "10.0.0.3:1");
+            assert_eq!(decide_on(&f, "/orders", &bound, &[], &mut direct), Ok(()));
+            let mut mallory = connection(
+                MALLORY_DER,
+                Some("spiffe://mesh.local/ns/m/sa/m"),
+                "10.0.0.3:1",
+            );
+            assert_eq!(
+                decide_on(&f, "/orders", &bound, &[alice.as_bytes()], &mut mallory),
+                Err(Reason::CertificateMismatch)
+            );
         }
     }
 }

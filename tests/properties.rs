@@ -684,15 +684,25 @@ mod policy {
             format(),
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
         )
             .prop_map(
-                |(prefix, require, signed_request, sign_response, dpop_nonce, case_sensitive)| {
+                |(
+                    prefix,
+                    require,
+                    signed_request,
+                    sign_response,
+                    dpop_nonce,
+                    require_registered_client,
+                    case_sensitive,
+                )| {
                     Rule {
                         prefix,
                         require,
                         signed_request,
                         sign_response,
                         dpop_nonce,
+                        require_registered_client,
                         case_sensitive,
                     }
                 },
@@ -728,12 +738,14 @@ mod policy {
                     signed_request: None,
                     sign_response: None,
                     dpop_nonce: false,
+                    require_registered_client: false,
                 },
                 |rule| Route {
                     require: rule.require,
                     signed_request: rule.signed_request,
                     sign_response: rule.sign_response,
                     dpop_nonce: rule.dpop_nonce,
+                    require_registered_client: rule.require_registered_client,
                 },
             )
     }

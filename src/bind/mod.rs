@@ -14,6 +14,7 @@ pub mod identity;
 pub mod jose;
 pub mod jws;
 pub mod mtls;
+pub mod peer;
 pub mod xfcc;
 
 use serde_json::Value;

@@ -35,6 +35,11 @@ impl PeerCertificate {
         Some(PeerCertificate { sha256 })
     }
 
+    /// The SHA-256 of the certificate's DER.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+
     /// The certificate's thumbprint in the form of `x5t#S256`.
     pub fn thumbprint(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.sha256)

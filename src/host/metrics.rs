@@ -1,6 +1,7 @@
 //! Envoy counters: `tether.allowed`, one `tether.refused.<reason>` per reason, and the key
 //! set fetches (`tether.jwks_fetch.success`, `.failure`, `.key_skipped`), signed responses
-//! (`tether.response_signed`) and key set answers (`tether.jwks_served`), shown in Envoy's
+//! (`tether.response_signed`), key set answers (`tether.jwks_served`) and XFCC headers
+//! from untrusted peers, removed (`tether.xfcc_untrusted`), shown in Envoy's
 //! `/stats` with the `wasmcustom.` prefix.
 
 use super::hostcalls;
@@ -15,6 +16,7 @@ pub struct Metrics {
     key_skipped: Option<u32>,
     responses_signed: Option<u32>,
     jwks_served: Option<u32>,
+    xfcc_untrusted: Option<u32>,
     /// Indexed like [`Reason::ALL`].
     refused: Vec<Option<u32>>,
 }
@@ -32,6 +34,7 @@ impl Metrics {
             key_skipped: counter("tether.jwks_fetch.key_skipped"),
             responses_signed: counter("tether.response_signed"),
             jwks_served: counter("tether.jwks_served"),
+            xfcc_untrusted: counter("tether.xfcc_untrusted"),
             refused: Reason::ALL
                 .iter()
                 .map(|r| counter(&r.metric_name()))
@@ -68,6 +71,11 @@ impl Metrics {
     /// The published key set answered (`response_signing.jwks_path`).
     pub fn jwks_served(&self) {
         increment(self.jwks_served, 1);
+    }
+
+    /// An `x-forwarded-client-cert` from a peer that is not trusted, removed.
+    pub fn xfcc_untrusted(&self) {
+        increment(self.xfcc_untrusted, 1);
     }
 
     pub fn refused(&self, reason: Reason) {

@@ -18,6 +18,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
 use crate::bind::mtls::PeerCertificate;
+use crate::bind::peer::{self, Forwarded, Peer, PeerNames};
+use crate::bind::xfcc;
 use crate::cache::TokenCache;
 use crate::config::Policy;
 use crate::crypto::native::{ForeignFunction, Native};
@@ -78,6 +80,8 @@ struct Shared {
     limits: Limits,
     /// The hint about a body that never reached the filter was logged (once per VM).
     warned_body_withheld: Cell<bool>,
+    /// The hint about a peer address that `x-forwarded-for` made unknown was logged.
+    warned_address_withheld: Cell<bool>,
     /// What the responses of allowed requests get (a DPoP nonce, a signature), until they
     /// start.
     answers: RefCell<HashMap<u32, Answer>>,
@@ -100,7 +104,8 @@ struct ToSign {
 /// What it takes to decide a request (again), beside its life in the [`Table`].
 struct RequestState {
     facts: Facts,
-    peer: Option<PeerCertificate>,
+    /// What Envoy reports of the connection, read once when first needed.
+    connection: Connection,
     /// What waits for the body (the request signature, the form scan).
     pending: Option<Box<Pending>>,
     /// The claim headers to set once it is allowed.
@@ -114,14 +119,83 @@ struct RequestState {
 }
 
 /// Reads the request's header lines once, and removes those an upstream could take for a
-/// claim header.
-fn read_facts(policy: &Policy) -> Result<Facts, Reason> {
+/// claim header, and an `x-forwarded-client-cert` from a peer that is not trusted to send
+/// one (`peer_certificate.source: xfcc`); a malformed one from a trusted peer refuses the
+/// request, whatever the route.
+fn read_facts(shared: &Shared, connection: &mut Connection) -> Result<Facts, Reason> {
     let headers = hostcalls::header_pairs(Map::RequestHeaders).map_err(|_| Reason::HostError)?;
-    let (facts, spoofed) = Facts::from_headers(headers, policy);
+    let (mut facts, spoofed) = Facts::from_headers(headers, &shared.policy);
     for name in spoofed {
         let _ = hostcalls::remove_header(Map::RequestHeaders, &name);
     }
+    if !facts.xfcc.is_empty() {
+        let lines: Vec<&[u8]> = facts.xfcc.iter().map(Vec::as_slice).collect();
+        match peer::forwarded(&shared.policy.peer_certificate, connection, &lines) {
+            Forwarded::Untrusted => {
+                // Never read, and never forwarded: an upstream could trust it.
+                let _ = hostcalls::remove_header(Map::RequestHeaders, xfcc::HEADER);
+                shared.metrics.xfcc_untrusted();
+                facts.xfcc.clear();
+            }
+            Forwarded::Malformed => return Err(Reason::XfccMalformed),
+            Forwarded::Absent | Forwarded::OwnElement | Forwarded::Trusted => {}
+        }
+    }
+    connection.forwarded_for = facts.forwarded_for;
     Ok(facts)
+}
+
+/// What Envoy reports of a request's connection, each read from the host once, when first
+/// asked.
+#[derive(Default)]
+struct Connection {
+    /// The request came with `x-forwarded-for`.
+    forwarded_for: bool,
+    /// The peer address was asked for and is unknown because of `x-forwarded-for`.
+    address_withheld: bool,
+    digest: Option<Option<PeerCertificate>>,
+    names: Option<PeerNames>,
+    address: Option<Option<std::net::IpAddr>>,
+}
+
+impl Peer for Connection {
+    fn digest(&mut self) -> Option<PeerCertificate> {
+        *self.digest.get_or_insert_with(|| {
+            text_property("sha256_peer_certificate_digest")
+                .and_then(|hex| PeerCertificate::from_hex_digest(hex.as_bytes()))
+        })
+    }
+
+    fn names(&mut self) -> PeerNames {
+        self.names
+            .get_or_insert_with(|| PeerNames {
+                subject: text_property("subject_peer_certificate"),
+                uri: text_property("uri_san_peer_certificate"),
+                dns: text_property("dns_san_peer_certificate"),
+            })
+            .clone()
+    }
+
+    fn address(&mut self) -> Option<std::net::IpAddr> {
+        if let Some(known) = self.address {
+            return known;
+        }
+        let direct = hostcalls::property(&["filter_state", peer::PEER_ADDRESS_STATE])
+            .ok()
+            .flatten();
+        let address = peer::peer_address(direct.as_deref(), self.forwarded_for, || {
+            hostcalls::property(&["source", "address"]).ok().flatten()
+        });
+        self.address_withheld = direct.is_none() && self.forwarded_for;
+        self.address = Some(address);
+        address
+    }
+}
+
+/// A `connection.<name>` property as text; `None` if absent, empty or not UTF-8.
+fn text_property(name: &str) -> Option<String> {
+    let value = hostcalls::property(&["connection", name]).ok()??;
+    String::from_utf8(value).ok().filter(|v| !v.is_empty())
 }
 
 /// One per VM and plugin.
@@ -236,6 +310,7 @@ impl RootContext for Root {
             replay,
             limits,
             warned_body_withheld: Cell::new(false),
+            warned_address_withheld: Cell::new(false),
             answers: RefCell::new(HashMap::new()),
         });
         // The first fetch starts on the first tick, not here: a VM configured on Envoy's main
@@ -297,7 +372,8 @@ impl HttpContext for Filter {
             publish(Some(Reason::NotConfigured), &Published::default(), None);
             return refuse(None, Reason::NotConfigured, None, Challenge::BEARER, now_ms);
         };
-        let facts = match read_facts(&shared.policy) {
+        let mut connection = Connection::default();
+        let facts = match read_facts(&shared, &mut connection) {
             Ok(facts) => facts,
             Err(reason) => {
                 shared.held.borrow_mut().refused(self.context_id);
@@ -315,7 +391,7 @@ impl HttpContext for Filter {
             token_fp: None,
             request: RequestState {
                 facts,
-                peer: None,
+                connection,
                 pending: None,
                 headers: Vec::new(),
                 challenge: Challenge::BEARER,
@@ -553,6 +629,7 @@ fn decide_again(
     let authorization: Vec<&[u8]> = facts.authorization.iter().map(Vec::as_slice).collect();
     let signature: Vec<&[u8]> = facts.signature.iter().map(Vec::as_slice).collect();
     let dpop: Vec<&[u8]> = facts.dpop.iter().map(Vec::as_slice).collect();
+    let xfcc: Vec<&[u8]> = facts.xfcc.iter().map(Vec::as_slice).collect();
     let lines: Vec<(&[u8], &[u8])> = facts
         .lines
         .iter()
@@ -567,15 +644,8 @@ fn decide_again(
         authority: &facts.authority,
         signature: &signature,
         dpop: &dpop,
+        xfcc: &xfcc,
         form_body: facts.form_body,
-    };
-    // The connection's certificate is read once, when a binding first needs it.
-    let mut peer = request.peer;
-    let mut read_peer = || {
-        if peer.is_none() {
-            peer = peer_certificate();
-        }
-        peer
     };
     // The VM runs one callback at a time, so these are never borrowed twice; were they,
     // the request is served uncached rather than trapping the VM.
@@ -591,14 +661,22 @@ fn decide_again(
         fetched,
         replay: &mut replay,
     };
-    let verdict = decide(policy, facts_view, &mut read_peer, &mut tokens, now);
+    let verdict = decide(
+        policy,
+        facts_view,
+        &mut request.connection,
+        &mut tokens,
+        now,
+    );
+    if request.connection.address_withheld && !shared.warned_address_withheld.replace(true) {
+        log(Level::Warn, "tether: source_cidrs: a request came with x-forwarded-for, from which Envoy may take source.address, so its peer address is unknown and no network matches; give Tether the connection's own address with Envoy's set_filter_state filter (README, \"Client networks\"). Logged once.");
+    }
     let (decision, leftovers) = verdict.into_decision(policy, fetched, may_wait, |endpoint| {
         shared
             .fetcher
             .try_borrow()
             .is_ok_and(|fetcher| fetcher.request_refetch(endpoint, now))
     });
-    request.peer = peer;
     request.headers = leftovers.headers;
     request.pending = leftovers.pending;
     request.challenge = leftovers.challenge;
@@ -827,12 +905,6 @@ fn refuse(
         );
     }
     Action::Pause
-}
-
-/// The connection's client certificate, from Envoy's `sha256_peer_certificate_digest`.
-fn peer_certificate() -> Option<PeerCertificate> {
-    let digest = hostcalls::property(&["connection", "sha256_peer_certificate_digest"]).ok()??;
-    PeerCertificate::from_hex_digest(&digest)
 }
 
 /// The host's clock, in seconds since the Unix epoch.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::pki::Pki;
+use super::pki::{ClientCert, Pki};
 use super::repo_root;
 use super::scratch::ScratchDir;
 
@@ -96,6 +96,12 @@ pub struct Bootstrap {
     /// A file access log: its path and its text format (with `%REQ_WITHOUT_QUERY(...)%`
     /// available).
     pub access_log: Option<(PathBuf, String)>,
+    /// More fields of the HTTP connection manager, such as `forward_client_cert_details` and
+    /// `set_current_client_cert_details` (what it does with XFCC).
+    pub connection_manager: Option<Value>,
+    /// Connect to the upstream over TLS, presenting this client certificate and trusting the
+    /// CA (an edge in front of a sidecar).
+    pub upstream_tls: Option<ClientCert>,
     /// Environment variables of the Envoy process that Tether's VM may read
     /// (`vm_config.environment_variables.host_env_keys`): secrets kept out of the config.
     pub vm_env: Vec<(String, String)>,
@@ -119,6 +125,8 @@ impl Bootstrap {
             filters_before: Vec::new(),
             crl: None,
             access_log: None,
+            connection_manager: None,
+            upstream_tls: None,
             vm_env: Vec::new(),
         }
     }
@@ -155,6 +163,22 @@ impl Bootstrap {
                 }
             });
         }
+        if let Some(client) = &self.upstream_tls {
+            echo["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": "localhost",
+                    "common_tls_context": {
+                        "tls_certificates": [{
+                            "certificate_chain": file(&client.cert),
+                            "private_key": file(&client.key),
+                        }],
+                        "validation_context": {"trusted_ca": file(&self.ca)},
+                    },
+                },
+            });
+        }
         let mut clusters = vec![echo];
         clusters.extend(
             self.clusters
@@ -185,6 +209,33 @@ impl Bootstrap {
         if let Some(crl) = &self.crl {
             validation["crl"] = file(crl);
         }
+        let mut connection_manager = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "tether_https",
+            "access_log": access_log,
+            // The filter's path rules assume RFC 3986 normalized paths; it refuses what
+            // normalization leaves ambiguous (%2F, %5C).
+            "normalize_path": true,
+            "merge_slashes": true,
+            "http_protocol_options": {"enable_trailers": self.enable_trailers},
+            "route_config": {
+                "virtual_hosts": [{
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{
+                        "match": {"prefix": "/"},
+                        "route": {"cluster": "echo"},
+                    }],
+                }],
+            },
+            "http_filters": http_filters,
+        });
+        if let (Some(manager), Some(more)) = (
+            connection_manager.as_object_mut(),
+            self.connection_manager.as_ref().and_then(Value::as_object),
+        ) {
+            manager.extend(more.clone());
+        }
         json!({
             "admin": {"address": socket_address(0)},
             "static_resources": {
@@ -213,27 +264,7 @@ impl Bootstrap {
                         },
                         "filters": [{
                             "name": "envoy.filters.network.http_connection_manager",
-                            "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                                "stat_prefix": "tether_https",
-                                "access_log": access_log,
-                                // The filter's path rules assume RFC 3986 normalized paths;
-                                // it refuses what normalization leaves ambiguous (%2F, %5C).
-                                "normalize_path": true,
-                                "merge_slashes": true,
-                                "http_protocol_options": {"enable_trailers": self.enable_trailers},
-                                "route_config": {
-                                    "virtual_hosts": [{
-                                        "name": "all",
-                                        "domains": ["*"],
-                                        "routes": [{
-                                            "match": {"prefix": "/"},
-                                            "route": {"cluster": "echo"},
-                                        }],
-                                    }],
-                                },
-                                "http_filters": http_filters,
-                            },
+                            "typed_config": connection_manager,
                         }],
                     }],
                 }],

@@ -32,6 +32,9 @@ pub struct Pki {
     pub revoked: ClientCert,
     /// The CA's CRL (PEM), listing `revoked`: what Envoy's `validation_context.crl` reads.
     pub crl: PathBuf,
+    /// Where the files are, and the CA's key, to issue more certificates.
+    dir: PathBuf,
+    ca_key: PathBuf,
 }
 
 /// A client certificate, its key, and facts about it computed here (not by Envoy).
@@ -108,25 +111,7 @@ impl Pki {
             &ca,
             &ca_key,
         );
-        let client = |name: &str| {
-            let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/{name}");
-            let (cert, key) = issue(
-                dir,
-                name,
-                &format!("/CN={name}"),
-                &format!("subjectAltName=URI:{spiffe_id}\nextendedKeyUsage=clientAuth\n"),
-                &ca,
-                &ca_key,
-            );
-            let pem = std::fs::read_to_string(&cert).expect("certificate just written");
-            ClientCert {
-                name: name.to_string(),
-                der: pem_to_der(&pem),
-                cert,
-                key,
-                spiffe_id,
-            }
-        };
+        let client = |name: &str| issue_client(dir, &ca, &ca_key, name, &format!("/CN={name}"), "");
         let alice = client("alice");
         let mallory = client("mallory");
         let revoked = client("eve");
@@ -139,7 +124,43 @@ impl Pki {
             mallory,
             revoked,
             crl,
+            dir: dir.to_path_buf(),
+            ca_key,
         }
+    }
+
+    /// Another client certificate of the CA, `<name>.pem`: subject `subject` (OpenSSL's
+    /// `/T=v/...` form), the URI SAN `spiffe://mesh.internal/<name>` first, then `more_sans`
+    /// (`,DNS:...,IP:...`) if any.
+    pub fn issue_client(&self, name: &str, subject: &str, more_sans: &str) -> ClientCert {
+        issue_client(&self.dir, &self.ca, &self.ca_key, name, subject, more_sans)
+    }
+}
+
+fn issue_client(
+    dir: &Path,
+    ca: &Path,
+    ca_key: &Path,
+    name: &str,
+    subject: &str,
+    more_sans: &str,
+) -> ClientCert {
+    let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/{name}");
+    let (cert, key) = issue(
+        dir,
+        name,
+        subject,
+        &format!("subjectAltName=URI:{spiffe_id}{more_sans}\nextendedKeyUsage=clientAuth\n"),
+        ca,
+        ca_key,
+    );
+    let pem = std::fs::read_to_string(&cert).expect("certificate just written");
+    ClientCert {
+        name: name.to_string(),
+        der: pem_to_der(&pem),
+        cert,
+        key,
+        spiffe_id,
     }
 }
 
