@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use support::client::HttpsRequest;
 use support::echo::EchoBackend;
 use support::envoy::{Bootstrap, Envoy};
+use support::frames::{Frames, Protocol, Stream};
 use support::jwt::Issuer;
 use support::pki::{ClientCert, Pki};
 use support::scratch::ScratchDir;
@@ -385,4 +386,84 @@ fn source_cidrs_see_the_connections_own_address_whatever_x_forwarded_for_says() 
     let response = call(&envoy, "loopback", None).send();
     assert_eq!(response.status, 200, "{}", response.text());
     envoy.stop();
+}
+
+/// The held-request path over HTTP/2 (Python's `h2`): a form body read slowly, with trailers,
+/// on a request whose client certificate a trusted edge forwarded. The client is decided on
+/// the headers; the body and the trailers change nothing about whose certificate it was.
+#[test]
+fn over_http2_a_forwarded_certificate_holds_through_a_slow_body_and_trailers() {
+    let dir = ScratchDir::new("e2e-xfcc-h2");
+    let pki = Pki::generate(&dir.join("pki"));
+    let ingress = pki.issue_client("ingress", "/CN=ingress", "");
+    let issuer = Issuer::generate(&dir.join("issuer"), ISSUER, AUDIENCE);
+    let echo = EchoBackend::start();
+    let config = json!({
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": issuer.jwks()}],
+        "rules": [{"prefix": "/", "require": "mtls"}],
+        "clients": [{"client_id": "alice-app", "tls_client_auth_san_uri": pki.alice.spiffe_id}],
+        "peer_certificate": {"source": "xfcc", "trusted_peers": [{"san_uri": ingress.spiffe_id}]},
+    });
+    let mut bootstrap = Bootstrap::new(&pki, echo.port(), Some(config));
+    bootstrap.http2 = true;
+    bootstrap.connection_manager = Some(json!({"forward_client_cert_details": "FORWARD_ONLY"}));
+    let sidecar = Envoy::start(&bootstrap);
+    let alices = issuer.token().bound_to(&pki.alice).sign();
+    let element =
+        |client: &ClientCert| format!("Hash={};URI={}", hash_hex(client), client.spiffe_id);
+    let post = |xfcc: &str, body: &[&[u8]]| {
+        let mut stream = Stream::new("POST", "/orders/1")
+            .header("authorization", &format!("Bearer {alices}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-forwarded-client-cert", xfcc);
+        for (i, chunk) in body.iter().enumerate() {
+            stream = stream.data(300 * i as u64, chunk, false);
+        }
+        stream.trailers(300 * body.len() as u64, &[("x-checksum", "1")])
+    };
+    let as_edge = Frames::new(sidecar.https_port(), &pki, Protocol::H2).cert(&ingress);
+    let answers = as_edge.send(&[
+        post(&element(&pki.alice), &[b"amount=10", b"&note=slow"]),
+        post(&element(&pki.mallory), &[b"amount=10", b"&note=slow"]),
+        post(
+            &element(&pki.alice),
+            &[b"amount=10&access", b"_token=stolen"],
+        ),
+        post("Hash=\"unterminated", &[b"amount=10"]),
+    ]);
+    assert_eq!(answers[0].status, Some(200), "alice: {:?}", answers[0]);
+    assert_eq!(answers[0].json()["body"], "amount=10&note=slow");
+    assert_eq!(
+        answers[1].status,
+        Some(401),
+        "mallory's element: {:?}",
+        answers[1]
+    );
+    assert_eq!(
+        answers[2].status,
+        Some(400),
+        "a token in the body: {:?}",
+        answers[2]
+    );
+    assert_eq!(answers[3].status, Some(400), "malformed: {:?}", answers[3]);
+    for (counter, at_least) in [
+        ("certificate_mismatch", 1),
+        ("token_in_body", 1),
+        ("xfcc_malformed", 1),
+    ] {
+        let name = format!("wasmcustom.tether.refused.{counter}");
+        assert_eq!(sidecar.stat(&name), at_least, "{name}");
+    }
+    // Mallory, straight to the sidecar over HTTP/2, with the edge's kind of header naming
+    // Alice: not trusted, so Mallory's own certificate is the client's.
+    let answer = Frames::new(sidecar.https_port(), &pki, Protocol::H2)
+        .cert(&pki.mallory)
+        .send_one(post(&element(&pki.alice), &[b"amount=10", b"&note=slow"]));
+    assert_eq!(answer.status, Some(401), "{answer:?}");
+    assert_eq!(
+        sidecar.stat("wasmcustom.tether.refused.certificate_mismatch"),
+        2
+    );
+    assert_eq!(sidecar.stat("wasmcustom.tether.xfcc_untrusted"), 1);
+    sidecar.stop();
 }
