@@ -65,28 +65,66 @@ fn assert_refused(
     assert!(!echo.received(&response.test_id), "{reason}");
 }
 
+/// A PKI with an edge certificate (`ingress`, trusted by its SPIFFE ID), an issuer and an
+/// upstream, for a sidecar that reads the client certificate from the edge's XFCC.
+struct EdgeSetup {
+    _dir: ScratchDir,
+    pki: Pki,
+    ingress: ClientCert,
+    issuer: Issuer,
+    echo: EchoBackend,
+}
+
+impl EdgeSetup {
+    fn new(name: &str) -> EdgeSetup {
+        let dir = ScratchDir::new(name);
+        let pki = Pki::generate(&dir.join("pki"));
+        let ingress = pki.issue_client("ingress", "/CN=ingress", "");
+        let issuer = Issuer::generate(&dir.join("issuer"), ISSUER, AUDIENCE);
+        EdgeSetup {
+            _dir: dir,
+            pki,
+            ingress,
+            issuer,
+            echo: EchoBackend::start(),
+        }
+    }
+
+    /// Tether's configuration with `rules`: Alice's client registered by her SPIFFE ID, XFCC
+    /// trusted from the edge.
+    fn config(&self, rules: Value) -> Value {
+        json!({
+            "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": self.issuer.jwks()}],
+            "rules": rules,
+            "clients": [{"client_id": "alice-app", "tls_client_auth_san_uri": self.pki.alice.spiffe_id}],
+            "peer_certificate": {"source": "xfcc", "trusted_peers": [{"san_uri": self.ingress.spiffe_id}]},
+        })
+    }
+}
+
 #[test]
 fn a_trusted_edge_forwards_the_client_certificate_and_nobody_else_can() {
-    let dir = ScratchDir::new("e2e-xfcc");
-    let pki = Pki::generate(&dir.join("pki"));
-    let ingress = pki.issue_client("ingress", "/CN=ingress", "");
-    let issuer = Issuer::generate(&dir.join("issuer"), ISSUER, AUDIENCE);
-    let echo = EchoBackend::start();
-    let config = json!({
-        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": issuer.jwks()}],
-        "rules": [{"prefix": "/healthz", "require": "none"}, {"prefix": "/", "require": "mtls"}],
-        "clients": [{"client_id": "alice-app", "tls_client_auth_san_uri": pki.alice.spiffe_id}],
-        "peer_certificate": {"source": "xfcc", "trusted_peers": [{"san_uri": ingress.spiffe_id}]},
-    });
+    let setup = EdgeSetup::new("e2e-xfcc");
+    let EdgeSetup {
+        pki,
+        ingress,
+        issuer,
+        echo,
+        ..
+    } = &setup;
+    let config = setup.config(json!([
+        {"prefix": "/healthz", "require": "none"},
+        {"prefix": "/", "require": "mtls"}
+    ]));
     // The sidecar keeps XFCC and appends its own element, for the edge's connection: Tether
     // must skip that one.
-    let mut sidecar = Bootstrap::new(&pki, echo.port(), Some(config));
+    let mut sidecar = Bootstrap::new(pki, echo.port(), Some(config));
     sidecar.connection_manager = Some(json!({
         "forward_client_cert_details": "APPEND_FORWARD",
         "set_current_client_cert_details": {"uri": true},
     }));
     let sidecar = Envoy::start(&sidecar);
-    let mut edge = Bootstrap::new(&pki, sidecar.https_port(), None);
+    let mut edge = Bootstrap::new(pki, sidecar.https_port(), None);
     edge.connection_manager = Some(sanitize_set());
     edge.upstream_tls = Some(ingress.clone());
     let edge = Envoy::start(&edge);
@@ -114,7 +152,7 @@ fn a_trusted_edge_forwards_the_client_certificate_and_nobody_else_can() {
     // Mallory through the edge with Alice's token: the edge forwards Mallory's certificate.
     assert_refused(
         &sidecar,
-        &echo,
+        echo,
         via_edge(Some(&pki.mallory), &alices),
         401,
         "certificate_mismatch",
@@ -123,7 +161,7 @@ fn a_trusted_edge_forwards_the_client_certificate_and_nobody_else_can() {
     let mallorys = issuer.token().bound_to(&pki.mallory).sign();
     assert_refused(
         &sidecar,
-        &echo,
+        echo,
         via_edge(Some(&pki.mallory), &mallorys),
         401,
         "client_identity_mismatch",
@@ -131,7 +169,7 @@ fn a_trusted_edge_forwards_the_client_certificate_and_nobody_else_can() {
     // No client certificate at the edge: the edge's own never stands in for it.
     assert_refused(
         &sidecar,
-        &echo,
+        echo,
         via_edge(None, &alices),
         401,
         "client_certificate_missing",
@@ -145,7 +183,7 @@ fn a_trusted_edge_forwards_the_client_certificate_and_nobody_else_can() {
         .cert(&pki.mallory)
         .bearer(&alices)
         .header("x-forwarded-client-cert", &forged);
-    assert_refused(&sidecar, &echo, request, 401, "certificate_mismatch");
+    assert_refused(&sidecar, echo, request, 401, "certificate_mismatch");
     assert_eq!(
         sidecar.stat("wasmcustom.tether.xfcc_untrusted"),
         untrusted_before + 1
@@ -173,15 +211,15 @@ fn a_trusted_edge_forwards_the_client_certificate_and_nobody_else_can() {
 
     // A malformed XFCC from the trusted peer itself (acting as the edge): 400, never half read.
     let request = HttpsRequest::new(sidecar.https_port(), &pki.ca, "/orders/1")
-        .cert(&ingress)
+        .cert(ingress)
         .bearer(&alices)
         .header("x-forwarded-client-cert", "Hash=\"unterminated");
-    assert_refused(&sidecar, &echo, request, 400, "xfcc_malformed");
+    assert_refused(&sidecar, echo, request, 400, "xfcc_malformed");
     // On every route: a broken edge's header is never forwarded half understood.
     let request = HttpsRequest::new(sidecar.https_port(), &pki.ca, "/healthz")
-        .cert(&ingress)
+        .cert(ingress)
         .header("x-forwarded-client-cert", "Hash=00");
-    assert_refused(&sidecar, &echo, request, 400, "xfcc_malformed");
+    assert_refused(&sidecar, echo, request, 400, "xfcc_malformed");
     edge.stop();
     sidecar.stop();
 }
@@ -393,18 +431,16 @@ fn source_cidrs_see_the_connections_own_address_whatever_x_forwarded_for_says() 
 /// the headers; the body and the trailers change nothing about whose certificate it was.
 #[test]
 fn over_http2_a_forwarded_certificate_holds_through_a_slow_body_and_trailers() {
-    let dir = ScratchDir::new("e2e-xfcc-h2");
-    let pki = Pki::generate(&dir.join("pki"));
-    let ingress = pki.issue_client("ingress", "/CN=ingress", "");
-    let issuer = Issuer::generate(&dir.join("issuer"), ISSUER, AUDIENCE);
-    let echo = EchoBackend::start();
-    let config = json!({
-        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": issuer.jwks()}],
-        "rules": [{"prefix": "/", "require": "mtls"}],
-        "clients": [{"client_id": "alice-app", "tls_client_auth_san_uri": pki.alice.spiffe_id}],
-        "peer_certificate": {"source": "xfcc", "trusted_peers": [{"san_uri": ingress.spiffe_id}]},
-    });
-    let mut bootstrap = Bootstrap::new(&pki, echo.port(), Some(config));
+    let setup = EdgeSetup::new("e2e-xfcc-h2");
+    let EdgeSetup {
+        pki,
+        ingress,
+        issuer,
+        echo,
+        ..
+    } = &setup;
+    let config = setup.config(json!([{"prefix": "/", "require": "mtls"}]));
+    let mut bootstrap = Bootstrap::new(pki, echo.port(), Some(config));
     bootstrap.http2 = true;
     bootstrap.connection_manager = Some(json!({"forward_client_cert_details": "FORWARD_ONLY"}));
     let sidecar = Envoy::start(&bootstrap);
@@ -421,7 +457,7 @@ fn over_http2_a_forwarded_certificate_holds_through_a_slow_body_and_trailers() {
         }
         stream.trailers(300 * body.len() as u64, &[("x-checksum", "1")])
     };
-    let as_edge = Frames::new(sidecar.https_port(), &pki, Protocol::H2).cert(&ingress);
+    let as_edge = Frames::new(sidecar.https_port(), pki, Protocol::H2).cert(ingress);
     let answers = as_edge.send(&[
         post(&element(&pki.alice), &[b"amount=10", b"&note=slow"]),
         post(&element(&pki.mallory), &[b"amount=10", b"&note=slow"]),
@@ -456,7 +492,7 @@ fn over_http2_a_forwarded_certificate_holds_through_a_slow_body_and_trailers() {
     }
     // Mallory, straight to the sidecar over HTTP/2, with the edge's kind of header naming
     // Alice: not trusted, so Mallory's own certificate is the client's.
-    let answer = Frames::new(sidecar.https_port(), &pki, Protocol::H2)
+    let answer = Frames::new(sidecar.https_port(), pki, Protocol::H2)
         .cert(&pki.mallory)
         .send_one(post(&element(&pki.alice), &[b"amount=10", b"&note=slow"]));
     assert_eq!(answer.status, Some(401), "{answer:?}");
