@@ -1047,7 +1047,7 @@ impl ClientSide<'_, '_> {
         Ok(self.certificate.insert(certificate))
     }
 
-    fn facts(&mut self) -> Result<CertificateFacts, Reason> {
+    fn facts(&mut self) -> Result<Rc<CertificateFacts>, Reason> {
         let certificate = self.certificate()?.clone();
         certificate.facts(self.peer, self.xfcc)
     }
@@ -1087,7 +1087,7 @@ fn check_client(
         };
     };
     if let Some(identity) = &client.identity {
-        if !identity.matches(&client_side.facts()?) {
+        if !identity.matches(&*client_side.facts()?) {
             return Err(Reason::ClientIdentityMismatch);
         }
     }

@@ -157,3 +157,83 @@ fn escaped_characters_and_multi_valued_rdns_read_the_same_both_ways() {
         .collect();
     assert_eq!(der_from_url_encoded_pem(&encoded), Ok(der));
 }
+
+/// A `Cert` in XFCC (URL-encoded PEM, as Envoy writes it) names the connection's certificate
+/// in full only when its SHA-256 is the connection's digest; its facts are then remembered by
+/// that digest, and the certificate is not parsed again.
+#[test]
+fn a_forwarded_cert_is_read_once_and_only_for_its_own_digest() {
+    use std::rc::Rc;
+    use tether::bind::certificate::FactsCache;
+    use tether::bind::mtls::PeerCertificate;
+    use tether::bind::peer::{client_certificate, Peer, PeerNames, PeerSource, Reported};
+
+    /// A connection that remembers facts in a VM's cache, counting what it parses.
+    struct Remembering {
+        reported: Reported,
+        cache: FactsCache,
+        remembered: usize,
+    }
+
+    impl Peer for Remembering {
+        fn digest(&mut self) -> Option<PeerCertificate> {
+            self.reported.digest()
+        }
+        fn names(&mut self) -> PeerNames {
+            self.reported.names()
+        }
+        fn address(&mut self) -> Option<IpAddr> {
+            self.reported.address()
+        }
+        fn remembered(&mut self, digest: &PeerCertificate) -> Option<Rc<CertificateFacts>> {
+            self.cache.get(digest.sha256())
+        }
+        fn remember(&mut self, digest: &PeerCertificate, facts: &Rc<CertificateFacts>) {
+            self.remembered += 1;
+            self.cache.insert(*digest.sha256(), Rc::clone(facts));
+        }
+    }
+
+    let dir = ScratchDir::new("certificates-xfcc");
+    let sans = "URI:spiffe://mesh.local/ns/tpp/sa/client,URI:https://tpp.example.com/id";
+    let (der, pem, _) = certificate(dir.path(), "tpp", "/CN=tpp", Some(sans));
+    let (_, other_pem, _) = certificate(dir.path(), "other", "/CN=other", None);
+    let hex = |der: &[u8]| -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let encode = |pem: &str| -> String {
+        pem.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let digest = PeerCertificate::from_hex_digest(hex(&der).as_bytes()).expect("digest");
+    let mut peer = Remembering {
+        reported: Reported::with(Some(digest)),
+        cache: FactsCache::new(8),
+        remembered: 0,
+    };
+    let second = Identity::from_metadata("tls_client_auth_san_uri", "https://tpp.example.com/id")
+        .expect("identity");
+    // Someone else's Cert, even under this connection's Hash, tells nothing.
+    let wrong = format!("Hash={};Cert=\"{}\"", hex(&der), encode(&other_pem));
+    let lines = [wrong.as_bytes()];
+    let client = client_certificate(&PeerSource::Connection, &mut peer, &lines).expect("client");
+    assert!(!second.matches(&client.facts(&mut peer, &lines).expect("facts")));
+    assert_eq!(peer.remembered, 0);
+    // The connection's own Cert tells every SAN, once.
+    let right = format!("Hash={};Cert=\"{}\"", hex(&der), encode(&pem));
+    let lines = [right.as_bytes()];
+    let facts = client.facts(&mut peer, &lines).expect("facts");
+    assert!(second.matches(&facts));
+    assert_eq!(peer.remembered, 1);
+    // Remembered: a later request without the header still has them, and nothing is parsed.
+    assert!(second.matches(&client.facts(&mut peer, &[]).expect("facts")));
+    assert_eq!(peer.remembered, 1);
+}

@@ -166,6 +166,24 @@ fn a_trusted_edge_forwards_the_client_certificate_and_nobody_else_can() {
         401,
         "client_identity_mismatch",
     );
+    // A certificate of the same CA whose URI SAN, written unescaped by the edge, would read
+    // as an element of its own naming Alice's certificate (an attacker's review of issue 11):
+    // one element was expected, two are refused.
+    let injector = pki.issue_client_with_uris(
+        "injector",
+        &[&format!(
+            "https://m.example/x,Hash={};URI={}",
+            hash_hex(&pki.alice),
+            pki.alice.spiffe_id
+        )],
+    );
+    assert_refused(
+        &sidecar,
+        echo,
+        via_edge(Some(&injector), &alices),
+        400,
+        "xfcc_malformed",
+    );
     // No client certificate at the edge: the edge's own never stands in for it.
     assert_refused(
         &sidecar,
@@ -204,6 +222,22 @@ fn a_trusted_edge_forwards_the_client_certificate_and_nobody_else_can() {
         !upstream.contains(&hash_hex(&pki.mallory)),
         "a forged XFCC reached the upstream: {upstream}"
     );
+    assert_eq!(
+        sidecar.stat("wasmcustom.tether.xfcc_untrusted"),
+        untrusted_before + 2
+    );
+
+    // Alice straight to the sidecar with no header of her own: the element the sidecar
+    // appends for her connection is not forwarded either (it could as well be a client's own
+    // writing), and nothing is counted.
+    let response = HttpsRequest::new(sidecar.https_port(), &pki.ca, "/orders/1")
+        .cert(&pki.alice)
+        .bearer(&alices)
+        .send();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(response
+        .upstream_header("x-forwarded-client-cert")
+        .is_empty());
     assert_eq!(
         sidecar.stat("wasmcustom.tether.xfcc_untrusted"),
         untrusted_before + 2

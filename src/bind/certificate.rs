@@ -8,7 +8,9 @@
 //! DER whose SHA-256 is the digest that layer reported. An XFCC `Cert` (URL-encoded PEM) is
 //! read with [`der_from_url_encoded_pem`].
 
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::rc::Rc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -102,6 +104,48 @@ fn ip(octets: &[u8]) -> Result<IpAddr, CertificateError> {
     Ok(IpAddr::V6(Ipv6Addr::from(v6)))
 }
 
+/// How many certificates' facts a VM keeps ([`FactsCache`]).
+pub const FACTS_CACHE_ENTRIES: usize = 256;
+
+/// The facts of certificates already read, by the SHA-256 of their DER, so that a client's
+/// certificate is parsed once per VM rather than on every request. At most `capacity`
+/// entries; the oldest read is forgotten first.
+pub struct FactsCache {
+    capacity: usize,
+    entries: HashMap<[u8; 32], Rc<CertificateFacts>>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl FactsCache {
+    pub fn new(capacity: usize) -> FactsCache {
+        FactsCache {
+            capacity,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn get(&self, sha256: &[u8; 32]) -> Option<Rc<CertificateFacts>> {
+        self.entries.get(sha256).cloned()
+    }
+
+    pub fn insert(&mut self, sha256: [u8; 32], facts: Rc<CertificateFacts>) {
+        if self.capacity == 0 || self.entries.contains_key(&sha256) {
+            return;
+        }
+        while self.entries.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.entries.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        self.entries.insert(sha256, facts);
+        self.order.push_back(sha256);
+    }
+}
+
 /// The DER of an XFCC `Cert` value: URL-encoded (percent-encoded) PEM of one `CERTIFICATE`
 /// (RFC 7468 §5).
 pub fn der_from_url_encoded_pem(value: &str) -> Result<Vec<u8>, CertificateError> {
@@ -128,6 +172,30 @@ pub fn der_from_url_encoded_pem(value: &str) -> Result<Vec<u8>, CertificateError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_facts_cache_is_bounded_and_forgets_the_oldest_first() {
+        let facts = |uri: &str| {
+            Rc::new(CertificateFacts {
+                uri: vec![uri.to_string()],
+                ..CertificateFacts::default()
+            })
+        };
+        let mut cache = FactsCache::new(2);
+        cache.insert([1; 32], facts("a"));
+        cache.insert([2; 32], facts("b"));
+        // Already known: kept as first read.
+        cache.insert([1; 32], facts("other"));
+        assert_eq!(cache.get(&[1; 32]), Some(facts("a")));
+        cache.insert([3; 32], facts("c"));
+        assert_eq!(cache.get(&[1; 32]), None);
+        assert_eq!(cache.get(&[2; 32]), Some(facts("b")));
+        assert_eq!(cache.get(&[3; 32]), Some(facts("c")));
+        assert_eq!(cache.entries.len(), 2);
+        let mut off = FactsCache::new(0);
+        off.insert([1; 32], facts("a"));
+        assert_eq!(off.get(&[1; 32]), None);
+    }
 
     #[test]
     fn malformed_input_is_refused() {

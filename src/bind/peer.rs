@@ -18,6 +18,7 @@
 //! Pure: what Envoy reports of the connection comes through [`Peer`], read when first asked.
 
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -67,6 +68,13 @@ pub trait Peer {
     fn names(&mut self) -> PeerNames;
     /// The peer's address (never a forwarded header).
     fn address(&mut self) -> Option<IpAddr>;
+    /// The facts of the certificate of `digest`, if they were read from it before (a VM's
+    /// [`certificate::FactsCache`]): a certificate is parsed once, not on every request.
+    fn remembered(&mut self, _digest: &PeerCertificate) -> Option<Rc<CertificateFacts>> {
+        None
+    }
+    /// Keeps the facts read from the certificate of `digest`.
+    fn remember(&mut self, _digest: &PeerCertificate, _facts: &Rc<CertificateFacts>) {}
 }
 
 /// The filter state key where Envoy's `set_filter_state` HTTP filter puts the connection's
@@ -142,8 +150,9 @@ pub enum Forwarded {
     /// The header comes from a trusted peer and does not read: the request is refused
     /// ([`Reason::XfccMalformed`]) on every route, never forwarded half understood.
     Malformed,
-    /// Only the element the Envoy in front of Tether appended for this very connection
-    /// (`APPEND_FORWARD`), which names the connection's own certificate.
+    /// From a peer that is not trusted, only an element naming the connection's own
+    /// certificate: the one the Envoy in front of Tether appends (`APPEND_FORWARD`), or the
+    /// client's own writing (`FORWARD_ONLY`). Ignored and removed before forwarding.
     OwnElement,
     /// From a peer that is not trusted: ignored, counted and removed before forwarding.
     Untrusted,
@@ -158,8 +167,11 @@ pub fn forwarded(source: &PeerSource, peer: &mut dyn Peer, lines: &[&[u8]]) -> F
         return Forwarded::Absent;
     }
     if is_trusted(trusted_peers, peer) {
-        return match xfcc::parse(lines) {
-            Ok(_) => Forwarded::Trusted,
+        let digest = peer.digest();
+        let readable = xfcc::parse(lines)
+            .and_then(|elements| xfcc::client_element(&elements, digest.as_ref()).map(|_| ()));
+        return match readable {
+            Ok(()) => Forwarded::Trusted,
             Err(_) => Forwarded::Malformed,
         };
     }
@@ -228,7 +240,9 @@ pub fn client_certificate(
     }
     let elements = xfcc::parse(lines).map_err(|_| Reason::XfccMalformed)?;
     let connection = peer.digest();
-    Ok(match xfcc::client_element(&elements, connection.as_ref()) {
+    let client =
+        xfcc::client_element(&elements, connection.as_ref()).map_err(|_| Reason::XfccMalformed)?;
+    Ok(match client {
         Some(element) if element.hash.is_some() => ClientCertificate {
             digest: element.hash,
             origin: Origin::Forwarded(Box::new(element.clone())),
@@ -243,18 +257,35 @@ pub fn client_certificate(
 impl ClientCertificate {
     /// The subject and SANs of the certificate, for client identity. `lines` are the request's
     /// XFCC lines, which may carry the connection's own certificate in full.
-    pub fn facts(&self, peer: &mut dyn Peer, lines: &[&[u8]]) -> Result<CertificateFacts, Reason> {
+    ///
+    /// Facts read from a certificate's DER (whose SHA-256 is the digest) are remembered by
+    /// that digest and used for it from then on: they are a function of the certificate alone.
+    /// (So a trusted edge that later sends a `Cert` not matching a remembered `Hash` is not
+    /// caught again; the `Hash` is what the binding and the names go by.)
+    pub fn facts(
+        &self,
+        peer: &mut dyn Peer,
+        lines: &[&[u8]],
+    ) -> Result<Rc<CertificateFacts>, Reason> {
         let Some(digest) = self.digest else {
-            return Ok(CertificateFacts::default());
+            return Ok(Rc::default());
+        };
+        if let Some(known) = peer.remembered(&digest) {
+            return Ok(known);
+        }
+        let read = |der: Vec<u8>, peer: &mut dyn Peer| {
+            let facts = Rc::new(certificate::facts_from_der(&der).ok()?);
+            peer.remember(&digest, &facts);
+            Some(facts)
         };
         match &self.origin {
             Origin::Forwarded(element) => match &element.cert {
                 // The edge is trusted, but a `Cert` that is not the certificate its `Hash`
                 // names is a broken edge: refused, never read half.
                 Some(cert) => der_of(cert, &digest)
-                    .and_then(|der| certificate::facts_from_der(&der).ok())
+                    .and_then(|der| read(der, peer))
                     .ok_or(Reason::XfccMalformed),
-                None => Ok(CertificateFacts {
+                None => Ok(Rc::new(CertificateFacts {
                     subject: element
                         .subject
                         .as_deref()
@@ -262,7 +293,7 @@ impl ClientCertificate {
                     dns: element.dns.clone(),
                     uri: element.uri.clone(),
                     ..CertificateFacts::default()
-                }),
+                })),
             },
             Origin::Connection => {
                 // Any element whose `Cert` is this very certificate (its SHA-256 is the
@@ -273,13 +304,11 @@ impl ClientCertificate {
                         .filter(|e| e.hash.as_ref() == Some(&digest))
                         .find_map(|e| der_of(e.cert.as_deref()?, &digest))
                 });
-                if let Some(facts) =
-                    described.and_then(|der| certificate::facts_from_der(&der).ok())
-                {
+                if let Some(facts) = described.and_then(|der| read(der, peer)) {
                     return Ok(facts);
                 }
                 let names = peer.names();
-                Ok(CertificateFacts {
+                Ok(Rc::new(CertificateFacts {
                     subject: names
                         .subject
                         .as_deref()
@@ -287,7 +316,7 @@ impl ClientCertificate {
                     dns: names.dns.into_iter().collect(),
                     uri: names.uri.into_iter().collect(),
                     ..CertificateFacts::default()
-                })
+                }))
             }
         }
     }
@@ -336,16 +365,12 @@ mod tests {
     }
 
     #[test]
-    fn a_trusted_edge_names_the_client_certificate_by_its_last_element() {
-        let header = format!(
-            "{},{}",
-            element(b"someone", ""),
-            element(
-                b"alice",
-                ";URI=spiffe://mesh.local/ns/tpp/sa/client;DNS=tpp.example"
-            )
+    fn a_trusted_edge_names_the_client_certificate_by_its_element() {
+        let alice = element(
+            b"alice",
+            ";URI=spiffe://mesh.local/ns/tpp/sa/client;DNS=tpp.example",
         );
-        let lines = [header.as_bytes()];
+        let lines = [alice.as_bytes()];
         let mut peer = edge();
         assert_eq!(
             forwarded(&xfcc_source(), &mut peer, &lines),
@@ -356,6 +381,37 @@ mod tests {
         let facts = client.facts(&mut peer, &lines).unwrap();
         assert_eq!(facts.uri, ["spiffe://mesh.local/ns/tpp/sa/client"]);
         assert_eq!(facts.dns, ["tpp.example"]);
+        // Two elements describing clients: which one is not for Tether to guess (an unescaped
+        // URI SAN can write the second).
+        let two = format!("{},{alice}", element(b"someone", ""));
+        let lines = [two.as_bytes()];
+        assert_eq!(
+            forwarded(&xfcc_source(), &mut peer, &lines),
+            Forwarded::Malformed
+        );
+        assert_eq!(
+            client_certificate(&xfcc_source(), &mut peer, &lines),
+            Err(Reason::XfccMalformed)
+        );
+    }
+
+    #[test]
+    fn a_forwarded_subject_is_read_with_its_own_escapes() {
+        // One RDN whose value holds commas, as Envoy writes it (RFC 2253, between quotes).
+        let header = element(b"bank", r#";Subject="CN=bank\,O=Example Bank\, Ltd.""#);
+        let lines = [header.as_bytes()];
+        let mut peer = edge();
+        let client = client_certificate(&xfcc_source(), &mut peer, &lines).unwrap();
+        let facts = client.facts(&mut peer, &lines).unwrap();
+        assert_eq!(
+            facts.subject,
+            DistinguishedName::parse(r"CN=bank\,O=Example Bank\, Ltd.").ok()
+        );
+        assert_ne!(
+            facts.subject,
+            DistinguishedName::parse(r"CN=bank,O=Example Bank\, Ltd.").ok()
+        );
+        assert_eq!(facts.subject.as_ref().map(DistinguishedName::len), Some(1));
     }
 
     #[test]
@@ -374,7 +430,7 @@ mod tests {
             let client = client_certificate(&xfcc_source(), &mut edge(), &lines).unwrap();
             assert_eq!(client.digest, None, "{lines:?}");
             assert_eq!(
-                client.facts(&mut edge(), &lines).unwrap(),
+                *client.facts(&mut edge(), &lines).unwrap(),
                 CertificateFacts::default()
             );
         }

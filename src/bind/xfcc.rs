@@ -62,6 +62,9 @@ pub enum XfccError {
     RepeatedKey,
     /// A `Hash` that is not 64 hex digits.
     BadHash,
+    /// From a trusted edge, more than one element describing a client
+    /// ([`client_element`]).
+    SeveralClients,
 }
 
 impl std::fmt::Display for XfccError {
@@ -72,6 +75,7 @@ impl std::fmt::Display for XfccError {
             XfccError::UnknownKey => "x-forwarded-client-cert has an unknown key",
             XfccError::RepeatedKey => "x-forwarded-client-cert repeats a key",
             XfccError::BadHash => "x-forwarded-client-cert has a malformed Hash",
+            XfccError::SeveralClients => "x-forwarded-client-cert describes more than one client",
         })
     }
 }
@@ -106,20 +110,27 @@ pub fn parse(lines: &[&[u8]]) -> Result<Vec<Element>, XfccError> {
     Ok(elements)
 }
 
-/// The element that describes the client: the last one, unless the last was appended by the
-/// Envoy in front of Tether itself (`APPEND_FORWARD` on Tether's own listener), which
-/// describes the connection's peer, the trusted edge (`connection`): then the one before it.
-/// `None`: no element describes the client, so the client had no certificate.
+/// The element that describes the client, from a trusted edge: the only one, once an element
+/// the Envoy in front of Tether appended itself is set aside (`APPEND_FORWARD` on Tether's own
+/// listener: the last element, describing the connection's peer, the edge, `connection`).
+/// `Ok(None)`: no element describes the client, so the client had no certificate.
+///
+/// An edge that replaces the client's header (`SANITIZE_SET`) writes one element. More than
+/// one is [`XfccError::SeveralClients`]: Envoy does not escape the URI SANs it writes, so a
+/// certificate with a URI SAN like `x,Hash=...` would otherwise write an element of its own,
+/// naming another client's certificate.
 pub fn client_element<'e>(
     elements: &'e [Element],
     connection: Option<&PeerCertificate>,
-) -> Option<&'e Element> {
-    let (last, before) = elements.split_last()?;
-    let appended_here = connection.is_some() && last.hash.as_ref() == connection;
-    if appended_here {
-        before.last()
-    } else {
-        Some(last)
+) -> Result<Option<&'e Element>, XfccError> {
+    let described = match elements.split_last() {
+        Some((last, before)) if connection.is_some() && last.hash.as_ref() == connection => before,
+        _ => elements,
+    };
+    match described {
+        [] => Ok(None),
+        [client] => Ok(Some(client)),
+        _ => Err(XfccError::SeveralClients),
     }
 }
 
@@ -156,7 +167,10 @@ impl Reader<'_> {
                 return Err(XfccError::TooLarge);
             }
             let key = self.key()?;
-            let value = self.value()?;
+            // Envoy writes its RFC 2253 subject between quotes without escaping it: the
+            // backslashes in it are RFC 2253's escapes (which also keep every `"` escaped),
+            // not quoted-pairs to undo.
+            let value = self.value(key == "subject")?;
             element.set(&key, value)?;
             if self.peek() == Some(b';') {
                 self.at += 1;
@@ -179,11 +193,12 @@ impl Reader<'_> {
         Ok(String::from_utf8_lossy(key).to_ascii_lowercase())
     }
 
-    /// A quoted-string, or visible ASCII without `"`, `,` and `;` (possibly empty).
-    fn value(&mut self) -> Result<String, XfccError> {
+    /// A quoted-string (its content as written if `raw`, else with quoted-pairs undone), or
+    /// visible ASCII without `"`, `,` and `;` (possibly empty).
+    fn value(&mut self, raw: bool) -> Result<String, XfccError> {
         if self.peek() == Some(b'"') {
             self.at += 1;
-            return self.quoted();
+            return self.quoted(raw);
         }
         let start = self.at;
         while let Some(b) = self.peek() {
@@ -212,14 +227,19 @@ impl Reader<'_> {
     }
 
     /// RFC 7230 §3.2.6, after the opening quote: `*( qdtext / quoted-pair ) DQUOTE`.
-    fn quoted(&mut self) -> Result<String, XfccError> {
+    fn quoted(&mut self, raw: bool) -> Result<String, XfccError> {
         let mut out = Vec::new();
         loop {
             match self.next() {
                 None => return Err(XfccError::Malformed),
                 Some(b'"') => break,
                 Some(b'\\') => match self.next() {
-                    Some(b @ (b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff)) => out.push(b),
+                    Some(b @ (b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff)) => {
+                        if raw {
+                            out.push(b'\\');
+                        }
+                        out.push(b)
+                    }
                     _ => return Err(XfccError::Malformed),
                 },
                 Some(b @ (b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff)) => out.push(b),
@@ -319,7 +339,11 @@ mod tests {
     fn quoted_values_keep_commas_semicolons_and_escaped_quotes() {
         let line = format!(r#"Hash={HASH};Subject="CN=a\"b, O=x;y""#);
         let e = &one(&line).unwrap()[0];
-        assert_eq!(e.subject.as_deref(), Some(r#"CN=a"b, O=x;y"#));
+        // The subject is kept as written (its escapes are its own, RFC 2253 §2.4).
+        assert_eq!(e.subject.as_deref(), Some(r#"CN=a\"b, O=x;y"#));
+        // Any other quoted value has its quoted-pairs undone (RFC 7230 §3.2.6).
+        let line = format!(r#"Hash={HASH};URI="spiffe://a\"b,c;d""#);
+        assert_eq!(one(&line).unwrap()[0].uri, [r#"spiffe://a"b,c;d"#]);
         // A URL-encoded PEM, as Envoy writes Cert.
         let line = format!("Hash={HASH};Cert=\"-----BEGIN%20CERTIFICATE-----%0AMIIB\"");
         let e = &one(&line).unwrap()[0];
@@ -389,7 +413,7 @@ mod tests {
         assert_eq!(e.uri, ["spiffe://x"]);
     }
 
-    /// Issue 11: the edge appends the client's element; if the Envoy in front of Tether also
+    /// Issue 11: the edge writes the client's element; if the Envoy in front of Tether also
     /// appends one (`APPEND_FORWARD`), that last element describes the edge itself (its
     /// `Hash` is the connection's peer certificate), and the element before it is the client's.
     #[test]
@@ -400,21 +424,56 @@ mod tests {
         let forwarded = one(&client).unwrap();
         let appended = one(&format!("{client},{edge}")).unwrap();
         let chosen = |elements: &[Element]| {
-            client_element(elements, Some(&connection)).map(|e| e.uri.clone())
+            client_element(elements, Some(&connection)).map(|e| e.map(|e| e.uri.clone()))
         };
-        assert_eq!(
-            chosen(&forwarded),
-            Some(vec!["spiffe://client".to_string()])
-        );
-        assert_eq!(chosen(&appended), Some(vec!["spiffe://client".to_string()]));
+        let client_uri = Ok(Some(vec!["spiffe://client".to_string()]));
+        assert_eq!(chosen(&forwarded), client_uri);
+        assert_eq!(chosen(&appended), client_uri);
         // Only the edge's own element: no client certificate.
-        assert_eq!(chosen(&one(&edge).unwrap()), None);
-        assert_eq!(client_element(&[], Some(&connection)), None);
+        assert_eq!(chosen(&one(&edge).unwrap()), Ok(None));
+        assert_eq!(client_element(&[], Some(&connection)), Ok(None));
         // An element without Hash is a client without a certificate (the caller's reading).
         let no_cert = one("By=spiffe://edge;URI=").unwrap();
         assert_eq!(
-            client_element(&no_cert, Some(&connection)).unwrap().hash,
-            None
+            client_element(&no_cert, Some(&connection)).map(|e| e.and_then(|e| e.hash)),
+            Ok(None)
+        );
+    }
+
+    /// Envoy writes URI SANs unescaped: a certificate whose URI SAN is
+    /// `https://m.example/x,Hash=<another certificate>` makes the edge's one element read as
+    /// two. Found by an attacker's review of issue 11; the client is never chosen from several.
+    #[test]
+    fn a_uri_san_that_writes_an_element_of_its_own_is_refused() {
+        let mallory = "1".repeat(64);
+        let injected = format!(
+            "By=spiffe://edge;Hash={mallory};URI=https://m.example/x,Hash={HASH};URI=spiffe://tpp"
+        );
+        let edge = format!("By=spiffe://sidecar;Hash={EDGE_HASH}");
+        let connection = digest(EDGE_HASH);
+        for line in [injected.clone(), format!("{injected},{edge}")] {
+            let elements = one(&line).unwrap();
+            assert_eq!(
+                client_element(&elements, Some(&connection)),
+                Err(XfccError::SeveralClients),
+                "{line}"
+            );
+        }
+        // The same SAN inside one element can only add pairs, and never a second Hash.
+        let in_one = format!("Hash={mallory};URI=https://m.example/x;Hash={HASH}");
+        assert_eq!(one(&in_one), Err(XfccError::RepeatedKey));
+    }
+
+    /// Envoy's `Subject` is its RFC 2253 string between quotes, unescaped: its backslashes are
+    /// the DN's own escapes and are kept (found by the same review: undoing them turned one
+    /// RDN `CN=bank\,O=Example Bank` into two).
+    #[test]
+    fn the_subject_keeps_its_rfc_2253_escapes() {
+        let line = format!(r#"Hash={HASH};Subject="CN=bank\,O=Example Bank\, Ltd.,C=GB""#);
+        let e = &one(&line).unwrap()[0];
+        assert_eq!(
+            e.subject.as_deref(),
+            Some(r#"CN=bank\,O=Example Bank\, Ltd.,C=GB"#)
         );
     }
 }

@@ -17,6 +17,8 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
+use crate::bind::certificate::{FactsCache, FACTS_CACHE_ENTRIES};
+use crate::bind::identity::CertificateFacts;
 use crate::bind::mtls::PeerCertificate;
 use crate::bind::peer::{self, Forwarded, Peer, PeerNames};
 use crate::bind::xfcc;
@@ -82,6 +84,8 @@ struct Shared {
     warned_body_withheld: Cell<bool>,
     /// The hint about a peer address that `x-forwarded-for` made unknown was logged.
     warned_address_withheld: Cell<bool>,
+    /// Client certificates' facts, read once per VM (client identity).
+    certificates: RefCell<FactsCache>,
     /// What the responses of allowed requests get (a DPoP nonce, a signature), until they
     /// start.
     answers: RefCell<HashMap<u32, Answer>>,
@@ -124,21 +128,27 @@ struct RequestState {
 /// request, whatever the route.
 fn read_facts(shared: &Shared, connection: &mut Connection) -> Result<Facts, Reason> {
     let headers = hostcalls::header_pairs(Map::RequestHeaders).map_err(|_| Reason::HostError)?;
-    let (mut facts, spoofed) = Facts::from_headers(headers, &shared.policy);
+    let (facts, spoofed) = Facts::from_headers(headers, &shared.policy);
     for name in spoofed {
         let _ = hostcalls::remove_header(Map::RequestHeaders, &name);
     }
     if !facts.xfcc.is_empty() {
         let lines: Vec<&[u8]> = facts.xfcc.iter().map(Vec::as_slice).collect();
         match peer::forwarded(&shared.policy.peer_certificate, connection, &lines) {
+            // Never trusted, and never forwarded: an upstream could trust it. (Tether itself
+            // reads from it only a `Cert` that hashes to the connection's own certificate.)
+            // Even the element Envoy appended for the connection itself goes: with
+            // `FORWARD_ONLY` on this listener, the same element could be the client's own
+            // writing. Only what the client sent is counted.
             Forwarded::Untrusted => {
-                // Never read, and never forwarded: an upstream could trust it.
                 let _ = hostcalls::remove_header(Map::RequestHeaders, xfcc::HEADER);
                 shared.metrics.xfcc_untrusted();
-                facts.xfcc.clear();
+            }
+            Forwarded::OwnElement => {
+                let _ = hostcalls::remove_header(Map::RequestHeaders, xfcc::HEADER);
             }
             Forwarded::Malformed => return Err(Reason::XfccMalformed),
-            Forwarded::Absent | Forwarded::OwnElement | Forwarded::Trusted => {}
+            Forwarded::Absent | Forwarded::Trusted => {}
         }
     }
     connection.forwarded_for = facts.forwarded_for;
@@ -189,6 +199,39 @@ impl Peer for Connection {
         self.address_withheld = direct.is_none() && self.forwarded_for;
         self.address = Some(address);
         address
+    }
+}
+
+/// A request's connection, with the VM's memory of certificates read before.
+struct Remembering<'a> {
+    connection: &'a mut Connection,
+    certificates: &'a RefCell<FactsCache>,
+}
+
+impl Peer for Remembering<'_> {
+    fn digest(&mut self) -> Option<PeerCertificate> {
+        self.connection.digest()
+    }
+
+    fn names(&mut self) -> PeerNames {
+        self.connection.names()
+    }
+
+    fn address(&mut self) -> Option<std::net::IpAddr> {
+        self.connection.address()
+    }
+
+    fn remembered(&mut self, digest: &PeerCertificate) -> Option<Rc<CertificateFacts>> {
+        self.certificates
+            .try_borrow()
+            .ok()
+            .and_then(|cache| cache.get(digest.sha256()))
+    }
+
+    fn remember(&mut self, digest: &PeerCertificate, facts: &Rc<CertificateFacts>) {
+        if let Ok(mut cache) = self.certificates.try_borrow_mut() {
+            cache.insert(*digest.sha256(), Rc::clone(facts));
+        }
     }
 }
 
@@ -311,6 +354,7 @@ impl RootContext for Root {
             limits,
             warned_body_withheld: Cell::new(false),
             warned_address_withheld: Cell::new(false),
+            certificates: RefCell::new(FactsCache::new(FACTS_CACHE_ENTRIES)),
             answers: RefCell::new(HashMap::new()),
         });
         // The first fetch starts on the first tick, not here: a VM configured on Envoy's main
@@ -664,7 +708,10 @@ fn decide_again(
     let verdict = decide(
         policy,
         facts_view,
-        &mut request.connection,
+        &mut Remembering {
+            connection: &mut request.connection,
+            certificates: &shared.certificates,
+        },
         &mut tokens,
         now,
     );

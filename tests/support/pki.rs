@@ -135,6 +135,33 @@ impl Pki {
     pub fn issue_client(&self, name: &str, subject: &str, more_sans: &str) -> ClientCert {
         issue_client(&self.dir, &self.ca, &self.ca_key, name, subject, more_sans)
     }
+
+    /// A client certificate of the CA whose URI SANs are exactly `uris`, written in an
+    /// OpenSSL section, so that a URI may hold any character (a `,` included).
+    pub fn issue_client_with_uris(&self, name: &str, uris: &[&str]) -> ClientCert {
+        let section: String = uris
+            .iter()
+            .enumerate()
+            .map(|(i, uri)| format!("URI.{} = {uri}\n", i + 1))
+            .collect();
+        let (cert, key) = issue_with_sections(
+            &self.dir,
+            name,
+            &format!("/CN={name}"),
+            "subjectAltName=@sans\nextendedKeyUsage=clientAuth\n",
+            &format!("[sans]\n{section}"),
+            &self.ca,
+            &self.ca_key,
+        );
+        let pem = std::fs::read_to_string(&cert).expect("certificate just written");
+        ClientCert {
+            name: name.to_string(),
+            der: pem_to_der(&pem),
+            cert,
+            key,
+            spiffe_id: uris.first().map_or_else(String::new, |u| u.to_string()),
+        }
+    }
 }
 
 fn issue_client(
@@ -185,6 +212,19 @@ fn issue(
     ca: &Path,
     ca_key: &Path,
 ) -> (PathBuf, PathBuf) {
+    issue_with_sections(dir, name, subject, extensions, "", ca, ca_key)
+}
+
+/// [`issue`], with more sections of the extensions file (that `extensions` refers to).
+fn issue_with_sections(
+    dir: &Path,
+    name: &str,
+    subject: &str,
+    extensions: &str,
+    sections: &str,
+    ca: &Path,
+    ca_key: &Path,
+) -> (PathBuf, PathBuf) {
     let key = dir.join(format!("{name}.key"));
     let csr = dir.join(format!("{name}.csr"));
     let ext = dir.join(format!("{name}.ext"));
@@ -202,7 +242,7 @@ fn issue(
     ]);
     // `x509 -req` adds only the extensions listed here, so a leaf is never accidentally a CA.
     let extensions = format!(
-        "{extensions}basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "{extensions}basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n{sections}"
     );
     std::fs::write(&ext, extensions).expect("write extensions file");
     openssl(&[
