@@ -2252,16 +2252,16 @@ mod xfcc {
         "[0-9a-f]{64}"
     }
 
-    /// Writes a value as a quoted-string (RFC 7230 §3.2.6), escaping `"` and `\`.
-    fn quoted(value: &str) -> String {
-        let mut out = String::from("\"");
+    /// `"` and `\` escaped with `\`: as RFC 2253 §2.4 escapes them in a subject (Envoy's
+    /// `Subject`), and as a quoted-string's quoted-pairs do (RFC 7230 §3.2.6).
+    fn escaped(value: &str) -> String {
+        let mut out = String::new();
         for c in value.chars() {
             if c == '"' || c == '\\' {
                 out.push('\\');
             }
             out.push(c);
         }
-        out.push('"');
         out
     }
 
@@ -2278,9 +2278,8 @@ mod xfcc {
             }
         }
 
-        /// What an edge writes is read back exactly, whatever the quoted values hold: a
-        /// Subject with commas, semicolons, quotes and backslashes cannot split an element or
-        /// forge a pair.
+        /// What an edge writes is read back exactly, whatever the subject holds: a Subject with
+        /// commas, semicolons, quotes and backslashes cannot split an element or forge a pair.
         #[test]
         fn elements_written_as_envoy_writes_them_read_back(
             elements in vec((
@@ -2295,7 +2294,8 @@ mod xfcc {
             for (by, hash, subject, uri, dns) in &elements {
                 let mut pairs: Vec<String> = by.iter().map(|b| format!("By={b}")).collect();
                 pairs.extend(hash.iter().map(|h| format!("Hash={h}")));
-                pairs.extend(subject.iter().map(|s| format!("Subject={}", quoted(s))));
+                // Envoy writes its RFC 2253 subject between quotes as it is.
+                pairs.extend(subject.iter().map(|s| format!("Subject=\"{}\"", escaped(s))));
                 pairs.extend(uri.iter().map(|u| format!("URI={u}")));
                 pairs.extend(dns.iter().map(|d| format!("DNS={d}")));
                 if pairs.is_empty() {
@@ -2312,7 +2312,8 @@ mod xfcc {
                     hash: hash.as_ref().and_then(|h| PeerCertificate::from_hex_digest(h.as_bytes())),
                     cert: None,
                     chain: None,
-                    subject: subject.clone().filter(|s| !s.is_empty()),
+                    // Read back as written: the escapes are the subject's own.
+                    subject: subject.as_deref().filter(|s| !s.is_empty()).map(escaped),
                     uri: uri.clone(),
                     dns: dns.clone(),
                 };
