@@ -222,19 +222,13 @@ pub fn client_certificate(
     peer: &mut dyn Peer,
     lines: &[&[u8]],
 ) -> Result<ClientCertificate, Reason> {
-    let forwarded = forwarded(source, peer, lines);
-    if forwarded == Forwarded::Malformed {
-        return Err(Reason::XfccMalformed);
-    }
-    if forwarded != Forwarded::Trusted {
-        // A trusted peer that sends no XFCC at all forwarded a client without a certificate.
-        let trusted = match source {
-            PeerSource::Xfcc { trusted_peers } => is_trusted(trusted_peers, peer),
-            PeerSource::Connection => false,
-        };
-        let digest = if trusted { None } else { peer.digest() };
+    let trusted = match source {
+        PeerSource::Xfcc { trusted_peers } => is_trusted(trusted_peers, peer),
+        PeerSource::Connection => false,
+    };
+    if !trusted {
         return Ok(ClientCertificate {
-            digest,
+            digest: peer.digest(),
             origin: Origin::Connection,
         });
     }
