@@ -95,10 +95,160 @@ impl TokenCache {
     }
 }
 
+/// What the introspection endpoint said of a token, as long as it is remembered.
+#[derive(Clone, Debug)]
+pub enum Introspected {
+    /// Active, and acceptable: the token as verified.
+    Active(Rc<VerifiedToken>),
+    /// `active: false` (the negative cache, so that a flood of made-up tokens is not a
+    /// flood of calls).
+    Inactive,
+    /// The call failed (`introspection_unavailable` or `introspection_invalid`): remembered
+    /// only long enough for the requests that waited on it to be refused together.
+    Failed(crate::reject::Reason),
+}
+
+struct Answered {
+    answer: Introspected,
+    /// The answer is not used at or after this time.
+    until: u64,
+}
+
+/// Introspection answers per VM (issue 12), keyed by the token itself: a lookup compares the
+/// whole token, never a digest of it. Bounded in entries; the oldest answer is forgotten
+/// first. An active answer is kept for the endpoint's `cache_seconds`, never past the token's
+/// `exp`; an inactive one for `negative_cache_seconds`.
+pub struct IntrospectionCache {
+    capacity: usize,
+    entries: HashMap<String, Answered>,
+    order: VecDeque<String>,
+}
+
+impl IntrospectionCache {
+    pub fn new(capacity: usize) -> Self {
+        IntrospectionCache {
+            capacity,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The answer about `token`, if remembered at `now`.
+    pub fn get(&mut self, token: &str, now: u64) -> Option<Introspected> {
+        let entry = self.entries.get(token)?;
+        if now < entry.until {
+            return Some(entry.answer.clone());
+        }
+        self.entries.remove(token);
+        None
+    }
+
+    /// Remembers `answer` about `token` for `seconds` from `now` (an active token never past
+    /// its `exp`), forgetting the oldest answers when full.
+    pub fn insert(&mut self, token: &str, answer: Introspected, seconds: u64, now: u64) {
+        let mut until = now.saturating_add(seconds);
+        if let Introspected::Active(verified) = &answer {
+            until = until.min(verified.expires_at());
+        }
+        if self.capacity == 0 || until <= now {
+            self.entries.remove(token);
+            return;
+        }
+        while self.entries.len() >= self.capacity && !self.entries.contains_key(token) {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.entries.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        if self
+            .entries
+            .insert(token.to_string(), Answered { answer, until })
+            .is_none()
+        {
+            self.order.push_back(token.to_string());
+        }
+        if self.order.len() > 2 * self.capacity {
+            let entries = &self.entries;
+            self.order.retain(|k| entries.contains_key(k));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::token::tests::verified_token_expiring_at;
+
+    #[test]
+    fn introspection_answers_are_kept_for_their_time_and_never_past_exp() {
+        let mut cache = IntrospectionCache::new(4);
+        let active = || Introspected::Active(Rc::new(verified_token_expiring_at(1030)));
+        // cache_seconds 60 from 1000, but exp at 1030.
+        cache.insert("opaque-1", active(), 60, 1000);
+        assert!(matches!(
+            cache.get("opaque-1", 1029),
+            Some(Introspected::Active(_))
+        ));
+        assert!(cache.get("opaque-1", 1030).is_none());
+        // cache_seconds shorter than exp.
+        cache.insert("opaque-2", active(), 10, 1000);
+        assert!(cache.get("opaque-2", 1009).is_some());
+        assert!(cache.get("opaque-2", 1010).is_none());
+        // The negative cache.
+        cache.insert("junk", Introspected::Inactive, 5, 1000);
+        assert!(matches!(
+            cache.get("junk", 1004),
+            Some(Introspected::Inactive)
+        ));
+        assert!(cache.get("junk", 1005).is_none());
+        // Nothing kept for no time, or with the cache off.
+        cache.insert("now", Introspected::Inactive, 0, 1000);
+        assert!(cache.get("now", 1000).is_none());
+        let mut off = IntrospectionCache::new(0);
+        off.insert("t", Introspected::Inactive, 5, 1000);
+        assert!(off.is_empty());
+    }
+
+    #[test]
+    fn introspection_answers_match_the_whole_token_only() {
+        let mut cache = IntrospectionCache::new(4);
+        cache.insert("abcdef", Introspected::Inactive, 5, 1000);
+        for other in ["abcde", "abcdefg", "ABCDEF", ""] {
+            assert!(cache.get(other, 1000).is_none(), "{other:?}");
+        }
+        assert!(cache.get("abcdef", 1000).is_some());
+    }
+
+    #[test]
+    fn the_introspection_cache_is_bounded_and_forgets_the_oldest_first() {
+        let mut cache = IntrospectionCache::new(3);
+        for i in 0..10 {
+            cache.insert(&format!("t{i}"), Introspected::Inactive, 60, 0);
+            assert!(cache.len() <= 3);
+        }
+        assert!(cache.get("t9", 1).is_some());
+        assert!(cache.get("t7", 1).is_some());
+        assert!(cache.get("t6", 1).is_none());
+        // A newer answer about a remembered token replaces it in place.
+        cache.insert(
+            "t9",
+            Introspected::Failed(crate::reject::Reason::IntrospectionInvalid),
+            1,
+            0,
+        );
+        assert!(matches!(cache.get("t9", 0), Some(Introspected::Failed(_))));
+        assert_eq!(cache.len(), 3);
+    }
 
     fn key(i: u32) -> [u8; 32] {
         let mut k = [0u8; 32];

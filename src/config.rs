@@ -16,6 +16,7 @@ use crate::bind::identity::{Cidr, Identity};
 use crate::bind::jws::{HmacKey, MIN_HMAC_KEY_BYTES};
 use crate::bind::peer::{PeerSource, TrustedPeer};
 use crate::cache::{DEFAULT_ENTRIES, MAX_ENTRIES};
+use crate::introspect::{self, Introspection};
 use crate::jwk::{parse_jwks, Alg};
 use crate::keyset::{JwksEndpoint, KeySource, DEFAULT_REFRESH_SECONDS, DEFAULT_TIMEOUT_MS};
 use crate::policy::{Require, Rule, Rules, SignatureFormat};
@@ -282,6 +283,45 @@ struct RawIssuer {
     audiences: Vec<String>,
     jwks: Option<Value>,
     remote_jwks: Option<RawJwksEndpoint>,
+    introspection: Option<RawIntrospection>,
+}
+
+/// `issuers[].introspection`: the issuer's RFC 7662 endpoint, through an Envoy cluster.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    cluster: String,
+    authority: Option<String>,
+    path: String,
+    client_id: String,
+    client_secret: RawSecret,
+    #[serde(default = "default_introspection_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_introspection_cache_seconds")]
+    cache_seconds: u64,
+    #[serde(default = "default_negative_cache_seconds")]
+    negative_cache_seconds: u64,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: usize,
+    token_prefix: Option<String>,
+    #[serde(default)]
+    signed_response: bool,
+}
+
+fn default_introspection_timeout_ms() -> u64 {
+    introspect::DEFAULT_TIMEOUT_MS
+}
+
+fn default_introspection_cache_seconds() -> u64 {
+    introspect::DEFAULT_CACHE_SECONDS
+}
+
+fn default_negative_cache_seconds() -> u64 {
+    introspect::DEFAULT_NEGATIVE_CACHE_SECONDS
+}
+
+fn default_max_in_flight() -> usize {
+    introspect::DEFAULT_MAX_IN_FLIGHT
 }
 
 #[derive(Deserialize)]
@@ -580,6 +620,20 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The issuer whose introspection endpoint is asked about an opaque `token`: the only one
+    /// that introspects (if `token` has its `token_prefix`, when it has one), else the one
+    /// whose `token_prefix` `token` has.
+    pub fn opaque_issuer(&self, token: &str) -> Option<usize> {
+        self.issuers.iter().position(|issuer| {
+            issuer.introspection.as_ref().is_some_and(|introspection| {
+                introspection
+                    .token_prefix
+                    .as_deref()
+                    .is_none_or(|prefix| token.starts_with(prefix))
+            })
+        })
+    }
+
     /// Whether a request header named `name` must be removed because an upstream could take
     /// it for one of the `claims_to_headers` headers: the same name once case, `_` and `.`
     /// are folded to `-`, as CGI, WSGI, PHP and many frameworks fold them (`x_tether_sub`
@@ -660,7 +714,7 @@ impl Policy {
         }
         let mut notes = Vec::new();
         let mut jwks_endpoints = Vec::new();
-        let issuers = compile_issuers(raw.issuers, &mut jwks_endpoints, &mut notes)?;
+        let issuers = compile_issuers(raw.issuers, &mut jwks_endpoints, &mut notes, environment)?;
         let rules = Rules::new(
             raw.rules
                 .into_iter()
@@ -742,6 +796,7 @@ fn compile_issuers(
     raw: Vec<RawIssuer>,
     jwks_endpoints: &mut Vec<JwksEndpoint>,
     notes: &mut Vec<String>,
+    environment: Environment<'_>,
 ) -> Result<Vec<Issuer>, String> {
     if raw.is_empty() {
         return Err("issuers must name at least one issuer".into());
@@ -770,15 +825,111 @@ fn compile_issuers(
             issuer.remote_jwks,
             jwks_endpoints,
             notes,
-        )?
-        .ok_or_else(|| format!("{at} needs exactly one of \"jwks\" and \"remote_jwks\""))?;
+        )?;
+        let introspection = issuer
+            .introspection
+            .map(|raw| compile_introspection(&at, raw, environment))
+            .transpose()?;
+        match (&keys, &introspection) {
+            (None, None) => {
+                return Err(format!(
+                    "{at} needs \"jwks\", \"remote_jwks\" or \"introspection\" (or a key set and introspection)"
+                ))
+            }
+            (None, Some(i)) if i.signed_response => {
+                return Err(format!(
+                    "{at}.introspection.signed_response needs the issuer's key set (\"jwks\" or \"remote_jwks\"): RFC 9701 answers are signed with it"
+                ))
+            }
+            _ => {}
+        }
         issuers.push(Issuer {
             issuer: issuer.issuer,
             audiences: issuer.audiences.into_iter().collect(),
             keys,
+            introspection,
         });
     }
+    // Opaque tokens carry no issuer: with several introspecting issuers, a prefix of the
+    // token must say whose it is, and no token may be two issuers'.
+    let prefixes: Vec<(usize, Option<&str>)> = issuers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, issuer)| {
+            let introspection = issuer.introspection.as_ref()?;
+            Some((i, introspection.token_prefix.as_deref()))
+        })
+        .collect();
+    if prefixes.len() > 1 {
+        for &(i, prefix) in &prefixes {
+            let Some(prefix) = prefix else {
+                return Err(format!(
+                    "issuers[{i}].introspection.token_prefix is required when several issuers introspect: an opaque token names no issuer"
+                ));
+            };
+            if let Some(&(j, _)) = prefixes
+                .iter()
+                .find(|&&(j, other)| j != i && other.is_some_and(|other| other.starts_with(prefix)))
+            {
+                return Err(format!(
+                    "issuers[{i}].introspection.token_prefix is a prefix of issuers[{j}]'s: a token would be both issuers'"
+                ));
+            }
+        }
+    }
     Ok(issuers)
+}
+
+fn compile_introspection(
+    at: &str,
+    raw: RawIntrospection,
+    environment: Environment<'_>,
+) -> Result<Introspection, String> {
+    let at = format!("{at}.introspection");
+    if raw.cluster.is_empty() {
+        return Err(format!("{at}.cluster must not be empty"));
+    }
+    if !raw.path.starts_with('/') {
+        return Err(format!("{at}.path must start with '/'"));
+    }
+    if raw.client_id.is_empty() {
+        return Err(format!("{at}.client_id must not be empty"));
+    }
+    let client_secret = raw
+        .client_secret
+        .resolve(&format!("{at}.client_secret"), environment)?;
+    if client_secret.is_empty() {
+        return Err(format!("{at}.client_secret must not be empty"));
+    }
+    if !(1..=60_000).contains(&raw.timeout_ms) {
+        return Err(format!("{at}.timeout_ms must be between 1 and 60000"));
+    }
+    if raw.cache_seconds > 3600 {
+        return Err(format!("{at}.cache_seconds must be at most 3600"));
+    }
+    if raw.negative_cache_seconds > 300 {
+        return Err(format!("{at}.negative_cache_seconds must be at most 300"));
+    }
+    if !(1..=4096).contains(&raw.max_in_flight) {
+        return Err(format!("{at}.max_in_flight must be between 1 and 4096"));
+    }
+    if raw.token_prefix.as_deref() == Some("") {
+        return Err(format!("{at}.token_prefix must not be empty"));
+    }
+    let authority = raw.authority.unwrap_or_else(|| raw.cluster.clone());
+    Ok(Introspection::new(
+        raw.cluster,
+        authority,
+        raw.path,
+        raw.client_id,
+        client_secret,
+        raw.timeout_ms,
+        raw.cache_seconds,
+        raw.negative_cache_seconds,
+        raw.max_in_flight,
+        raw.token_prefix,
+        raw.signed_response,
+    ))
 }
 
 fn compile_clients(
@@ -1684,7 +1835,10 @@ mod tests {
             (set.authority.as_str(), set.refresh_seconds, set.timeout_ms),
             ("idp", 300, 2000)
         );
-        assert!(matches!(policy.issuers[0].keys, KeySource::Fetched(0)));
+        assert!(matches!(
+            policy.issuers[0].keys,
+            Some(KeySource::Fetched(0))
+        ));
         assert!(matches!(policy.clients[0].keys, KeySource::Fetched(0)));
     }
 
@@ -1698,7 +1852,113 @@ mod tests {
             .unwrap()
             .remove("remote_jwks");
         c["issuers"][0].as_object_mut().unwrap().remove("jwks");
-        assert!(parse(&c).unwrap_err().0.contains("exactly one"));
+        let error = parse(&c).unwrap_err().0;
+        assert!(
+            error.contains("needs \"jwks\", \"remote_jwks\" or \"introspection\""),
+            "{error}"
+        );
+    }
+
+    fn introspection() -> Value {
+        json!({"cluster": "as", "path": "/introspect", "client_id": "rs",
+               "client_secret": {"env": "TETHER_INTROSPECTION_SECRET"}})
+    }
+
+    fn parse_with_secret(v: &Value) -> Result<Policy, ConfigError> {
+        Policy::from_json_with(v.to_string().as_bytes(), &|name| {
+            (name == "TETHER_INTROSPECTION_SECRET").then(|| "s3cret".to_string())
+        })
+    }
+
+    #[test]
+    fn introspection_parses_with_defaults_alone_or_beside_a_key_set() {
+        let mut c = contract();
+        c["issuers"][0]["introspection"] = introspection();
+        let policy = parse_with_secret(&c).unwrap();
+        let i = policy.issuers[0].introspection.as_ref().unwrap();
+        assert_eq!(i.authority, "as");
+        assert_eq!(i.timeout_ms, introspect::DEFAULT_TIMEOUT_MS);
+        assert_eq!(i.cache_seconds, 60);
+        assert_eq!(i.negative_cache_seconds, 5);
+        assert_eq!(i.max_in_flight, introspect::DEFAULT_MAX_IN_FLIGHT);
+        assert!(!i.signed_response && i.token_prefix.is_none());
+        assert!(policy.issuers[0].keys.is_some());
+        assert_eq!(policy.opaque_issuer("2YotnFZFEjr1zCsicMWpAA"), Some(0));
+        // Instead of a key set.
+        c["issuers"][0].as_object_mut().unwrap().remove("jwks");
+        let policy = parse_with_secret(&c).unwrap();
+        assert!(policy.issuers[0].keys.is_none());
+        // The secret is never in the Debug print of the policy.
+        assert!(!format!("{policy:?}").contains("s3cret"));
+        // RFC 9701 answers need the key set they are signed with.
+        c["issuers"][0]["introspection"]["signed_response"] = json!(true);
+        assert!(parse_with_secret(&c)
+            .unwrap_err()
+            .0
+            .contains("signed_response"));
+    }
+
+    #[test]
+    fn introspection_fields_are_checked() {
+        for (edit, field) in [
+            (json!({"cluster": ""}), "cluster"),
+            (json!({"path": "introspect"}), "path"),
+            (json!({"client_id": ""}), "client_id"),
+            (
+                json!({"client_secret": {"env": "UNSET_VARIABLE"}}),
+                "client_secret",
+            ),
+            (json!({"timeout_ms": 0}), "timeout_ms"),
+            (json!({"cache_seconds": 3601}), "cache_seconds"),
+            (
+                json!({"negative_cache_seconds": 301}),
+                "negative_cache_seconds",
+            ),
+            (json!({"max_in_flight": 0}), "max_in_flight"),
+            (json!({"token_prefix": ""}), "token_prefix"),
+            (json!({"client_secrett": "x"}), "client_secrett"),
+        ] {
+            let mut c = contract();
+            let mut raw = introspection();
+            for (name, value) in edit.as_object().unwrap() {
+                raw[name] = value.clone();
+            }
+            c["issuers"][0]["introspection"] = raw;
+            let error = parse_with_secret(&c).unwrap_err().0;
+            assert!(error.contains(field), "{edit}: {error}");
+        }
+    }
+
+    #[test]
+    fn several_introspecting_issuers_need_distinct_token_prefixes() {
+        let mut c = contract();
+        let second = |prefix: Option<&str>| {
+            let mut raw = introspection();
+            if let Some(prefix) = prefix {
+                raw["token_prefix"] = json!(prefix);
+            }
+            json!({"issuer": "https://other.example", "audiences": ["a"], "introspection": raw})
+        };
+        c["issuers"][0]["introspection"] = introspection();
+        c["issuers"][0]["introspection"]["token_prefix"] = json!("idp_");
+        c["issuers"]
+            .as_array_mut()
+            .unwrap()
+            .push(second(Some("other_")));
+        let policy = parse_with_secret(&c).unwrap();
+        assert_eq!(policy.opaque_issuer("idp_2YotnFZFEjr1zCsicMWpAA"), Some(0));
+        assert_eq!(policy.opaque_issuer("other_2YotnFZFEjr1zC"), Some(1));
+        assert_eq!(policy.opaque_issuer("2YotnFZFEjr1zCsicMWpAA"), None);
+        c["issuers"][1] = second(None);
+        assert!(parse_with_secret(&c)
+            .unwrap_err()
+            .0
+            .contains("token_prefix is required"));
+        c["issuers"][1] = second(Some("idp_x"));
+        assert!(parse_with_secret(&c)
+            .unwrap_err()
+            .0
+            .contains("is a prefix of"));
     }
 
     #[test]

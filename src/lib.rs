@@ -37,6 +37,7 @@ pub mod cache;
 pub mod config;
 pub mod crypto;
 pub mod extract;
+pub mod introspect;
 pub mod jwk;
 pub mod keyset;
 pub mod lifecycle;

@@ -30,6 +30,9 @@ pub enum Stage {
     /// A fetched key set: decided again once the set is newer than `seen_fetched_at`, or when
     /// the wait runs out.
     AwaitingKeys { set: usize, seen_fetched_at: u64 },
+    /// An introspection answer: decided again once the issuer's endpoint has answered more
+    /// than `seen_answers` times, or when the wait runs out.
+    AwaitingIntrospection { issuer: usize, seen_answers: u64 },
     /// The whole body, to verify the request signature over it.
     AwaitingBody,
     /// Decided (allowed or refused): nothing is held any more.
@@ -50,6 +53,23 @@ pub enum Decision {
         seen_fetched_at: u64,
         timeout_ms: u64,
     },
+    /// The token must be introspected by `issuer`'s endpoint first, which had given
+    /// `seen_answers` answers in this VM (any further answer may be this one); the request may
+    /// wait for it `timeout_ms`.
+    NeedIntrospection {
+        issuer: usize,
+        seen_answers: u64,
+        timeout_ms: u64,
+    },
+}
+
+/// What a held request waits for, to tell how far it has come ([`Held::due`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// A key set: when this VM last loaded it.
+    Keys(usize),
+    /// An issuer's introspection endpoint: how many answers this VM has had from it.
+    Introspection(usize),
 }
 
 /// What the glue does next.
@@ -90,8 +110,8 @@ pub struct Held {
     /// The body's announced length (`content-length`), if any.
     announced: Option<usize>,
     limits: Limits,
-    /// When a wait for keys ends (set when the first one starts).
-    keys_deadline_ms: Option<u64>,
+    /// When a wait for keys or an introspection ends (set when the first one starts).
+    wait_deadline_ms: Option<u64>,
     /// When the body must have arrived.
     body_deadline_ms: u64,
 }
@@ -108,7 +128,7 @@ impl Held {
             },
             announced,
             limits,
-            keys_deadline_ms: None,
+            wait_deadline_ms: None,
             body_deadline_ms: now_ms.saturating_add(limits.body_timeout_ms),
         }
     }
@@ -157,11 +177,25 @@ impl Held {
             } => {
                 // A request may wait for a second key set after the first (the issuer's,
                 // then the client's), but never past its first deadline.
-                self.keys_deadline_ms
+                self.wait_deadline_ms
                     .get_or_insert(now_ms.saturating_add(timeout_ms));
                 self.stage = Stage::AwaitingKeys {
                     set,
                     seen_fetched_at,
+                };
+                Step::Pause
+            }
+            Decision::NeedIntrospection {
+                issuer,
+                seen_answers,
+                timeout_ms,
+            } => {
+                // The same first deadline bounds every wait of a request.
+                self.wait_deadline_ms
+                    .get_or_insert(now_ms.saturating_add(timeout_ms));
+                self.stage = Stage::AwaitingIntrospection {
+                    issuer,
+                    seen_answers,
                 };
                 Step::Pause
             }
@@ -206,18 +240,23 @@ impl Held {
         }
     }
 
-    /// On the root context's tick or a key set's arrival: what is due for this request now,
-    /// given when each key set was last loaded in this VM (`fetched_at`). `None`: nothing.
-    pub fn due(&mut self, now_ms: u64, fetched_at: impl Fn(usize) -> u64) -> Option<Step> {
+    /// On the root context's tick, a key set's arrival or an introspection answer: what is
+    /// due for this request now, given how far what it waits for has come in this VM
+    /// (`progress`: when a key set was last loaded, how many answers an endpoint gave).
+    /// `None`: nothing.
+    pub fn due(&mut self, now_ms: u64, progress: impl Fn(Wait) -> u64) -> Option<Step> {
+        let in_time = self.wait_deadline_ms.is_none_or(|d| now_ms < d);
         match self.stage {
             Stage::AwaitingKeys {
                 set,
                 seen_fetched_at,
-            } => {
-                let in_time = self.keys_deadline_ms.is_none_or(|d| now_ms < d);
-                (fetched_at(set) != seen_fetched_at || !in_time)
-                    .then_some(Step::Decide { may_wait: in_time })
-            }
+            } => (progress(Wait::Keys(set)) != seen_fetched_at || !in_time)
+                .then_some(Step::Decide { may_wait: in_time }),
+            Stage::AwaitingIntrospection {
+                issuer,
+                seen_answers,
+            } => (progress(Wait::Introspection(issuer)) != seen_answers || !in_time)
+                .then_some(Step::Decide { may_wait: in_time }),
             Stage::AwaitingBody if now_ms >= self.body_deadline_ms => {
                 Some(self.finish(Step::Refuse(Reason::BodyTimeout)))
             }
@@ -312,12 +351,12 @@ impl<R> Table<R> {
     pub fn due(
         &mut self,
         now_ms: u64,
-        fetched_at: impl Fn(usize) -> u64,
+        progress: impl Fn(Wait) -> u64,
     ) -> Vec<(u32, Entry<R>, Step)> {
         let ids: Vec<(u32, Step)> = self
             .held
             .iter_mut()
-            .filter_map(|(id, entry)| Some((*id, entry.held.due(now_ms, &fetched_at)?)))
+            .filter_map(|(id, entry)| Some((*id, entry.held.due(now_ms, &progress)?)))
             .collect();
         ids.into_iter()
             .filter_map(|(id, step)| Some((id, self.held.remove(&id)?, step)))
@@ -605,8 +644,50 @@ mod tests {
         );
         let mut held = awaiting_keys();
         assert_eq!(
-            held.due(T0 + 100, |set| if set == 0 { 9 } else { 0 }),
+            held.due(T0 + 100, |wait| if wait == Wait::Keys(0) { 9 } else { 0 }),
             Some(Step::Decide { may_wait: true })
+        );
+    }
+
+    /// Issue 12: a request held for its token's introspection is decided again on the
+    /// issuer's next answer (any token's: its own may be among them), or at the deadline,
+    /// which a key wait before it had already set.
+    #[test]
+    fn an_introspection_wait_ends_on_a_new_answer_or_the_deadline() {
+        let introspecting = |held: &mut Held, now_ms| {
+            held.decided(
+                Decision::NeedIntrospection {
+                    issuer: 1,
+                    seen_answers: 4,
+                    timeout_ms: 500,
+                },
+                now_ms,
+            )
+        };
+        let mut held = awaiting_body(true);
+        assert_eq!(introspecting(&mut held, T0), Step::Pause);
+        let answers = |n: u64| move |wait: Wait| if wait == Wait::Introspection(1) { n } else { 0 };
+        assert_eq!(held.due(T0 + 100, answers(4)), None);
+        // Another issuer's answers, or key sets, do not count.
+        let others = |wait: Wait| match wait {
+            Wait::Introspection(1) => 4,
+            _ => 9,
+        };
+        assert_eq!(held.due(T0 + 100, others), None);
+        assert_eq!(
+            held.due(T0 + 100, answers(5)),
+            Some(Step::Decide { may_wait: true })
+        );
+        assert_eq!(
+            held.due(T0 + 500, answers(4)),
+            Some(Step::Decide { may_wait: false })
+        );
+        // After a key wait, the first deadline holds.
+        let mut held = awaiting_keys();
+        assert_eq!(introspecting(&mut held, T0 + 1_900), Step::Pause);
+        assert_eq!(
+            held.due(T0 + 2_000, answers(4)),
+            Some(Step::Decide { may_wait: false })
         );
     }
 
@@ -735,14 +816,16 @@ mod tests {
             Driven::Held
         ));
         // Set 0 arrives: decided again, now waiting for set 1 (not for set 0 again).
-        let due = table.due(T0 + 100, |set| u64::from(set == 0));
+        let due = table.due(T0 + 100, |wait| u64::from(wait == Wait::Keys(0)));
         assert_eq!(due.len(), 1);
         let (id, e, step) = due.into_iter().next().unwrap();
         assert!(matches!(
             table.drive(id, e, step, &mut script, T0 + 100),
             Driven::Held
         ));
-        assert!(table.due(T0 + 200, |set| u64::from(set == 0)).is_empty());
+        assert!(table
+            .due(T0 + 200, |wait| u64::from(wait == Wait::Keys(0)))
+            .is_empty());
         // Set 1 arrives: now the body is needed; it is not complete, so still held.
         let (id, e, step) = table.due(T0 + 300, |_| 1).into_iter().next().unwrap();
         assert!(matches!(

@@ -228,6 +228,15 @@ reasons! {
     /// The proof (its key and `jti`) was already used: a captured request replayed
     /// (RFC 9449 §11.1).
     DpopProofReplayed => "dpop_proof_replayed", 401, InvalidDpopProof, "DPoP proof was already used";
+    /// The introspection endpoint says the token is not active (RFC 7662 §2.2): expired,
+    /// revoked, unknown to it, or not for this resource server.
+    TokenInactive => "token_inactive", 401, InvalidToken, "token is not active";
+    /// An introspected token's `token_type` is not the scheme it was presented with
+    /// (`Bearer` or `DPoP`).
+    TokenTypeMismatch => "token_type_mismatch", 401, InvalidToken, "token type does not match the authorization scheme";
+    /// The introspection endpoint's answer is not RFC 7662's (or RFC 9701's, when configured):
+    /// never served on doubt.
+    IntrospectionInvalid => "introspection_invalid", 503, Unavailable, "the token could not be introspected";
     /// The body of a signed request is larger than `max_body_bytes`.
     BodyTooLarge => "body_too_large", 413, TooLarge, "request body exceeds the size limit";
     /// The body of a request held for its signature did not arrive within `body_timeout_ms`
@@ -242,6 +251,9 @@ reasons! {
     /// A key set fetched from a `jwks_uri` could not be had in time (never fetched, or the
     /// key server is down): fail closed.
     KeySetUnavailable => "key_set_unavailable", 503, Unavailable, "the key set needed to verify the request is not available";
+    /// The introspection endpoint could not be asked in time (`timeout_ms`), failed, or
+    /// too many calls are in flight: never served on doubt.
+    IntrospectionUnavailable => "introspection_unavailable", 503, Unavailable, "the token could not be introspected right now";
     /// The response of a `sign_response` route is larger than `response_signing.max_body_bytes`:
     /// it is replaced, never sent unsigned.
     ResponseTooLargeToSign => "response_too_large_to_sign", 502, ServerError, "the response is too large to be signed";

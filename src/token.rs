@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::bind::Confirmation;
 use crate::crypto::SignatureVerifier;
 use crate::extract::MAX_TOKEN_BYTES;
+use crate::introspect::Introspection;
 use crate::jwk::{Alg, VerificationKey};
 use crate::keyset::{FetchedKeys, KeySource};
 use crate::reject::Reason;
@@ -29,12 +30,17 @@ const MAX_HEADER_CHARS: usize = 2048;
 /// a single request can cause.
 const MAX_KEYS_TRIED: usize = 4;
 
-/// A trusted issuer: its identifier, accepted audiences and keys.
+/// A trusted issuer: its identifier, accepted audiences, its keys, and how its opaque tokens
+/// are introspected.
 #[derive(Debug)]
 pub struct Issuer {
     pub issuer: String,
     pub audiences: HashSet<String>,
-    pub keys: KeySource,
+    /// The keys its JWTs (and its RFC 9701 introspection answers) are signed with; `None` for
+    /// an issuer whose tokens are all introspected.
+    pub keys: Option<KeySource>,
+    /// Its introspection endpoint (RFC 7662), if its tokens may be opaque.
+    pub introspection: Option<Introspection>,
 }
 
 /// The time limits applied to every token.
@@ -101,6 +107,9 @@ pub struct VerifiedToken {
     confirmation: Confirmation,
     /// The token's [`fingerprint`], computed once with the verification (and cached with it).
     fingerprint: String,
+    /// An introspected token's `token_type` (RFC 7662 §2.2), to be checked against the
+    /// scheme it came with.
+    token_type: Option<String>,
 }
 
 impl VerifiedToken {
@@ -128,6 +137,11 @@ impl VerifiedToken {
     pub fn expires_at(&self) -> u64 {
         self.expires_at
     }
+
+    /// An introspected token's `token_type`, if the answer had one.
+    pub fn token_type(&self) -> Option<&str> {
+        self.token_type.as_deref()
+    }
 }
 
 /// A short, non-reversible name for a token in logs: the first 8 bytes of its SHA-256,
@@ -143,6 +157,9 @@ pub struct Refusal {
     pub reason: Reason,
     /// Index of the fetched key set, when fetching it again may help.
     pub key_set: Option<usize>,
+    /// Index of the issuer whose introspection endpoint can tell about the token (a JWT of
+    /// an issuer configured for introspection only).
+    pub introspect: Option<usize>,
 }
 
 impl From<Reason> for Refusal {
@@ -150,6 +167,7 @@ impl From<Reason> for Refusal {
         Refusal {
             reason,
             key_set: None,
+            introspect: None,
         }
     }
 }
@@ -163,6 +181,7 @@ impl Refusal {
                 KeySource::Fetched(set) => Some(*set),
                 KeySource::Inline(_) => None,
             },
+            introspect: None,
         }
     }
 }
@@ -206,20 +225,29 @@ pub fn verify(
         return Err(Reason::TokenMalformed.into());
     }
     let claims: TokenClaims = decode_json(payload_b64)?;
-    let issuer = claims
+    let (index, issuer) = claims
         .iss
         .as_deref()
-        .and_then(|iss| issuers.iter().find(|i| i.issuer == iss))
+        .and_then(|iss| issuers.iter().enumerate().find(|(_, i)| i.issuer == iss))
         .ok_or(Reason::IssuerUnknown)?;
+    // An issuer without keys has its tokens introspected: the unverified `iss` only says
+    // where to ask, and the answer is the authorization server's.
+    let Some(issuer_keys) = &issuer.keys else {
+        return Err(Refusal {
+            reason: Reason::IntrospectionUnavailable,
+            key_set: None,
+            introspect: issuer.introspection.as_ref().map(|_| index),
+        });
+    };
 
     let signing_input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
     let keys = fetched
-        .resolve(&issuer.keys)
-        .map_err(|reason| Refusal::for_want_of(reason, &issuer.keys))?;
+        .resolve(issuer_keys)
+        .map_err(|reason| Refusal::for_want_of(reason, issuer_keys))?;
     let candidates = candidate_keys(keys, header.kid.as_deref(), alg).map_err(|reason| {
         match reason {
             // A rotated-in key the VM has not fetched yet.
-            Reason::KeyUnknown => Refusal::for_want_of(reason, &issuer.keys),
+            Reason::KeyUnknown => Refusal::for_want_of(reason, issuer_keys),
             reason => reason.into(),
         }
     })?;
@@ -238,7 +266,127 @@ pub fn verify(
         expires_at,
         confirmation,
         fingerprint: fingerprint(token),
+        token_type: None,
     })
+}
+
+/// How a presented token is verified, by its shape: a JOSE object's first segment is the
+/// base64url of a JSON object, so it starts with `eyJ` (`{"`); three segments are a JWS
+/// (RFC 7515 §7.1), five a JWE (RFC 7516 §7.1). Anything else is an opaque token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Jwt,
+    Jwe,
+    Opaque,
+}
+
+pub fn kind(token: &str) -> Kind {
+    if !token.starts_with("eyJ") {
+        return Kind::Opaque;
+    }
+    match token.bytes().filter(|&b| b == b'.').count() {
+        2 => Kind::Jwt,
+        4 => Kind::Jwe,
+        _ => Kind::Opaque,
+    }
+}
+
+/// An active token of an introspection answer (RFC 7662 §2.2), as a verified token: its
+/// members are the claims, checked as a JWT's are, except that `iss` may be absent (the
+/// answer came from the issuer's own endpoint) and the lifetime is the server's to decide
+/// (its answers are cached at most `cache_seconds`).
+pub fn from_introspection(
+    members: Map<String, Value>,
+    token: &str,
+    issuer: &Issuer,
+    limits: TimeLimits,
+    now: u64,
+) -> Result<VerifiedToken, Reason> {
+    let mut claims: TokenClaims =
+        serde_json::from_value(Value::Object(members)).map_err(|_| Reason::IntrospectionInvalid)?;
+    if claims.iss.is_none() {
+        claims.iss = Some(issuer.issuer.clone());
+    }
+    let unbounded = TimeLimits {
+        max_token_lifetime_seconds: u64::MAX / 2,
+        ..limits
+    };
+    let expires_at = check_claims(&claims, issuer, unbounded, now)?;
+    let confirmation = Confirmation::from_claim(claims.other.get("cnf"))?;
+    let token_type = match claims.other.get("token_type") {
+        None => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(Reason::IntrospectionInvalid),
+    };
+    Ok(VerifiedToken {
+        claims,
+        expires_at,
+        confirmation,
+        fingerprint: fingerprint(token),
+        token_type,
+    })
+}
+
+/// The claims of an RFC 9701 introspection answer, once verified: a JWS of `typ`
+/// `token-introspection+jwt` (§5), signed by one of the issuer's keys, whose `iss` is the
+/// issuer and whose `aud` names the resource server (`client_id`).
+pub fn verify_introspection_jwt(
+    jwt: &str,
+    issuer: &Issuer,
+    client_id: &str,
+    fetched: &FetchedKeys,
+    crypto: &dyn SignatureVerifier,
+) -> Result<Map<String, Value>, Reason> {
+    let invalid = |_| Reason::IntrospectionInvalid;
+    let mut segments = jwt.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return Err(Reason::IntrospectionInvalid);
+    };
+    if header_b64.len() > MAX_HEADER_CHARS {
+        return Err(Reason::IntrospectionInvalid);
+    }
+    let header: Header = decode_json(header_b64).map_err(invalid)?;
+    let alg = Alg::from_name(&header.alg).ok_or(Reason::IntrospectionInvalid)?;
+    let typ = header.typ.as_deref().map(str::to_ascii_lowercase);
+    let typ = typ
+        .as_deref()
+        .map(|t| t.strip_prefix("application/").unwrap_or(t));
+    if header.crit.is_some() || typ != Some("token-introspection+jwt") {
+        return Err(Reason::IntrospectionInvalid);
+    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature_b64)
+        .map_err(|_| Reason::IntrospectionInvalid)?;
+    let source = issuer.keys.as_ref().ok_or(Reason::IntrospectionInvalid)?;
+    let keys = fetched
+        .resolve(source)
+        .map_err(|_| Reason::IntrospectionUnavailable)?;
+    let candidates = candidate_keys(keys, header.kid.as_deref(), alg).map_err(invalid)?;
+    let signing_input = &jwt.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+    if !candidates
+        .into_iter()
+        .take(MAX_KEYS_TRIED)
+        .any(|key| crypto.verify(key, signing_input, &signature))
+    {
+        return Err(Reason::IntrospectionInvalid);
+    }
+    let claims: Map<String, Value> = decode_json(payload_b64).map_err(invalid)?;
+    let audience_names_us = match claims.get("aud") {
+        Some(Value::String(aud)) => aud == client_id,
+        Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(client_id)),
+        _ => false,
+    };
+    if claims.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str())
+        || !audience_names_us
+    {
+        return Err(Reason::IntrospectionInvalid);
+    }
+    Ok(claims)
 }
 
 /// RFC 8725 §3.11 (explicit typing): a JWT of another declared type (a DPoP proof
@@ -367,7 +515,8 @@ pub(crate) mod tests {
         let issuers = vec![Issuer {
             issuer: ISS.into(),
             audiences: HashSet::from([AUD.to_string()]),
-            keys: KeySource::Inline(set.keys),
+            keys: Some(KeySource::Inline(set.keys)),
+            introspection: None,
         }];
         Fixture { key, issuers }
     }
@@ -710,6 +859,7 @@ pub(crate) mod tests {
             expires_at: exp,
             confirmation: Confirmation::default(),
             fingerprint: String::new(),
+            token_type: None,
         }
     }
 
@@ -793,7 +943,8 @@ pub(crate) mod tests {
         let fetched_issuer = vec![Issuer {
             issuer: ISS.into(),
             audiences: HashSet::from([AUD.to_string()]),
-            keys: KeySource::Fetched(3),
+            keys: Some(KeySource::Fetched(3)),
+            introspection: None,
         }];
         let token = sign(&f, claims());
         let verify_with = |issuers: &[Issuer], fetched: &FetchedKeys| {
@@ -805,7 +956,8 @@ pub(crate) mod tests {
             verify_with(&fetched_issuer, &fetched),
             Refusal {
                 reason: Reason::KeySetUnavailable,
-                key_set: Some(3)
+                key_set: Some(3),
+                introspect: None,
             }
         );
         // Loaded, without the token's kid: a refetch may bring it.
@@ -821,7 +973,8 @@ pub(crate) mod tests {
             verify_with(&fetched_issuer, &fetched),
             Refusal {
                 reason: Reason::KeyUnknown,
-                key_set: Some(3)
+                key_set: Some(3),
+                introspect: None,
             }
         );
         // Inline keys: nothing to fetch.
@@ -830,7 +983,8 @@ pub(crate) mod tests {
             verify_with(&inline.issuers, &FetchedKeys::default()),
             Refusal {
                 reason: Reason::SignatureInvalid,
-                key_set: None
+                key_set: None,
+                introspect: None,
             }
         );
     }

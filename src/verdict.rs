@@ -14,7 +14,7 @@ use crate::bind::identity::CertificateFacts;
 use crate::bind::jws::{DetachedJws, SignedRequest, SigningKeys, Window};
 use crate::bind::peer::{self, ClientCertificate, Peer};
 use crate::bind::{digest, dpop, jose, xfcc};
-use crate::cache::TokenCache;
+use crate::cache::{Introspected, IntrospectionCache, TokenCache};
 use crate::config::{Client, FormBodyTokens, Policy};
 use crate::crypto::SignatureVerifier;
 use crate::extract::{self, Scheme};
@@ -23,7 +23,7 @@ use crate::lifecycle::Decision;
 use crate::policy::{self, Require, Route, SignatureFormat};
 use crate::reject::{Challenge, Reason};
 use crate::replay::ReplayStore;
-use crate::token::{self, fingerprint, Refusal, VerifiedToken};
+use crate::token::{self, fingerprint, Kind, Refusal, VerifiedToken};
 
 /// What the filter knows of a request when it decides. Its `Debug` shows no credential.
 #[derive(Clone, Copy, Default)]
@@ -167,6 +167,30 @@ pub enum Verdict<'p> {
         token_fp: Option<String>,
         challenge: Challenge,
     },
+    /// The token is to be introspected by `issuer`'s endpoint (RFC 7662): the glue asks (once
+    /// for all the requests that carry it) and decides again when the answer is in.
+    NeedIntrospection {
+        ask: Introspect,
+        token_fp: Option<String>,
+        challenge: Challenge,
+    },
+}
+
+/// A token to introspect, and the issuer whose endpoint is asked. Its `Debug` shows the
+/// token's fingerprint only.
+#[derive(Clone)]
+pub struct Introspect {
+    pub issuer: usize,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Introspect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspect")
+            .field("issuer", &self.issuer)
+            .field("token_fp", &fingerprint(&self.token))
+            .finish()
+    }
 }
 
 /// What a verdict leaves for later: the claim headers to set once allowed, the checks that
@@ -181,6 +205,8 @@ pub struct Leftovers {
     pub pending: Option<Box<Pending>>,
     pub token_fp: Option<String>,
     pub challenge: Challenge,
+    /// The introspection the request waits for.
+    pub introspect: Option<Introspect>,
 }
 
 /// What Envoy's access log shows of a decision (issue 11), published by the glue as filter
@@ -246,6 +272,7 @@ impl Verdict<'_> {
         fetched: &FetchedKeys,
         may_wait: bool,
         refetch: impl FnOnce(&JwksEndpoint) -> bool,
+        answers: impl FnOnce(usize) -> u64,
     ) -> (Decision, Leftovers) {
         match self {
             Verdict::Allow {
@@ -317,6 +344,32 @@ impl Verdict<'_> {
                     }
                 } else {
                     Decision::Deny(reason)
+                };
+                (decision, leftovers)
+            }
+            Verdict::NeedIntrospection {
+                ask,
+                token_fp,
+                challenge,
+            } => {
+                let timeout_ms = policy
+                    .issuers
+                    .get(ask.issuer)
+                    .and_then(|issuer| issuer.introspection.as_ref())
+                    .map(|introspection| introspection.timeout_ms);
+                let decision = match timeout_ms {
+                    Some(timeout_ms) if may_wait => Decision::NeedIntrospection {
+                        issuer: ask.issuer,
+                        seen_answers: answers(ask.issuer),
+                        timeout_ms,
+                    },
+                    _ => Decision::Deny(Reason::IntrospectionUnavailable),
+                };
+                let leftovers = Leftovers {
+                    token_fp,
+                    challenge,
+                    introspect: Some(ask),
+                    ..Leftovers::default()
                 };
                 (decision, leftovers)
             }
@@ -661,12 +714,36 @@ pub fn decide<'p>(
         Err(Refusal {
             reason,
             key_set: Some(set),
+            ..
         }) => return need_keys(set, reason),
+        Err(Refusal {
+            introspect: Some(issuer),
+            ..
+        }) => {
+            return Verdict::NeedIntrospection {
+                ask: Introspect {
+                    issuer,
+                    token: token.to_string(),
+                },
+                token_fp: Some(fingerprint(token)),
+                challenge,
+            }
+        }
         Err(Refusal { reason, .. }) => return deny(reason, Some(token), challenge),
     };
     // From here on a refusal names whose token it was (a stolen token's client, for the log).
     let identity = Published::of(&verified);
     let refuse = |reason| deny_as(reason, Some(token), challenge, identity.clone());
+    // RFC 7662 §2.2: an introspected token's `token_type` names the scheme it is used with.
+    if let Some(token_type) = verified.token_type() {
+        let expected = match scheme {
+            Scheme::Bearer => "Bearer",
+            Scheme::Dpop => "DPoP",
+        };
+        if !token_type.eq_ignore_ascii_case(expected) {
+            return refuse(Reason::TokenTypeMismatch);
+        }
+    }
     let mut client = ClientSide {
         policy,
         peer,
@@ -992,10 +1069,13 @@ fn http_checks(
 }
 
 /// What verifying a request's token and its proofs takes: the signature verifier, the cache
-/// of verified tokens, the fetched key sets and the replay record (for DPoP proofs).
+/// of verified tokens, the introspection answers, the fetched key sets and the replay record
+/// (for DPoP proofs).
 pub struct Tokens<'a> {
     pub crypto: &'a dyn SignatureVerifier,
     pub cache: &'a mut TokenCache,
+    /// What the introspection endpoints said, per token.
+    pub introspected: &'a mut IntrospectionCache,
     /// This VM's decoded fetched key sets.
     pub fetched: &'a FetchedKeys,
     /// Where DPoP proofs are recorded once.
@@ -1010,22 +1090,59 @@ impl Tokens<'_> {
         token: &str,
         now: u64,
     ) -> Result<Rc<VerifiedToken>, Refusal> {
+        match token::kind(token) {
+            Kind::Jwt => {}
+            // JWE access tokens are not read yet: refused as malformed, as before.
+            Kind::Jwe => return Err(Reason::TokenMalformed.into()),
+            Kind::Opaque => {
+                let issuer = policy.opaque_issuer(token).ok_or(Reason::TokenMalformed)?;
+                return self.introspected(issuer, token, now);
+            }
+        }
         let key = self.cache.key(token);
         if let Some(cached) = key.as_ref().and_then(|k| self.cache.get(k, now)) {
             return Ok(cached);
         }
-        let verified = Rc::new(token::verify(
+        let verified = match token::verify(
             token,
             &policy.issuers,
             self.fetched,
             policy.limits,
             self.crypto,
             now,
-        )?);
+        ) {
+            Ok(verified) => Rc::new(verified),
+            // A JWT of an issuer whose tokens are introspected.
+            Err(Refusal {
+                introspect: Some(issuer),
+                ..
+            }) => return self.introspected(issuer, token, now),
+            Err(refusal) => return Err(refusal),
+        };
         if let Some(key) = key {
             self.cache.insert(key, Rc::clone(&verified), now);
         }
         Ok(verified)
+    }
+
+    /// What `issuer`'s introspection endpoint said of `token`, if it was asked; else a
+    /// refusal that asks it.
+    fn introspected(
+        &mut self,
+        issuer: usize,
+        token: &str,
+        now: u64,
+    ) -> Result<Rc<VerifiedToken>, Refusal> {
+        match self.introspected.get(token, now) {
+            Some(Introspected::Active(verified)) => Ok(verified),
+            Some(Introspected::Inactive) => Err(Reason::TokenInactive.into()),
+            Some(Introspected::Failed(reason)) => Err(reason.into()),
+            None => Err(Refusal {
+                reason: Reason::IntrospectionUnavailable,
+                key_set: None,
+                introspect: Some(issuer),
+            }),
+        }
     }
 }
 
@@ -1261,6 +1378,7 @@ mod tests {
         let mut tokens = Tokens {
             crypto: &InVm,
             cache: &mut cache,
+            introspected: &mut IntrospectionCache::new(0),
             fetched: &FetchedKeys::default(),
             replay: &mut NoReplay,
         };
@@ -1300,6 +1418,7 @@ mod tests {
         Tokens {
             crypto: &InVm,
             cache: Box::leak(Box::new(TokenCache::new(0))),
+            introspected: Box::leak(Box::new(IntrospectionCache::new(0))),
             fetched: Box::leak(Box::new(FetchedKeys::default())),
             replay: Box::leak(Box::new(NoReplay)),
         }
@@ -1338,6 +1457,7 @@ mod tests {
         let mut tokens = Tokens {
             crypto: &counting,
             cache: &mut cache,
+            introspected: &mut IntrospectionCache::new(0),
             fetched: &FetchedKeys::default(),
             replay: &mut NoReplay,
         };
@@ -1387,6 +1507,7 @@ mod tests {
         let mut tokens = Tokens {
             crypto: &counting,
             cache: &mut cache,
+            introspected: &mut IntrospectionCache::new(0),
             fetched: &FetchedKeys::default(),
             replay: &mut NoReplay,
         };
@@ -2055,11 +2176,16 @@ mod tests {
         };
         let decide = |reason, may_wait, granted: bool| {
             let asked = Cell::new(false);
-            let (decision, leftovers) =
-                need(reason).into_decision(&policy, &fetched, may_wait, |_| {
+            let (decision, leftovers) = need(reason).into_decision(
+                &policy,
+                &fetched,
+                may_wait,
+                |_| {
                     asked.set(true);
                     granted
-                });
+                },
+                |_| 0,
+            );
             assert_eq!(leftovers.token_fp.as_deref(), Some("fp"));
             (decision, asked.get())
         };
@@ -2169,6 +2295,7 @@ mod tests {
             let mut tokens = Tokens {
                 crypto: &InVm,
                 cache: &mut cache,
+                introspected: &mut IntrospectionCache::new(0),
                 fetched: &FetchedKeys::default(),
                 replay: &mut store,
             };
@@ -2464,6 +2591,7 @@ mod tests {
             let mut tokens = Tokens {
                 crypto: &InVm,
                 cache: &mut cache,
+                introspected: &mut IntrospectionCache::new(0),
                 fetched: &FetchedKeys::default(),
                 replay: &mut record,
             };
@@ -2848,6 +2976,286 @@ mod tests {
             assert_eq!(
                 decide_on(&f, "/orders", &bound, &[alice.as_bytes()], &mut mallory),
                 Err(Reason::CertificateMismatch)
+            );
+        }
+    }
+
+    /// Issue 12: opaque tokens, introspected (RFC 7662), with the same bindings.
+    mod introspection {
+        use super::*;
+        use crate::introspect::{self, Answer, Context, Outcome};
+
+        const OPAQUE: &str = "2YotnFZFEjr1zCsicMWpAA";
+
+        fn introspecting(with_keys: bool) -> (Fixture, Policy) {
+            let f = fixture();
+            let mut issuer = json!({"issuer": ISS, "audiences": [AUD],
+                "introspection": {"cluster": "as", "path": "/introspect", "client_id": "rs",
+                                  "client_secret": "s3cret"}});
+            if with_keys {
+                issuer["jwks"] = issuer_jwks(&f.key);
+            }
+            let config = json!({
+                "issuers": [issuer],
+                "rules": [{"prefix": "/legacy", "require": "bearer"}, {"prefix": "/", "require": "mtls"}]
+            });
+            let policy = Policy::from_json(config.to_string().as_bytes()).unwrap();
+            (f, policy)
+        }
+
+        /// The verified token of an active answer with `members`.
+        fn active(policy: &Policy, members: Value) -> Rc<VerifiedToken> {
+            let issuer = &policy.issuers[0];
+            let context = Context {
+                introspection: issuer.introspection.as_ref().unwrap(),
+                issuer,
+                fetched: &FetchedKeys::default(),
+                crypto: &InVm,
+                limits: policy.limits,
+            };
+            let body = members.to_string();
+            let answer = Answer {
+                status: Some(200),
+                content_type: Some("application/json"),
+                body: body.as_bytes(),
+            };
+            match introspect::read_answer(&answer, OPAQUE, &context, NOW) {
+                Ok(Outcome::Active(token)) => Rc::new(token),
+                other => panic!("not active: {other:?}"),
+            }
+        }
+
+        fn members(cnf: Option<Value>) -> Value {
+            let mut m = json!({"active": true, "iss": ISS, "aud": AUD, "sub": "alice",
+                               "client_id": "tpp", "exp": NOW + 3600, "token_type": "Bearer"});
+            if let Some(cnf) = cnf {
+                m["cnf"] = cnf;
+            }
+            m
+        }
+
+        fn decide_with<'p>(
+            policy: &'p Policy,
+            path: &str,
+            authorization: &str,
+            peer: Option<&[u8]>,
+            introspected: &mut IntrospectionCache,
+        ) -> Verdict<'p> {
+            let request = Request {
+                path: path.as_bytes(),
+                authorization: &[authorization.as_bytes()],
+                ..Request::default()
+            };
+            let mut cache = TokenCache::new(0);
+            let mut tokens = Tokens {
+                crypto: &InVm,
+                cache: &mut cache,
+                introspected,
+                fetched: &FetchedKeys::default(),
+                replay: &mut NoReplay,
+            };
+            decide(
+                policy,
+                request,
+                &mut Reported::with(peer.map(cert)),
+                &mut tokens,
+                NOW,
+            )
+        }
+
+        #[test]
+        fn an_opaque_token_waits_for_its_introspection_then_is_bound_like_a_jwt() {
+            let (_, policy) = introspecting(true);
+            let mut answers = IntrospectionCache::new(16);
+            let bearer = format!("Bearer {OPAQUE}");
+            // Not asked yet: the verdict asks, naming the issuer and the token.
+            match decide_with(&policy, "/orders", &bearer, Some(ALICE_DER), &mut answers) {
+                Verdict::NeedIntrospection { ask, token_fp, .. } => {
+                    assert_eq!(ask.issuer, 0);
+                    assert_eq!(ask.token, OPAQUE);
+                    assert_eq!(token_fp, Some(fingerprint(OPAQUE)));
+                    // Never the token in a Debug print.
+                    assert!(!format!("{ask:?}").contains(OPAQUE));
+                }
+                other => panic!("{other:?}"),
+            }
+            // Answered: active and bound to Alice's certificate (RFC 8705 §3.2).
+            let token = active(&policy, members(bound_to(ALICE_DER)));
+            answers.insert(OPAQUE, Introspected::Active(token), 60, NOW);
+            assert!(allowed(decide_with(
+                &policy,
+                "/orders",
+                &bearer,
+                Some(ALICE_DER),
+                &mut answers
+            ))
+            .is_some());
+            assert_eq!(
+                reason(decide_with(
+                    &policy,
+                    "/orders",
+                    &bearer,
+                    Some(MALLORY_DER),
+                    &mut answers
+                )),
+                Reason::CertificateMismatch
+            );
+            // An unbound introspected token is not sender-constrained.
+            let other = "unbound-opaque-token";
+            let token = active(&policy, members(None));
+            answers.insert(other, Introspected::Active(token), 60, NOW);
+            assert_eq!(
+                reason(decide_with(
+                    &policy,
+                    "/orders",
+                    &format!("Bearer {other}"),
+                    Some(ALICE_DER),
+                    &mut answers
+                )),
+                Reason::NotSenderConstrained
+            );
+            assert!(allowed(decide_with(
+                &policy,
+                "/legacy",
+                &format!("Bearer {other}"),
+                None,
+                &mut answers
+            ))
+            .is_some());
+        }
+
+        #[test]
+        fn inactive_and_failed_answers_refuse_with_their_reasons() {
+            let (_, policy) = introspecting(true);
+            let mut answers = IntrospectionCache::new(16);
+            answers.insert("revoked", Introspected::Inactive, 5, NOW);
+            answers.insert(
+                "broken",
+                Introspected::Failed(Reason::IntrospectionInvalid),
+                1,
+                NOW,
+            );
+            for (token, expected) in [
+                ("revoked", Reason::TokenInactive),
+                ("broken", Reason::IntrospectionInvalid),
+            ] {
+                assert_eq!(
+                    reason(decide_with(
+                        &policy,
+                        "/legacy",
+                        &format!("Bearer {token}"),
+                        None,
+                        &mut answers
+                    )),
+                    expected
+                );
+            }
+        }
+
+        #[test]
+        fn the_token_type_must_fit_the_scheme() {
+            let (_, policy) = introspecting(true);
+            let mut answers = IntrospectionCache::new(16);
+            let mut m = members(None);
+            m["token_type"] = json!("DPoP");
+            answers.insert(OPAQUE, Introspected::Active(active(&policy, m)), 60, NOW);
+            assert_eq!(
+                reason(decide_with(
+                    &policy,
+                    "/legacy",
+                    &format!("Bearer {OPAQUE}"),
+                    None,
+                    &mut answers
+                )),
+                Reason::TokenTypeMismatch
+            );
+            let mut m = members(None);
+            m["token_type"] = json!("bearer");
+            answers.insert(OPAQUE, Introspected::Active(active(&policy, m)), 60, NOW);
+            assert!(allowed(decide_with(
+                &policy,
+                "/legacy",
+                &format!("Bearer {OPAQUE}"),
+                None,
+                &mut answers
+            ))
+            .is_some());
+        }
+
+        #[test]
+        fn a_jwt_of_an_issuer_without_keys_is_introspected() {
+            let (f, policy) = introspecting(false);
+            let jwt = token(&f, None, &[]);
+            let mut answers = IntrospectionCache::new(16);
+            assert!(matches!(
+                decide_with(
+                    &policy,
+                    "/legacy",
+                    &format!("Bearer {jwt}"),
+                    None,
+                    &mut answers
+                ),
+                Verdict::NeedIntrospection {
+                    ask: Introspect { issuer: 0, .. },
+                    ..
+                }
+            ));
+            // With the issuer's keys, the same JWT is verified, not introspected.
+            let (f, policy) = introspecting(true);
+            let jwt = token(&f, None, &[]);
+            assert!(allowed(decide_with(
+                &policy,
+                "/legacy",
+                &format!("Bearer {jwt}"),
+                None,
+                &mut answers
+            ))
+            .is_some());
+        }
+
+        #[test]
+        fn a_request_waits_for_an_answer_only_until_its_deadline() {
+            let (_, policy) = introspecting(true);
+            let need = || Verdict::NeedIntrospection {
+                ask: Introspect {
+                    issuer: 0,
+                    token: OPAQUE.into(),
+                },
+                token_fp: Some("fp".into()),
+                challenge: Challenge::BEARER,
+            };
+            let fetched = FetchedKeys::default();
+            let (decision, leftovers) =
+                need().into_decision(&policy, &fetched, true, |_| false, |_| 7);
+            assert_eq!(
+                decision,
+                Decision::NeedIntrospection {
+                    issuer: 0,
+                    seen_answers: 7,
+                    timeout_ms: introspect::DEFAULT_TIMEOUT_MS
+                }
+            );
+            assert_eq!(
+                leftovers.introspect.map(|a| a.token),
+                Some(OPAQUE.to_string())
+            );
+            let (decision, _) = need().into_decision(&policy, &fetched, false, |_| false, |_| 7);
+            assert_eq!(decision, Decision::Deny(Reason::IntrospectionUnavailable));
+        }
+
+        #[test]
+        fn opaque_tokens_without_an_introspecting_issuer_stay_malformed() {
+            let f = fixture();
+            let mut answers = IntrospectionCache::new(16);
+            assert_eq!(
+                reason(decide_with(
+                    &f.policy,
+                    "/legacy",
+                    &format!("Bearer {OPAQUE}"),
+                    None,
+                    &mut answers
+                )),
+                Reason::TokenMalformed
             );
         }
     }
