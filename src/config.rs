@@ -904,11 +904,14 @@ fn compile_introspection(
     if !(1..=60_000).contains(&raw.timeout_ms) {
         return Err(format!("{at}.timeout_ms must be between 1 and 60000"));
     }
-    if raw.cache_seconds > 3600 {
-        return Err(format!("{at}.cache_seconds must be at most 3600"));
+    // At least a second: the requests that wait on an answer read it from the cache.
+    if !(1..=3600).contains(&raw.cache_seconds) {
+        return Err(format!("{at}.cache_seconds must be between 1 and 3600"));
     }
-    if raw.negative_cache_seconds > 300 {
-        return Err(format!("{at}.negative_cache_seconds must be at most 300"));
+    if !(1..=300).contains(&raw.negative_cache_seconds) {
+        return Err(format!(
+            "{at}.negative_cache_seconds must be between 1 and 300"
+        ));
     }
     if !(1..=4096).contains(&raw.max_in_flight) {
         return Err(format!("{at}.max_in_flight must be between 1 and 4096"));
@@ -1910,6 +1913,11 @@ mod tests {
             ),
             (json!({"timeout_ms": 0}), "timeout_ms"),
             (json!({"cache_seconds": 3601}), "cache_seconds"),
+            (json!({"cache_seconds": 0}), "cache_seconds"),
+            (
+                json!({"negative_cache_seconds": 0}),
+                "negative_cache_seconds",
+            ),
             (
                 json!({"negative_cache_seconds": 301}),
                 "negative_cache_seconds",

@@ -21,6 +21,8 @@
 //! issuer's key set, whose `iss` is the issuer and whose `aud` names `client_id`; the
 //! introspection response is its `token_introspection` claim.
 
+use std::rc::Rc;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
@@ -185,7 +187,7 @@ pub struct Answer<'a> {
 #[derive(Debug)]
 pub enum Outcome {
     /// Active, and acceptable here: the token, as verified.
-    Active(VerifiedToken),
+    Active(Rc<VerifiedToken>),
     /// `active: false` (RFC 7662 §2.2): expired, revoked, unknown, or not for us.
     Inactive,
 }
@@ -264,7 +266,68 @@ fn read_members(
         _ => return Err(Reason::IntrospectionInvalid),
     }
     token::from_introspection(members, token, context.issuer, context.limits, now)
-        .map(Outcome::Active)
+        .map(|verified| Outcome::Active(Rc::new(verified)))
+}
+
+/// The introspection calls a VM has in flight: at most one per token (the requests that
+/// carry it wait for the same answer), at most `max_in_flight` per endpoint, each tied to
+/// the request whose callback sent it (Envoy cancels a call when that request ends).
+#[derive(Default)]
+pub struct Calls {
+    by_id: std::collections::HashMap<u32, Call>,
+}
+
+struct Call {
+    issuer: usize,
+    token: String,
+    sender: u32,
+}
+
+impl Calls {
+    /// Whether a call about `token` is in flight.
+    pub fn asking(&self, token: &str) -> bool {
+        self.by_id.values().any(|call| call.token == token)
+    }
+
+    /// Whether `issuer`'s endpoint may be asked once more (fewer than `max` in flight).
+    pub fn may_ask(&self, issuer: usize, max: usize) -> bool {
+        self.by_id
+            .values()
+            .filter(|call| call.issuer == issuer)
+            .count()
+            < max
+    }
+
+    /// Call `id`, about `token`, went to `issuer`'s endpoint from request `sender`.
+    pub fn asked(&mut self, id: u32, issuer: usize, token: &str, sender: u32) {
+        self.by_id.insert(
+            id,
+            Call {
+                issuer,
+                token: token.to_string(),
+                sender,
+            },
+        );
+    }
+
+    /// Call `id` is answered (or failed): its issuer and token, if it was one of these.
+    pub fn answered(&mut self, id: u32) -> Option<(usize, String)> {
+        self.by_id.remove(&id).map(|call| (call.issuer, call.token))
+    }
+
+    /// Request `sender` ended, and with it the calls it sent: their issuers, whose waiting
+    /// requests must ask again.
+    pub fn sender_gone(&mut self, sender: u32) -> Vec<usize> {
+        let gone: Vec<u32> = self
+            .by_id
+            .iter()
+            .filter(|(_, call)| call.sender == sender)
+            .map(|(id, _)| *id)
+            .collect();
+        gone.into_iter()
+            .filter_map(|id| self.by_id.remove(&id).map(|call| call.issuer))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -379,6 +442,28 @@ mod tests {
     }
 
     #[test]
+    fn calls_are_one_per_token_bounded_per_endpoint_and_end_with_their_sender() {
+        let mut calls = Calls::default();
+        assert!(!calls.asking("t1") && calls.may_ask(0, 2));
+        calls.asked(10, 0, "t1", 100);
+        calls.asked(11, 0, "t2", 101);
+        assert!(calls.asking("t1") && !calls.asking("t3"));
+        assert!(!calls.may_ask(0, 2));
+        assert!(calls.may_ask(1, 2));
+        assert_eq!(calls.answered(10), Some((0, "t1".to_string())));
+        assert_eq!(calls.answered(10), None);
+        assert!(calls.may_ask(0, 2) && !calls.asking("t1"));
+        // A key-set fetch's answer is not an introspection.
+        assert_eq!(calls.answered(99), None);
+        calls.asked(12, 1, "t3", 101);
+        let mut gone = calls.sender_gone(101);
+        gone.sort_unstable();
+        assert_eq!(gone, [0, 1]);
+        assert!(!calls.asking("t2") && !calls.asking("t3"));
+        assert!(calls.sender_gone(101).is_empty());
+    }
+
+    #[test]
     fn the_debug_print_never_shows_the_secret() {
         let printed = format!("{:?}", introspection(false));
         assert!(!printed.contains("s3cr"), "{printed}");
@@ -417,7 +502,8 @@ mod tests {
             }
             read(&members, "application/json").map(|_| ())
         };
-        let cases: [(&dyn Fn(&mut Map<String, Value>), Reason); 7] = [
+        type Edit<'a> = &'a dyn Fn(&mut Map<String, Value>);
+        let cases: [(Edit, Reason); 7] = [
             (
                 &|m| {
                     m.insert("iss".into(), json!("https://other.example/"));

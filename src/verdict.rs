@@ -3020,7 +3020,7 @@ mod tests {
                 body: body.as_bytes(),
             };
             match introspect::read_answer(&answer, OPAQUE, &context, NOW) {
-                Ok(Outcome::Active(token)) => Rc::new(token),
+                Ok(Outcome::Active(token)) => token,
                 other => panic!("not active: {other:?}"),
             }
         }

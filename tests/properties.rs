@@ -866,7 +866,8 @@ mod token {
             vec![Issuer {
                 issuer: ISS.into(),
                 audiences: HashSet::from([AUD.to_string()]),
-                keys: KeySource::Inline(parse_jwks(&jwks).unwrap().keys),
+                keys: Some(KeySource::Inline(parse_jwks(&jwks).unwrap().keys)),
+                introspection: None,
             }]
         })
     }
@@ -2695,7 +2696,7 @@ mod config {
         for issuer in &policy.issuers {
             prop_assert!(!issuer.issuer.is_empty());
             prop_assert!(!issuer.audiences.is_empty() && !issuer.audiences.contains(""));
-            if let KeySource::Inline(keys) = &issuer.keys {
+            if let Some(KeySource::Inline(keys)) = &issuer.keys {
                 prop_assert!(!keys.is_empty());
             }
         }

@@ -1,7 +1,8 @@
 //! Envoy counters: `tether.allowed`, one `tether.refused.<reason>` per reason, and the key
 //! set fetches (`tether.jwks_fetch.success`, `.failure`, `.key_skipped`), signed responses
-//! (`tether.response_signed`), key set answers (`tether.jwks_served`) and XFCC headers
-//! from untrusted peers, removed (`tether.xfcc_untrusted`), shown in Envoy's
+//! (`tether.response_signed`), key set answers (`tether.jwks_served`), XFCC headers
+//! from untrusted peers, removed (`tether.xfcc_untrusted`), and introspection calls sent
+//! and failed (`tether.introspection.sent`, `.failed`), shown in Envoy's
 //! `/stats` with the `wasmcustom.` prefix.
 
 use super::hostcalls;
@@ -17,6 +18,8 @@ pub struct Metrics {
     responses_signed: Option<u32>,
     jwks_served: Option<u32>,
     xfcc_untrusted: Option<u32>,
+    introspection_sent: Option<u32>,
+    introspection_failed: Option<u32>,
     /// Indexed like [`Reason::ALL`].
     refused: Vec<Option<u32>>,
 }
@@ -35,6 +38,8 @@ impl Metrics {
             responses_signed: counter("tether.response_signed"),
             jwks_served: counter("tether.jwks_served"),
             xfcc_untrusted: counter("tether.xfcc_untrusted"),
+            introspection_sent: counter("tether.introspection.sent"),
+            introspection_failed: counter("tether.introspection.failed"),
             refused: Reason::ALL
                 .iter()
                 .map(|r| counter(&r.metric_name()))
@@ -76,6 +81,16 @@ impl Metrics {
     /// An `x-forwarded-client-cert` from a peer that is not trusted, removed.
     pub fn xfcc_untrusted(&self) {
         increment(self.xfcc_untrusted, 1);
+    }
+
+    /// An introspection call sent.
+    pub fn introspection_sent(&self) {
+        increment(self.introspection_sent, 1);
+    }
+
+    /// An introspection call that brought no usable answer.
+    pub fn introspection_failed(&self) {
+        increment(self.introspection_failed, 1);
     }
 
     pub fn refused(&self, reason: Reason) {

@@ -8,6 +8,7 @@
 
 mod fetch;
 mod hostcalls;
+mod introspection;
 mod metrics;
 
 use std::cell::{Cell, RefCell};
@@ -22,19 +23,22 @@ use crate::bind::identity::CertificateFacts;
 use crate::bind::mtls::PeerCertificate;
 use crate::bind::peer::{self, Forwarded, Peer, PeerNames};
 use crate::bind::xfcc;
-use crate::cache::TokenCache;
+use crate::cache::{IntrospectionCache, TokenCache};
 use crate::config::Policy;
 use crate::crypto::native::{ForeignFunction, Native};
 use crate::crypto::{InVm, SignatureVerifier};
+use crate::introspect::Calls;
 use crate::keyset::{namespace, replay_namespace, FetchedKeys, Fetcher};
 use crate::lifecycle::{
-    Decision, Driven, Entry, Held, Limits, Outgoing, Pipeline, ResponseStep, Step, Table,
+    Decision, Driven, Entry, Held, Limits, Outgoing, Pipeline, ResponseStep, Step, Table, Wait,
 };
 use crate::policy::SignatureFormat;
 use crate::reject::{Challenge, Reason};
 use crate::replay::SharedReplay;
 use crate::respond::{self, Exchange};
-use crate::verdict::{decide, Facts, Pending, Published, Request, SignResponse, Tokens};
+use crate::verdict::{
+    decide, Facts, Introspect, Pending, Published, Request, SignResponse, Tokens,
+};
 use hostcalls::{Buffer, EnvoySharedData, Level, Map};
 use metrics::Metrics;
 
@@ -86,6 +90,15 @@ struct Shared {
     warned_address_withheld: Cell<bool>,
     /// Client certificates' facts, read once per VM (client identity).
     certificates: RefCell<FactsCache>,
+    /// What the introspection endpoints said, per token.
+    introspected: RefCell<IntrospectionCache>,
+    /// The introspection calls in flight.
+    calls: RefCell<Calls>,
+    /// How many answers each issuer's introspection endpoint has given this VM (or calls it
+    /// lost): a request waiting on one is decided again when its count moves.
+    introspection_answers: RefCell<Vec<u64>>,
+    /// When a failing introspection endpoint was last logged (milliseconds; 0: never).
+    warned_introspection_at: Cell<u64>,
     /// What the responses of allowed requests get (a DPoP nonce, a signature), until they
     /// start.
     answers: RefCell<HashMap<u32, Answer>>,
@@ -257,6 +270,10 @@ impl Context for Root {
     ) {
         if let Some(shared) = &self.shared {
             let now_ms = now_millis();
+            if introspection::on_answer(shared, token, headers, body_size, now_ms) {
+                resolve_held(shared, now_ms);
+                return;
+            }
             let answer = fetch::read_answer(headers, body_size);
             let events = {
                 let mut keys = shared.fetched.borrow_mut();
@@ -337,6 +354,11 @@ impl RootContext for Root {
             &format!("tether: shared data namespace {namespace}"),
         );
         let jwks_endpoints = policy.jwks_endpoints.len();
+        let issuer_count = policy.issuers.len();
+        // The requests waiting on an answer read it from this cache: it is never off.
+        let introspection_entries = policy
+            .token_cache_entries
+            .max(introspection::MIN_CACHE_ENTRIES);
         let max_held_requests = policy.max_held_requests;
         let limits = Limits {
             body_timeout_ms: policy.signed_requests.body_timeout_ms,
@@ -355,6 +377,10 @@ impl RootContext for Root {
             warned_body_withheld: Cell::new(false),
             warned_address_withheld: Cell::new(false),
             certificates: RefCell::new(FactsCache::new(FACTS_CACHE_ENTRIES)),
+            introspected: RefCell::new(IntrospectionCache::new(introspection_entries)),
+            calls: RefCell::new(Calls::default()),
+            introspection_answers: RefCell::new(vec![0; issuer_count]),
+            warned_introspection_at: Cell::new(0),
             answers: RefCell::new(HashMap::new()),
         });
         // The first fetch starts on the first tick, not here: a VM configured on Envoy's main
@@ -406,7 +432,23 @@ struct Filter {
     outgoing: Option<(Outgoing, ToSign)>,
 }
 
-impl Context for Filter {}
+impl Context for Filter {
+    /// An introspection call this request sent while it was deciding is answered here.
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let Some(shared) = self.shared.clone() {
+            let now_ms = now_millis();
+            if introspection::on_answer(&shared, token, headers, body_size, now_ms) {
+                resolve_held(&shared, now_ms);
+            }
+        }
+    }
+}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
@@ -533,6 +575,9 @@ impl HttpContext for Filter {
         if let Some(shared) = &self.shared {
             shared.held.borrow_mut().forget(self.context_id);
             shared.answers.borrow_mut().remove(&self.context_id);
+            // Envoy cancels the calls this request sent: the requests that wait on them ask
+            // again when the tick decides them again.
+            introspection::sender_gone(shared, self.context_id);
         }
     }
 }
@@ -595,7 +640,11 @@ fn drive(
         context_id,
         request,
         step,
-        &mut Deciding { shared, now_ms },
+        &mut Deciding {
+            shared,
+            now_ms,
+            context_id,
+        },
         now_ms,
     );
     match driven {
@@ -648,11 +697,22 @@ fn drive(
 struct Deciding<'a> {
     shared: &'a Shared,
     now_ms: u64,
+    context_id: u32,
 }
 
 impl Pipeline<RequestState> for Deciding<'_> {
     fn decide(&mut self, entry: &mut Entry<RequestState>, may_wait: bool) -> Decision {
-        decide_again(self.shared, entry, may_wait, self.now_ms / 1000)
+        let (decision, introspect) = decide_again(self.shared, entry, may_wait, self.now_ms / 1000);
+        match (decision, introspect) {
+            // The token's introspection, asked for now unless it already is.
+            (Decision::NeedIntrospection { .. }, Some(ask)) => {
+                match introspection::ask(self.shared, &ask, self.context_id) {
+                    Ok(()) => decision,
+                    Err(reason) => Decision::Deny(reason),
+                }
+            }
+            (decision, _) => decision,
+        }
     }
 
     fn verify(&mut self, entry: &mut Entry<RequestState>) -> Result<(), Reason> {
@@ -661,12 +721,14 @@ impl Pipeline<RequestState> for Deciding<'_> {
 }
 
 /// Decides a request on its headers (again, after a wait for keys).
+/// Decides a request on its headers (again, after a wait for keys or an introspection);
+/// with the introspection it waits for, if it does.
 fn decide_again(
     shared: &Shared,
     entry: &mut Entry<RequestState>,
     may_wait: bool,
     now: u64,
-) -> Decision {
+) -> (Decision, Option<Introspect>) {
     let policy = &shared.policy;
     let request = &mut entry.request;
     let facts = &request.facts;
@@ -694,7 +756,9 @@ fn decide_again(
     // The VM runs one callback at a time, so these are never borrowed twice; were they,
     // the request is served uncached rather than trapping the VM.
     let mut spare = TokenCache::new(0);
+    let mut spare_answers = IntrospectionCache::new(0);
     let mut cache = shared.cache.try_borrow_mut();
+    let mut introspected = shared.introspected.try_borrow_mut();
     let fetched = shared.fetched.try_borrow();
     let empty = FetchedKeys::default();
     let fetched = fetched.as_deref().unwrap_or(&empty);
@@ -702,6 +766,7 @@ fn decide_again(
     let mut tokens = Tokens {
         crypto: shared.crypto.as_ref(),
         cache: cache.as_deref_mut().unwrap_or(&mut spare),
+        introspected: introspected.as_deref_mut().unwrap_or(&mut spare_answers),
         fetched,
         replay: &mut replay,
     };
@@ -718,19 +783,25 @@ fn decide_again(
     if request.connection.address_withheld && !shared.warned_address_withheld.replace(true) {
         log(Level::Warn, "tether: source_cidrs: a request came with x-forwarded-for, from which Envoy may take source.address, so its peer address is unknown and no network matches; give Tether the connection's own address with Envoy's set_filter_state filter (README, \"Client networks\"). Logged once.");
     }
-    let (decision, leftovers) = verdict.into_decision(policy, fetched, may_wait, |endpoint| {
-        shared
-            .fetcher
-            .try_borrow()
-            .is_ok_and(|fetcher| fetcher.request_refetch(endpoint, now))
-    });
+    let (decision, leftovers) = verdict.into_decision(
+        policy,
+        fetched,
+        may_wait,
+        |endpoint| {
+            shared
+                .fetcher
+                .try_borrow()
+                .is_ok_and(|fetcher| fetcher.request_refetch(endpoint, now))
+        },
+        |issuer| introspection::answers(shared, issuer),
+    );
     request.headers = leftovers.headers;
     request.pending = leftovers.pending;
     request.challenge = leftovers.challenge;
     request.sign_response = leftovers.sign_response;
     request.published = leftovers.published;
     entry.token_fp = leftovers.token_fp;
-    decision
+    (decision, leftovers.introspect)
 }
 
 /// Verifies a held request's signature over its whole body (buffered by Envoy) and records
@@ -765,10 +836,10 @@ fn verify_body(shared: &Shared, entry: &mut Entry<RequestState>, now: u64) -> Re
 fn resolve_held(shared: &Shared, now_ms: u64) {
     let due = {
         let fetched = shared.fetched.borrow();
-        shared
-            .held
-            .borrow_mut()
-            .due(now_ms, |set| fetched.fetched_at(set))
+        shared.held.borrow_mut().due(now_ms, |wait| match wait {
+            Wait::Keys(set) => fetched.fetched_at(set),
+            Wait::Introspection(issuer) => introspection::answers(shared, issuer),
+        })
     };
     for (context_id, request, step) in due {
         // The request's stream may be gone; then there is nothing to decide.
