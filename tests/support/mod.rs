@@ -12,6 +12,8 @@
 //! - [`envoy`]: the Envoy process (bootstrap, start, readiness, stats, log, shutdown) and
 //!   `envoy --mode validate`.
 //! - [`client`]: HTTPS requests through `curl`, with or without a client certificate.
+//! - [`introspection`]: an RFC 7662 introspection endpoint the test controls (late, failing,
+//!   malformed), counting its calls.
 //! - [`wycheproof`]: Project Wycheproof's signature test groups for Tether's algorithms, chosen
 //!   by their parameters, each with its JWK (for tests/wycheproof.rs and tests/e2e_wycheproof.rs).
 //! - [`der`] and [`scratch`]: the small pieces underneath (DER parsing of OpenSSL's output,
@@ -31,6 +33,7 @@ pub mod der;
 pub mod echo;
 pub mod envoy;
 pub mod frames;
+pub mod introspection;
 pub mod jws;
 pub mod jwt;
 pub mod keyserver;
