@@ -734,16 +734,6 @@ pub fn decide<'p>(
     // From here on a refusal names whose token it was (a stolen token's client, for the log).
     let identity = Published::of(&verified);
     let refuse = |reason| deny_as(reason, Some(token), challenge, identity.clone());
-    // RFC 7662 §2.2: an introspected token's `token_type` names the scheme it is used with.
-    if let Some(token_type) = verified.token_type() {
-        let expected = match scheme {
-            Scheme::Bearer => "Bearer",
-            Scheme::Dpop => "DPoP",
-        };
-        if !token_type.eq_ignore_ascii_case(expected) {
-            return refuse(Reason::TokenTypeMismatch);
-        }
-    }
     let mut client = ClientSide {
         policy,
         peer,
@@ -751,6 +741,7 @@ pub fn decide<'p>(
         certificate: None,
     };
     if let Err(reason) = check_binding(route, scheme, &verified, &mut client)
+        .and_then(|()| check_token_type(scheme, &verified))
         .and_then(|()| check_client(policy, route, &verified, &mut client))
     {
         return refuse(reason);
@@ -1143,6 +1134,23 @@ impl Tokens<'_> {
                 introspect: Some(issuer),
             }),
         }
+    }
+}
+
+/// RFC 7662 §2.2: an introspected token's `token_type` names the scheme it is used with
+/// (after the binding's own scheme checks, which say more: a DPoP-bound token as Bearer).
+fn check_token_type(scheme: Scheme, verified: &VerifiedToken) -> Result<(), Reason> {
+    let Some(token_type) = verified.token_type() else {
+        return Ok(());
+    };
+    let expected = match scheme {
+        Scheme::Bearer => "Bearer",
+        Scheme::Dpop => "DPoP",
+    };
+    if token_type.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(Reason::TokenTypeMismatch)
     }
 }
 
