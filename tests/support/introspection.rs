@@ -115,7 +115,7 @@ impl IntrospectionServer {
         let token = form
             .split('&')
             .find_map(|pair| pair.strip_prefix("token="))
-            .map(|t| percent_decode(t))
+            .map(percent_decode)
             .unwrap_or_default();
         *self.last_authorization.lock().expect("authorization") = authorization;
         *self
