@@ -875,6 +875,74 @@ pub(crate) mod tests {
         sign_input(f, &format!("{}.{}", b64(&header), b64(claims)))
     }
 
+    /// RFC 9701 §5's example answer (its `token_introspection` member as in the RFC), signed
+    /// here with the fixture's key: accepted with its `typ`, `iss` and `aud`, and refused
+    /// with any of them wrong, or with another key.
+    #[test]
+    fn rfc9701_jwt_answers_are_verified_before_they_are_read() {
+        let f = fixture();
+        let header = json!({"typ": "token-introspection+jwt", "alg": "ES256", "kid": "k1"});
+        let claims = json!({
+            "iss": ISS,
+            "aud": "https://rs.example.com/resource",
+            "iat": 1514797892,
+            "token_introspection": {
+                "active": true,
+                "iss": ISS,
+                "aud": "https://rs.example.com/resource",
+                "iat": 1514797822,
+                "exp": 1514797942,
+                "client_id": "paiB2goo0a",
+                "sub": "Z5O3upPC88QrAjx00dis",
+                "birthdate": "1982-02-01",
+                "given_name": "John",
+                "family_name": "Doe",
+                "jti": "t1FoCCaZd4Xv4ORJUWVUeTZfsKhW30CQCrWDDjwXy6w"
+            }
+        });
+        let client_id = "https://rs.example.com/resource";
+        let check = |jwt: &str| {
+            verify_introspection_jwt(
+                jwt,
+                &f.issuers[0],
+                client_id,
+                &FetchedKeys::default(),
+                &InVm,
+            )
+        };
+        let verified = check(&with_header(&f, header.clone(), &claims)).unwrap();
+        assert_eq!(verified["token_introspection"]["client_id"], "paiB2goo0a");
+        // `application/` prefixed, and `aud` as an array.
+        let mut array = claims.clone();
+        array["aud"] = json!(["other", client_id]);
+        let prefixed = json!({"typ": "application/token-introspection+jwt", "alg": "ES256"});
+        assert!(check(&with_header(&f, prefixed, &array)).is_ok());
+        let mut refused = Vec::new();
+        for typ in [json!("JWT"), json!("at+jwt"), Value::Null] {
+            let mut h = header.clone();
+            h["typ"] = typ;
+            refused.push(with_header(&f, h, &claims));
+        }
+        for (name, value) in [
+            ("iss", json!("https://other.example")),
+            ("aud", json!("https://other-rs.example")),
+            ("aud", Value::Null),
+        ] {
+            let mut c = claims.clone();
+            c[name] = value;
+            refused.push(with_header(&f, header.clone(), &c));
+        }
+        let other = fixture();
+        refused.push(with_header(&other, header.clone(), &claims));
+        let mut crit = header.clone();
+        crit["crit"] = json!(["exp"]);
+        refused.push(with_header(&f, crit, &claims));
+        refused.push("not.a.jwt.at.all".into());
+        for jwt in refused {
+            assert_eq!(check(&jwt), Err(Reason::IntrospectionInvalid), "{jwt}");
+        }
+    }
+
     #[test]
     fn access_token_types_are_accepted_and_other_types_refused() {
         let f = fixture();
