@@ -17,6 +17,7 @@ use crate::bind::jws::{HmacKey, MIN_HMAC_KEY_BYTES};
 use crate::bind::peer::{PeerSource, TrustedPeer};
 use crate::cache::{DEFAULT_ENTRIES, MAX_ENTRIES};
 use crate::introspect::{self, Introspection};
+use crate::jwe::DecryptionKey;
 use crate::jwk::{parse_jwks, Alg};
 use crate::keyset::{JwksEndpoint, KeySource, DEFAULT_REFRESH_SECONDS, DEFAULT_TIMEOUT_MS};
 use crate::policy::{Require, Rule, Rules, SignatureFormat};
@@ -284,6 +285,15 @@ struct RawIssuer {
     jwks: Option<Value>,
     remote_jwks: Option<RawJwksEndpoint>,
     introspection: Option<RawIntrospection>,
+    decryption_keys: Option<Vec<RawDecryptionKey>>,
+}
+
+/// `issuers[].decryption_keys[]`: a private JWK its encrypted tokens are decrypted with.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecryptionKey {
+    kid: String,
+    private_jwk: RawSecret,
 }
 
 /// `issuers[].introspection`: the issuer's RFC 7662 endpoint, through an Envoy cluster.
@@ -830,6 +840,15 @@ fn compile_issuers(
             .introspection
             .map(|raw| compile_introspection(&at, raw, environment))
             .transpose()?;
+        let decryption_keys = match issuer.decryption_keys {
+            None => Vec::new(),
+            Some(raw) => compile_decryption_keys(&at, raw, environment)?,
+        };
+        if !decryption_keys.is_empty() && keys.is_none() {
+            return Err(format!(
+                "{at}.decryption_keys needs the issuer's key set (\"jwks\" or \"remote_jwks\"): an encrypted token holds a JWT signed by the issuer, verified with it"
+            ));
+        }
         match (&keys, &introspection) {
             (None, None) => {
                 return Err(format!(
@@ -848,6 +867,7 @@ fn compile_issuers(
             audiences: issuer.audiences.into_iter().collect(),
             keys,
             introspection,
+            decryption_keys,
         });
     }
     // Opaque tokens carry no issuer: with several introspecting issuers, a prefix of the
@@ -878,6 +898,38 @@ fn compile_issuers(
         }
     }
     Ok(issuers)
+}
+
+/// The most `decryption_keys` of one issuer.
+pub const MAX_DECRYPTION_KEYS: usize = 8;
+
+fn compile_decryption_keys(
+    at: &str,
+    raw: Vec<RawDecryptionKey>,
+    environment: Environment<'_>,
+) -> Result<Vec<DecryptionKey>, String> {
+    if raw.is_empty() || raw.len() > MAX_DECRYPTION_KEYS {
+        return Err(format!(
+            "{at}.decryption_keys must list 1 to {MAX_DECRYPTION_KEYS} keys"
+        ));
+    }
+    let mut keys: Vec<DecryptionKey> = Vec::with_capacity(raw.len());
+    for (j, key) in raw.into_iter().enumerate() {
+        let at = format!("{at}.decryption_keys[{j}]");
+        if key.kid.is_empty() || keys.iter().any(|k| k.kid == key.kid) {
+            return Err(format!("{at}.kid must be non-empty and unique"));
+        }
+        let text = key
+            .private_jwk
+            .resolve(&format!("{at}.private_jwk"), environment)?;
+        // Never quote the key: the error names the field only.
+        let jwk: Value = serde_json::from_str(&text)
+            .map_err(|_| format!("{at}.private_jwk is not a JSON JWK"))?;
+        keys.push(
+            DecryptionKey::from_jwk(key.kid, &jwk).map_err(|e| format!("{at}.private_jwk: {e}"))?,
+        );
+    }
+    Ok(keys)
 }
 
 fn compile_introspection(
@@ -1935,6 +1987,64 @@ mod tests {
             let error = parse_with_secret(&c).unwrap_err().0;
             assert!(error.contains(field), "{edit}: {error}");
         }
+    }
+
+    /// RFC 7520 §5.5's P-256 key (a public test value), as a decryption key.
+    const RFC7520_P256: &str = r#"{"kty":"EC","kid":"meriadoc.brandybuck@buckland.example","use":"enc","crv":"P-256","x":"Ze2loSV3wrroKUN_4zhwGhCqo3Xhu1td4QjeQ5wIVR0","y":"HlLtdXARY_f55A3fnzQbPcm6hgr34Mp8p-nuzQCE0Zw","d":"r_kHyZ-a06rmxM3yESK84r1otSg-aQcVStkRhA-iCM8"}"#;
+
+    #[test]
+    fn decryption_keys_come_from_the_environment_and_need_the_key_set() {
+        let environment = |name: &str| (name == "TETHER_JWE_KEY").then(|| RFC7520_P256.to_string());
+        let mut c = contract();
+        c["issuers"][0]["decryption_keys"] =
+            json!([{"kid": "k1", "private_jwk": {"env": "TETHER_JWE_KEY"}}]);
+        let policy = Policy::from_json_with(c.to_string().as_bytes(), &environment).unwrap();
+        assert_eq!(policy.issuers[0].decryption_keys.len(), 1);
+        assert!(!format!("{policy:?}").contains("r_kHy"));
+        for (keys, expected) in [
+            (json!([]), "1 to 8"),
+            (
+                json!([{"kid": "", "private_jwk": {"env": "TETHER_JWE_KEY"}}]),
+                "kid",
+            ),
+            (
+                json!([{"kid": "a", "private_jwk": {"env": "TETHER_JWE_KEY"}},
+                       {"kid": "a", "private_jwk": {"env": "TETHER_JWE_KEY"}}]),
+                "unique",
+            ),
+            (
+                json!([{"kid": "a", "private_jwk": "not json"}]),
+                "decryption_keys[0].private_jwk is not a JSON JWK",
+            ),
+            (
+                json!([{"kid": "a", "private_jwk": "{\"kty\":\"EC\",\"crv\":\"P-256\"}"}]),
+                "decryption_keys[0].private_jwk",
+            ),
+            (
+                json!([{"kid": "a", "private_jwk": {"env": "UNSET_VARIABLE"}}]),
+                "decryption_keys[0].private_jwk",
+            ),
+        ] {
+            c["issuers"][0]["decryption_keys"] = keys.clone();
+            let error = Policy::from_json_with(c.to_string().as_bytes(), &environment)
+                .unwrap_err()
+                .0;
+            assert!(error.contains(expected), "{keys}: {error}");
+            assert!(!error.contains("r_kHy"), "{error}");
+        }
+        // An encrypted token holds a signed JWT: the issuer's key set is required.
+        c["issuers"][0]["decryption_keys"] =
+            json!([{"kid": "k1", "private_jwk": {"env": "TETHER_JWE_KEY"}}]);
+        c["issuers"][0]["introspection"] = json!({"cluster": "as", "path": "/i",
+            "client_id": "rs", "client_secret": "s"});
+        c["issuers"][0].as_object_mut().unwrap().remove("jwks");
+        let error = Policy::from_json_with(c.to_string().as_bytes(), &environment)
+            .unwrap_err()
+            .0;
+        assert!(
+            error.contains("decryption_keys needs the issuer's key set"),
+            "{error}"
+        );
     }
 
     #[test]

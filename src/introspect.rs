@@ -382,6 +382,7 @@ mod tests {
             audiences: HashSet::from(["https://protected.example.net/resource".to_string()]),
             keys: Some(KeySource::Inline(Vec::new())),
             introspection: None,
+            decryption_keys: Vec::new(),
         }
     }
 

@@ -38,6 +38,7 @@ pub mod config;
 pub mod crypto;
 pub mod extract;
 pub mod introspect;
+pub mod jwe;
 pub mod jwk;
 pub mod keyset;
 pub mod lifecycle;

@@ -228,6 +228,9 @@ reasons! {
     /// The proof (its key and `jti`) was already used: a captured request replayed
     /// (RFC 9449 §11.1).
     DpopProofReplayed => "dpop_proof_replayed", 401, InvalidDpopProof, "DPoP proof was already used";
+    /// An encrypted access token (JWE) that none of its issuer's `decryption_keys` decrypts
+    /// (a wrong key, a changed byte, an `epk` off its curve).
+    TokenDecryptionFailed => "token_decryption_failed", 401, InvalidToken, "token cannot be decrypted";
     /// The introspection endpoint says the token is not active (RFC 7662 §2.2): expired,
     /// revoked, unknown to it, or not for this resource server.
     TokenInactive => "token_inactive", 401, InvalidToken, "token is not active";

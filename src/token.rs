@@ -19,6 +19,7 @@ use crate::bind::Confirmation;
 use crate::crypto::SignatureVerifier;
 use crate::extract::MAX_TOKEN_BYTES;
 use crate::introspect::Introspection;
+use crate::jwe::DecryptionKey;
 use crate::jwk::{Alg, VerificationKey};
 use crate::keyset::{FetchedKeys, KeySource};
 use crate::reject::Reason;
@@ -41,6 +42,8 @@ pub struct Issuer {
     pub keys: Option<KeySource>,
     /// Its introspection endpoint (RFC 7662), if its tokens may be opaque.
     pub introspection: Option<Introspection>,
+    /// The private keys its encrypted tokens (JWE) are decrypted with.
+    pub decryption_keys: Vec<DecryptionKey>,
 }
 
 /// The time limits applied to every token.
@@ -136,6 +139,13 @@ impl VerifiedToken {
     /// The token's `exp`.
     pub fn expires_at(&self) -> u64 {
         self.expires_at
+    }
+
+    /// The same token, named (in logs) by the fingerprint of `presented`: an encrypted token
+    /// is logged as presented, not as the JWT inside it.
+    pub fn presented_as(mut self, presented: &str) -> VerifiedToken {
+        self.fingerprint = fingerprint(presented);
+        self
     }
 
     /// An introspected token's `token_type`, if the answer had one.
@@ -517,6 +527,7 @@ pub(crate) mod tests {
             audiences: HashSet::from([AUD.to_string()]),
             keys: Some(KeySource::Inline(set.keys)),
             introspection: None,
+            decryption_keys: Vec::new(),
         }];
         Fixture { key, issuers }
     }
@@ -1013,6 +1024,7 @@ pub(crate) mod tests {
             audiences: HashSet::from([AUD.to_string()]),
             keys: Some(KeySource::Fetched(3)),
             introspection: None,
+            decryption_keys: Vec::new(),
         }];
         let token = sign(&f, claims());
         let verify_with = |issuers: &[Issuer], fetched: &FetchedKeys| {

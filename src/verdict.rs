@@ -18,6 +18,7 @@ use crate::cache::{Introspected, IntrospectionCache, TokenCache};
 use crate::config::{Client, FormBodyTokens, Policy};
 use crate::crypto::SignatureVerifier;
 use crate::extract::{self, Scheme};
+use crate::jwe;
 use crate::keyset::{FetchedKeys, JwksEndpoint, KeySource};
 use crate::lifecycle::Decision;
 use crate::policy::{self, Require, Route, SignatureFormat};
@@ -1081,27 +1082,28 @@ impl Tokens<'_> {
         token: &str,
         now: u64,
     ) -> Result<Rc<VerifiedToken>, Refusal> {
-        match token::kind(token) {
-            Kind::Jwt => {}
-            // JWE access tokens are not read yet: refused as malformed, as before.
-            Kind::Jwe => return Err(Reason::TokenMalformed.into()),
-            Kind::Opaque => {
-                let issuer = policy.opaque_issuer(token).ok_or(Reason::TokenMalformed)?;
-                return self.introspected(issuer, token, now);
-            }
+        let kind = token::kind(token);
+        if kind == Kind::Opaque {
+            let issuer = policy.opaque_issuer(token).ok_or(Reason::TokenMalformed)?;
+            return self.introspected(issuer, token, now);
         }
         let key = self.cache.key(token);
         if let Some(cached) = key.as_ref().and_then(|k| self.cache.get(k, now)) {
             return Ok(cached);
         }
-        let verified = match token::verify(
-            token,
-            &policy.issuers,
-            self.fetched,
-            policy.limits,
-            self.crypto,
-            now,
-        ) {
+        let verified = match kind {
+            // Decrypted once: the verified token is cached like any other.
+            Kind::Jwe => self.decrypted(policy, token, now),
+            _ => token::verify(
+                token,
+                &policy.issuers,
+                self.fetched,
+                policy.limits,
+                self.crypto,
+                now,
+            ),
+        };
+        let verified = match verified {
             Ok(verified) => Rc::new(verified),
             // A JWT of an issuer whose tokens are introspected.
             Err(Refusal {
@@ -1114,6 +1116,46 @@ impl Tokens<'_> {
             self.cache.insert(key, Rc::clone(&verified), now);
         }
         Ok(verified)
+    }
+
+    /// An encrypted token (JWE): decrypted with an issuer's `decryption_keys`, its nested JWT
+    /// verified as that issuer's (signed with its keys, its `iss`), and named by the
+    /// fingerprint of the token as presented.
+    fn decrypted(&self, policy: &Policy, token: &str, now: u64) -> Result<VerifiedToken, Refusal> {
+        let mut refusal = Reason::TokenDecryptionFailed;
+        for (index, issuer) in policy.issuers.iter().enumerate() {
+            if issuer.decryption_keys.is_empty() {
+                continue;
+            }
+            let inner = match jwe::nested_jwt(token, &issuer.decryption_keys) {
+                Ok(inner) => inner,
+                // Refused for what the token is, whatever the key: no other issuer differs.
+                Err(reason @ (Reason::AlgorithmNotAllowed | Reason::TokenTooLarge)) => {
+                    return Err(reason.into())
+                }
+                Err(reason) => {
+                    refusal = reason;
+                    continue;
+                }
+            };
+            // Only the issuer whose key decrypted it may have signed it.
+            let issuers = &policy.issuers[index..=index];
+            return token::verify(
+                &inner,
+                issuers,
+                self.fetched,
+                policy.limits,
+                self.crypto,
+                now,
+            )
+            .map(|verified| verified.presented_as(token))
+            .map_err(|refusal| Refusal {
+                // A key set index is global; an introspection index would be the slice's.
+                introspect: None,
+                ..refusal
+            });
+        }
+        Err(refusal.into())
     }
 
     /// What `issuer`'s introspection endpoint said of `token`, if it was asked; else a

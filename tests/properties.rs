@@ -868,6 +868,7 @@ mod token {
                 audiences: HashSet::from([AUD.to_string()]),
                 keys: Some(KeySource::Inline(parse_jwks(&jwks).unwrap().keys)),
                 introspection: None,
+                decryption_keys: Vec::new(),
             }]
         })
     }
