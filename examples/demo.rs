@@ -7,7 +7,9 @@
 //! (RFC 9449) on demo.yaml's `require: "dpop"` route: four more scenes, with client keys and
 //! proofs made by jwcrypto (`tests/interop/dpop_client.py`). Then HTTP Message Signatures
 //! (RFC 9421) both ways on the `/transfers` route: a request signed and a response checked by
-//! http-message-signatures (`tests/interop/httpsig_exchange.py`).
+//! http-message-signatures (`tests/interop/httpsig_exchange.py`). Then opaque tokens issued by
+//! a real authorization server, oidc-provider (`tests/interop/oidc/as.mjs`, on
+//! 127.0.0.1:18081), which Tether introspects at that server's own endpoint (RFC 7662).
 //! Exits non-zero if any scene does not end as the story says.
 
 #[path = "../tests/support/mod.rs"]
@@ -63,6 +65,14 @@ fn main() {
         made["tether"]["ed25519"].as_str().expect("a private JWK"),
     );
     println!("  Tether's response signing key (Ed25519) made by jwcrypto, passed to Envoy's VM by environment");
+    let authorization_server = AuthorizationServer::start(&pki);
+    std::env::set_var(
+        "TETHER_DEMO_RS_SECRET",
+        authorization_server.issued["rs"]["client_secret"]
+            .as_str()
+            .expect("the resource server's secret"),
+    );
+    println!("  an authorization server (oidc-provider) on 127.0.0.1:{AS_PORT}: it issued opaque tokens, one bound to alice's certificate; Tether's secret at its introspection endpoint passed to Envoy's VM by environment");
     let envoy = Envoy::start_with_file(&root.join("envoy/demo.yaml"), &root, &demo_dir)
         .unwrap_or_else(|log| {
             eprintln!("Envoy did not start (are ports 10443/19901 free?):\n{log}");
@@ -295,6 +305,8 @@ fn main() {
     // HTTP Message Signatures (RFC 9421) both ways, on demo.yaml's /transfers route: the
     // payment app signs the request with http-message-signatures (the same key as its JWS),
     // and checks the response Tether signs against the key set Tether publishes.
+    // Counted apart from `failures`, which `scene` holds until its last use.
+    let mut misses = 0;
     println!("\nHTTP Message Signatures (RFC 9421): a signed request, a signed response");
     let pem = std::fs::read_to_string(root.join("envoy/demo-client.key.pem")).expect("demo key");
     let block = &pem[pem.find("-----BEGIN").expect("a PEM block")..];
@@ -344,7 +356,7 @@ fn main() {
         println!("    -> the client verified the response's signature against /.well-known/jwks.json (sig1, tag fapi-2-response)");
     } else {
         println!("    !! expected HTTP 200 with a signed response the client verifies: {checked}");
-        failures += 1;
+        misses += 1;
     }
     println!("\n[15] The signed request is captured and replayed");
     println!("    the same POST /transfers again, same signature");
@@ -352,8 +364,66 @@ fn main() {
     println!("    -> {}", outcome(&replayed));
     if replayed.status != 401 || challenge_param(&replayed, "error") != Some("invalid_signature") {
         println!("    !! expected HTTP 401 invalid_signature");
-        failures += 1;
+        misses += 1;
     }
+
+    // Opaque tokens (RFC 7662): oidc-provider issued them; Tether asks its introspection
+    // endpoint about each once and enforces the binding the answer names.
+    println!("\nOpaque tokens, introspected at the authorization server (RFC 7662)");
+    let opaque = |name: &str| {
+        authorization_server.issued["tokens"][name]["access_token"]
+            .as_str()
+            .expect("an opaque token")
+            .to_string()
+    };
+    let (bound, revoked) = (opaque("mtls"), opaque("revoked"));
+    let before = authorization_server.introspections();
+    scene(
+        16,
+        "A partner app presents an opaque token bound to alice's certificate, six times",
+        "GET /orders/42, Authorization: Bearer <opaque>, with alice's certificate",
+        get("/orders/42").cert(&pki.alice).bearer(&bound),
+        200,
+        None,
+    );
+    for _ in 0..5 {
+        let again = get("/orders/42").cert(&pki.alice).bearer(&bound).send();
+        if again.status != 200 {
+            println!("    !! expected HTTP 200 again, got {}", again.status);
+            misses += 1;
+        }
+    }
+    let calls = authorization_server.introspections() - before;
+    // Each Envoy worker has its own VM, and asks once.
+    let workers = envoy
+        .admin_get("/server_info")
+        .ok()
+        .and_then(|info| serde_json::from_str::<serde_json::Value>(&info).ok())
+        .and_then(|info| info["command_line_options"]["concurrency"].as_u64())
+        .unwrap_or(1);
+    println!("    -> the authorization server was asked {calls} time(s) for six requests ({workers} Envoy worker(s), each asks once)");
+    if calls == 0 || calls as u64 > workers.min(6) {
+        println!("    !! expected at most one introspection per worker");
+        misses += 1;
+    }
+    scene(
+        17,
+        "Mallory stole the opaque token and sends it with her own certificate",
+        "GET /orders/42, Authorization: Bearer <alice's opaque token>, with mallory's certificate",
+        get("/orders/42").cert(&pki.mallory).bearer(&bound),
+        401,
+        Some("invalid_token"),
+    );
+    scene(
+        18,
+        "A token the authorization server revoked",
+        "GET /legacy/1, Authorization: Bearer <revoked opaque token>",
+        get("/legacy/1").bearer(&revoked),
+        401,
+        Some("invalid_token"),
+    );
+    failures += misses;
+    authorization_server.stop();
 
     // Envoy shows a wasm filter's own counters under "wasmcustom.".
     print_counters("http://127.0.0.1:19901", &envoy);
@@ -364,6 +434,71 @@ fn main() {
         std::process::exit(1);
     }
     println!("\nEvery scene ended as expected.");
+}
+
+/// Must match `envoy/demo.yaml`'s `authorization_server` cluster.
+const AS_PORT: u16 = 18081;
+
+/// The demo's authorization server (`tests/interop/oidc/as.mjs`), until its stdin closes.
+struct AuthorizationServer {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    issued: serde_json::Value,
+    log: std::path::PathBuf,
+}
+
+impl AuthorizationServer {
+    fn start(pki: &Pki) -> AuthorizationServer {
+        use std::io::BufRead as _;
+        let root = repo_root();
+        let log = root.join("build/demo/authorization-server.log");
+        let mut child = std::process::Command::new("node")
+            .arg(root.join("tests/interop/oidc/as.mjs"))
+            .arg(AUDIENCE)
+            .arg(&pki.alice.cert)
+            .arg(format!("https://localhost:{HTTPS_PORT}/orders/42"))
+            .env("AS_PORT", AS_PORT.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("the authorization server's log"))
+            .spawn()
+            .unwrap_or_else(|e| {
+                eprintln!("cannot run node ({e}): run `make demo`, which installs it");
+                std::process::exit(1);
+            });
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        }
+        let issued = serde_json::from_str(&line).unwrap_or_else(|_| {
+            eprintln!(
+                "the authorization server did not start (is port {AS_PORT} free?): see {}",
+                log.display()
+            );
+            std::process::exit(1);
+        });
+        let stdin = child.stdin.take();
+        AuthorizationServer {
+            child,
+            stdin,
+            issued,
+            log,
+        }
+    }
+
+    /// Introspection calls answered so far, by the server's own log.
+    fn introspections(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.starts_with("as.mjs: introspection "))
+            .count()
+    }
+
+    fn stop(mut self) {
+        self.stdin.take();
+        let _ = self.child.wait();
+    }
 }
 
 /// Tether's counters in `envoy` that are not zero, under a heading naming it (`label`).

@@ -97,6 +97,8 @@ fn every_example_config_passes_envoy_validation() {
         "TETHER_DEMO_RESPONSE_KEY",
         r#"{"kty":"OKP","crv":"Ed25519","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#,
     );
+    // Its secret at the demo's introspection endpoint, likewise (any non-empty value).
+    std::env::set_var("TETHER_DEMO_RS_SECRET", "demo-introspection-secret");
     for config in configs {
         let root = ScratchDir::new("config-root");
         materialize(&config, root.path(), &pki);

@@ -119,7 +119,8 @@ async function signingKeys() {
 function listen(server) {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
+    // AS_PORT: a fixed port (`make demo`'s Envoy configuration names it); else any.
+    server.listen(Number(process.env.AS_PORT || 0), '127.0.0.1', () => {
       server.off('error', reject);
       resolve(server.address().port);
     });
