@@ -112,16 +112,22 @@ struct Answered {
     answer: Introspected,
     /// The answer is not used at or after this time.
     until: u64,
+    /// When it was filed, in insertion order: its place in [`IntrospectionCache::order`].
+    filed: u64,
 }
 
 /// Introspection answers per VM (issue 12), keyed by the token itself: a lookup compares the
 /// whole token, never a digest of it. Bounded in entries; the oldest answer is forgotten
 /// first. An active answer is kept for the endpoint's `cache_seconds`, never past the token's
-/// `exp`; an inactive one for `negative_cache_seconds`.
+/// `exp`; an inactive one for `negative_cache_seconds`. Each token is held once (the map and
+/// the eviction order share it).
 pub struct IntrospectionCache {
     capacity: usize,
-    entries: HashMap<String, Answered>,
-    order: VecDeque<String>,
+    entries: HashMap<Rc<str>, Answered>,
+    /// Tokens in the order they were filed, with when; an entry whose `filed` differs (its
+    /// answer was filed again since, or it is gone) is skipped on eviction.
+    order: VecDeque<(u64, Rc<str>)>,
+    filed: u64,
 }
 
 impl IntrospectionCache {
@@ -130,6 +136,7 @@ impl IntrospectionCache {
             capacity,
             entries: HashMap::new(),
             order: VecDeque::new(),
+            filed: 0,
         }
     }
 
@@ -162,24 +169,33 @@ impl IntrospectionCache {
             self.entries.remove(token);
             return;
         }
+        let key: Rc<str> = match self.entries.get_key_value(token) {
+            Some((key, _)) => Rc::clone(key),
+            None => Rc::from(token),
+        };
         while self.entries.len() >= self.capacity && !self.entries.contains_key(token) {
-            match self.order.pop_front() {
-                Some(oldest) => {
-                    self.entries.remove(&oldest);
-                }
-                None => break,
+            let Some((filed, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.get(&oldest).is_some_and(|e| e.filed == filed) {
+                self.entries.remove(&oldest);
             }
         }
-        if self
-            .entries
-            .insert(token.to_string(), Answered { answer, until })
-            .is_none()
-        {
-            self.order.push_back(token.to_string());
-        }
+        self.filed += 1;
+        let filed = self.filed;
+        self.entries.insert(
+            Rc::clone(&key),
+            Answered {
+                answer,
+                until,
+                filed,
+            },
+        );
+        self.order.push_back((filed, key));
         if self.order.len() > 2 * self.capacity {
             let entries = &self.entries;
-            self.order.retain(|k| entries.contains_key(k));
+            self.order
+                .retain(|(filed, key)| entries.get(key).is_some_and(|e| e.filed == *filed));
         }
     }
 }
@@ -248,6 +264,23 @@ mod tests {
         );
         assert!(matches!(cache.get("t9", 0), Some(Introspected::Failed(_))));
         assert_eq!(cache.len(), 3);
+    }
+
+    /// Found by an attacker's review of issue 12: a token whose answer expired and was filed
+    /// again was forgotten first, by its stale place in the eviction order.
+    #[test]
+    fn an_answer_filed_again_is_not_forgotten_for_its_old_place() {
+        let mut cache = IntrospectionCache::new(2);
+        cache.insert("a", Introspected::Inactive, 5, 0);
+        cache.insert("b", Introspected::Inactive, 60, 1);
+        assert!(cache.get("a", 10).is_none());
+        cache.insert("a", Introspected::Inactive, 60, 10);
+        cache.insert("c", Introspected::Inactive, 60, 11);
+        // "b" is the oldest answer now: it goes, the fresh "a" stays.
+        assert!(cache.get("a", 12).is_some());
+        assert!(cache.get("b", 12).is_none());
+        assert!(cache.get("c", 12).is_some());
+        assert!(cache.order.len() <= 4);
     }
 
     fn key(i: u32) -> [u8; 32] {

@@ -32,6 +32,9 @@ use crate::keyset::FetchedKeys;
 use crate::reject::Reason;
 use crate::token::{self, Issuer, TimeLimits, VerifiedToken};
 
+/// The longest opaque token introspected: longer ones are refused unasked (`token_too_large`),
+/// so that made-up tokens cannot fill the answer cache with long keys.
+pub const MAX_OPAQUE_TOKEN_BYTES: usize = 2048;
 /// The largest introspection answer read.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Default of `introspection.timeout_ms`.
@@ -236,6 +239,8 @@ pub fn read_answer(
             &context.introspection.client_id,
             context.fetched,
             context.crypto,
+            context.limits.clock_skew_seconds,
+            now,
         )?;
         match claims.get("token_introspection") {
             Some(Value::Object(members)) => members.clone(),
@@ -269,64 +274,59 @@ fn read_members(
         .map(|verified| Outcome::Active(Rc::new(verified)))
 }
 
-/// The introspection calls a VM has in flight: at most one per token (the requests that
-/// carry it wait for the same answer), at most `max_in_flight` per endpoint, each tied to
-/// the request whose callback sent it (Envoy cancels a call when that request ends).
+/// The introspection calls of a VM: at most one per token (the requests that carry it wait
+/// for the same answer), at most `max_in_flight` per endpoint, queued or in flight. A call is
+/// queued by the request that needs it and sent on the root context's next tick, so that its
+/// answer reaches the root context whatever becomes of that request (Envoy ties a call to the
+/// context that sends it, and drops the answer of a context that is gone).
 #[derive(Default)]
 pub struct Calls {
-    by_id: std::collections::HashMap<u32, Call>,
-}
-
-struct Call {
-    issuer: usize,
-    token: String,
-    sender: u32,
+    queued: Vec<(usize, String)>,
+    in_flight: std::collections::HashMap<u32, (usize, String)>,
 }
 
 impl Calls {
-    /// Whether a call about `token` is in flight.
+    /// Whether a call about `token` is queued or in flight.
     pub fn asking(&self, token: &str) -> bool {
-        self.by_id.values().any(|call| call.token == token)
+        self.queued.iter().any(|(_, t)| t == token)
+            || self.in_flight.values().any(|(_, t)| t == token)
     }
 
-    /// Whether `issuer`'s endpoint may be asked once more (fewer than `max` in flight).
+    /// Whether `issuer`'s endpoint may be asked once more (fewer than `max` queued or in
+    /// flight).
     pub fn may_ask(&self, issuer: usize, max: usize) -> bool {
-        self.by_id
+        let queued = self.queued.iter().filter(|(i, _)| *i == issuer).count();
+        let flying = self
+            .in_flight
             .values()
-            .filter(|call| call.issuer == issuer)
-            .count()
-            < max
+            .filter(|(i, _)| *i == issuer)
+            .count();
+        queued + flying < max
     }
 
-    /// Call `id`, about `token`, went to `issuer`'s endpoint from request `sender`.
-    pub fn asked(&mut self, id: u32, issuer: usize, token: &str, sender: u32) {
-        self.by_id.insert(
-            id,
-            Call {
-                issuer,
-                token: token.to_string(),
-                sender,
-            },
-        );
+    /// Queues the call about `token` to `issuer`'s endpoint.
+    pub fn queue(&mut self, issuer: usize, token: &str) {
+        self.queued.push((issuer, token.to_string()));
+    }
+
+    /// Whether calls wait to be sent.
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// The queued calls, to send now.
+    pub fn take_queued(&mut self) -> Vec<(usize, String)> {
+        std::mem::take(&mut self.queued)
+    }
+
+    /// Call `id`, about `token`, went to `issuer`'s endpoint.
+    pub fn sent(&mut self, id: u32, issuer: usize, token: String) {
+        self.in_flight.insert(id, (issuer, token));
     }
 
     /// Call `id` is answered (or failed): its issuer and token, if it was one of these.
     pub fn answered(&mut self, id: u32) -> Option<(usize, String)> {
-        self.by_id.remove(&id).map(|call| (call.issuer, call.token))
-    }
-
-    /// Request `sender` ended, and with it the calls it sent: their issuers, whose waiting
-    /// requests must ask again.
-    pub fn sender_gone(&mut self, sender: u32) -> Vec<usize> {
-        let gone: Vec<u32> = self
-            .by_id
-            .iter()
-            .filter(|(_, call)| call.sender == sender)
-            .map(|(id, _)| *id)
-            .collect();
-        gone.into_iter()
-            .filter_map(|id| self.by_id.remove(&id).map(|call| call.issuer))
-            .collect()
+        self.in_flight.remove(&id)
     }
 }
 
@@ -443,25 +443,25 @@ mod tests {
     }
 
     #[test]
-    fn calls_are_one_per_token_bounded_per_endpoint_and_end_with_their_sender() {
+    fn calls_are_one_per_token_and_bounded_per_endpoint_queued_or_in_flight() {
         let mut calls = Calls::default();
-        assert!(!calls.asking("t1") && calls.may_ask(0, 2));
-        calls.asked(10, 0, "t1", 100);
-        calls.asked(11, 0, "t2", 101);
-        assert!(calls.asking("t1") && !calls.asking("t3"));
-        assert!(!calls.may_ask(0, 2));
-        assert!(calls.may_ask(1, 2));
+        assert!(!calls.asking("t1") && calls.may_ask(0, 2) && !calls.has_queued());
+        calls.queue(0, "t1");
+        assert!(calls.asking("t1") && calls.has_queued());
+        calls.queue(0, "t2");
+        assert!(!calls.may_ask(0, 2) && calls.may_ask(1, 2));
+        let queued = calls.take_queued();
+        assert_eq!(queued, [(0, "t1".to_string()), (0, "t2".to_string())]);
+        assert!(!calls.has_queued() && !calls.asking("t1"));
+        for (id, (issuer, token)) in (10..).zip(queued) {
+            calls.sent(id, issuer, token);
+        }
+        assert!(calls.asking("t2") && !calls.may_ask(0, 2));
         assert_eq!(calls.answered(10), Some((0, "t1".to_string())));
         assert_eq!(calls.answered(10), None);
         assert!(calls.may_ask(0, 2) && !calls.asking("t1"));
         // A key-set fetch's answer is not an introspection.
         assert_eq!(calls.answered(99), None);
-        calls.asked(12, 1, "t3", 101);
-        let mut gone = calls.sender_gone(101);
-        gone.sort_unstable();
-        assert_eq!(gone, [0, 1]);
-        assert!(!calls.asking("t2") && !calls.asking("t3"));
-        assert!(calls.sender_gone(101).is_empty());
     }
 
     #[test]

@@ -28,14 +28,14 @@ use crate::reject::Reason;
 
 /// The largest protected header read (base64url characters).
 const MAX_HEADER_CHARS: usize = 2048;
-/// How many keys a JWE without `kid` may be tried with.
-const MAX_KEYS_TRIED: usize = 4;
 
 /// A private key an issuer's tokens are encrypted to (`decryption_keys[]`). Its `Debug` shows
 /// the `kid` and the type only.
 pub struct DecryptionKey {
     pub kid: String,
     key: Private,
+    /// The JWK's `alg`, when it names one: the only key management algorithm it serves.
+    alg: Option<Alg>,
 }
 
 enum Private {
@@ -63,8 +63,33 @@ impl std::fmt::Debug for DecryptionKey {
 
 impl DecryptionKey {
     /// Reads a private JWK: RSA (at least 2048 bits), EC P-256 or P-384, or `oct` (for
-    /// `dir`, 16 or 32 bytes). Errors never quote the key.
+    /// `dir`, 16 or 32 bytes). Its `use`, `key_ops` and `alg`, when present, must allow
+    /// decryption (RFC 7517 §4.2-4.4): a signing key is not a decryption key. Errors never
+    /// quote the key.
     pub fn from_jwk(kid: String, jwk: &Value) -> Result<DecryptionKey, String> {
+        if jwk.get("use").is_some_and(|u| u != "enc") {
+            return Err("the key's \"use\" is not \"enc\"".into());
+        }
+        if let Some(ops) = jwk.get("key_ops") {
+            let ops = ops
+                .as_array()
+                .ok_or("the key's \"key_ops\" is not a list")?;
+            let decrypts = ops
+                .iter()
+                .any(|op| op == "decrypt" || op == "unwrapKey" || op == "deriveKey");
+            if !decrypts {
+                return Err("the key's \"key_ops\" allow no decryption".into());
+            }
+        }
+        let alg = match jwk.get("alg") {
+            None => None,
+            // A `dir` key may name the content encryption it is for: no key management then.
+            Some(Value::String(name)) if ENCS.contains(&name.as_str()) => None,
+            Some(Value::String(name)) => Some(
+                key_management(name, true).ok_or("the key's \"alg\" is not one Tether decrypts")?,
+            ),
+            Some(_) => return Err("the key's \"alg\" is not a string".into()),
+        };
         let member = |name: &str| -> Result<Vec<u8>, String> {
             let text = jwk
                 .get(name)
@@ -121,7 +146,11 @@ impl DecryptionKey {
             }
             _ => return Err("the key must be an RSA, EC or oct private JWK".into()),
         };
-        Ok(DecryptionKey { kid, key })
+        let decryption = DecryptionKey { kid, key, alg };
+        if alg.is_some_and(|alg| !fits(alg, &decryption.key)) {
+            return Err("the key's \"alg\" needs another type of key".into());
+        }
+        Ok(decryption)
     }
 
     /// Whether this is a symmetric key, which only `dir` uses.
@@ -157,7 +186,7 @@ struct Header {
     apv: Option<String>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Alg {
     RsaOaep256,
     EcdhEs,
@@ -191,61 +220,103 @@ impl Enc {
     }
 }
 
+/// The content encryption algorithms accepted (`enc`).
+const ENCS: [&str; 3] = ["A128GCM", "A256GCM", "A128CBC-HS256"];
+
+/// The key management algorithm named `name`, if accepted (`dir` only if `dir_allowed`).
+fn key_management(name: &str, dir_allowed: bool) -> Option<Alg> {
+    match name {
+        "RSA-OAEP-256" => Some(Alg::RsaOaep256),
+        "ECDH-ES" => Some(Alg::EcdhEs),
+        "ECDH-ES+A128KW" => Some(Alg::EcdhEsA128Kw),
+        "ECDH-ES+A256KW" => Some(Alg::EcdhEsA256Kw),
+        "dir" if dir_allowed => Some(Alg::Dir),
+        _ => None,
+    }
+}
+
+/// Why a JWE was not opened with a set of keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unopened {
+    /// No key of the set fits the token (its `kid`, the type its `alg` needs): another
+    /// issuer's keys may.
+    NoKeyFits,
+    /// Refused: for what the token is, or because the key that fits did not open it.
+    Refused(Reason),
+}
+
 /// The nested JWT of an encrypted access token `token`, decrypted with one of `keys`.
 /// `algorithm_not_allowed` for what is refused outright (above), `token_malformed` for a JWE
 /// that does not read or whose `cty` is not `JWT`, `token_decryption_failed` when no key
 /// decrypts it.
 pub fn nested_jwt(token: &str, keys: &[DecryptionKey]) -> Result<String, Reason> {
-    let (header, plaintext) = decrypt(token, keys)?;
+    let dir_allowed = keys.iter().any(DecryptionKey::is_symmetric);
+    open_nested(token, keys, dir_allowed).map_err(|unopened| match unopened {
+        Unopened::NoKeyFits => Reason::TokenDecryptionFailed,
+        Unopened::Refused(reason) => reason,
+    })
+}
+
+/// [`nested_jwt`] with one issuer's `keys` of several: `dir_allowed` when any issuer has a key
+/// for `dir`, and [`Unopened::NoKeyFits`] when none of these keys is the token's.
+pub fn open_nested(
+    token: &str,
+    keys: &[DecryptionKey],
+    dir_allowed: bool,
+) -> Result<String, Unopened> {
+    let (header, plaintext) = decrypt(token, keys, dir_allowed)?;
     if !header
         .cty
         .as_deref()
         .is_some_and(|cty| cty.eq_ignore_ascii_case("JWT"))
     {
-        return Err(Reason::TokenMalformed);
+        return Err(Unopened::Refused(Reason::TokenMalformed));
     }
-    String::from_utf8(plaintext).map_err(|_| Reason::TokenMalformed)
+    String::from_utf8(plaintext).map_err(|_| Unopened::Refused(Reason::TokenMalformed))
 }
 
 /// Decrypts a compact JWE with one of `keys`: its protected header and plaintext.
-fn decrypt(token: &str, keys: &[DecryptionKey]) -> Result<(Header, Vec<u8>), Reason> {
+///
+/// One private-key operation at most: the key the `kid` names, or, without a `kid`, the one
+/// key that fits (an RSA decryption costs milliseconds, and a made-up token must not buy
+/// several).
+fn decrypt(
+    token: &str,
+    keys: &[DecryptionKey],
+    dir_allowed: bool,
+) -> Result<(Header, Vec<u8>), Unopened> {
+    let refuse = |reason| Unopened::Refused(reason);
     if token.len() > MAX_TOKEN_BYTES {
-        return Err(Reason::TokenTooLarge);
+        return Err(refuse(Reason::TokenTooLarge));
     }
     let parts: Vec<&str> = token.split('.').collect();
     let [header_b64, encrypted_key_b64, iv_b64, ciphertext_b64, tag_b64] = parts[..] else {
-        return Err(Reason::TokenMalformed);
+        return Err(refuse(Reason::TokenMalformed));
     };
     if header_b64.len() > MAX_HEADER_CHARS {
-        return Err(Reason::TokenMalformed);
+        return Err(refuse(Reason::TokenMalformed));
     }
     let decode = |part: &str| {
         URL_SAFE_NO_PAD
             .decode(part)
-            .map_err(|_| Reason::TokenMalformed)
+            .map_err(|_| refuse(Reason::TokenMalformed))
     };
     let header: Header =
-        serde_json::from_slice(&decode(header_b64)?).map_err(|_| Reason::TokenMalformed)?;
+        serde_json::from_slice(&decode(header_b64)?).map_err(|_| refuse(Reason::TokenMalformed))?;
     // The refusals that need no key come first (RFC 8725 §3.1, §3.2).
-    let alg = match header.alg.as_str() {
-        "RSA-OAEP-256" => Alg::RsaOaep256,
-        "ECDH-ES" => Alg::EcdhEs,
-        "ECDH-ES+A128KW" => Alg::EcdhEsA128Kw,
-        "ECDH-ES+A256KW" => Alg::EcdhEsA256Kw,
-        "dir" if keys.iter().any(DecryptionKey::is_symmetric) => Alg::Dir,
-        _ => return Err(Reason::AlgorithmNotAllowed),
-    };
+    let alg =
+        key_management(&header.alg, dir_allowed).ok_or(refuse(Reason::AlgorithmNotAllowed))?;
     let enc = match header.enc.as_str() {
         "A128GCM" => Enc::A128Gcm,
         "A256GCM" => Enc::A256Gcm,
         "A128CBC-HS256" => Enc::A128CbcHs256,
-        _ => return Err(Reason::AlgorithmNotAllowed),
+        _ => return Err(refuse(Reason::AlgorithmNotAllowed)),
     };
     if header.zip.is_some() {
-        return Err(Reason::AlgorithmNotAllowed);
+        return Err(refuse(Reason::AlgorithmNotAllowed));
     }
     if header.crit.is_some() {
-        return Err(Reason::TokenMalformed);
+        return Err(refuse(Reason::TokenMalformed));
     }
     let encrypted_key = decode(encrypted_key_b64)?;
     let iv = decode(iv_b64)?;
@@ -253,21 +324,22 @@ fn decrypt(token: &str, keys: &[DecryptionKey]) -> Result<(Header, Vec<u8>), Rea
     let tag = decode(tag_b64)?;
     // RFC 7516 §5.2 step 14: the AAD is the protected header as sent.
     let aad = header_b64.as_bytes();
-    let candidates: Vec<&DecryptionKey> = keys
+    let fitting: Vec<&DecryptionKey> = keys
         .iter()
         .filter(|k| header.kid.as_deref().is_none_or(|kid| kid == k.kid))
-        .filter(|k| fits(alg, &k.key))
-        .take(MAX_KEYS_TRIED)
+        .filter(|k| fits(alg, &k.key) && k.alg.is_none_or(|only| only == alg))
         .collect();
-    for key in candidates {
-        let Ok(cek) = content_key(alg, enc, &header, &encrypted_key, &key.key) else {
-            continue;
-        };
-        if let Ok(plaintext) = open(enc, &cek, &iv, &ciphertext, &tag, aad) {
-            return Ok((header, plaintext));
-        }
-    }
-    Err(Reason::TokenDecryptionFailed)
+    let key = match fitting[..] {
+        [] => return Err(Unopened::NoKeyFits),
+        [key] => key,
+        // Several keys fit and the token names none (kids are unique): which one is not
+        // guessed, one private-key operation after another.
+        _ => return Err(refuse(Reason::TokenDecryptionFailed)),
+    };
+    content_key(alg, enc, &header, &encrypted_key, &key.key)
+        .and_then(|cek| open(enc, &cek, &iv, &ciphertext, &tag, aad))
+        .map(|plaintext| (header, plaintext))
+        .map_err(|()| refuse(Reason::TokenDecryptionFailed))
 }
 
 /// Whether `key` is of the type `alg` needs.
@@ -292,8 +364,15 @@ fn content_key(
     key: &Private,
 ) -> Result<Vec<u8>, ()> {
     let cek = match (alg, key) {
+        // Blinded with the host's randomness (WASI `random_get`): RSA decryption in the `rsa`
+        // crate is not constant-time (RUSTSEC-2023-0071); blinding hides the key's use from
+        // the timing of an attacker's ciphertexts. ECDH-ES keys have no such concern.
         (Alg::RsaOaep256, Private::Rsa(private)) => private
-            .decrypt(rsa::Oaep::new::<Sha256>(), encrypted_key)
+            .decrypt_blinded(
+                &mut rand_core::OsRng,
+                rsa::Oaep::new::<Sha256>(),
+                encrypted_key,
+            )
             .map_err(|_| ())?,
         (Alg::Dir, Private::Oct(k)) if encrypted_key.is_empty() => k.clone(),
         (Alg::EcdhEs, _) if encrypted_key.is_empty() => {
@@ -481,34 +560,49 @@ mod tests {
             .clone()
     }
 
+    /// Decrypts with one issuer's keys, as [`nested_jwt`] does, without the `cty` check.
+    fn dec(token: &str, keys: &[DecryptionKey]) -> Result<(Header, Vec<u8>), Reason> {
+        let dir_allowed = keys.iter().any(DecryptionKey::is_symmetric);
+        decrypt(token, keys, dir_allowed).map_err(|unopened| match unopened {
+            Unopened::NoKeyFits => Reason::TokenDecryptionFailed,
+            Unopened::Refused(reason) => reason,
+        })
+    }
+
     fn key_of(entry: &Value) -> DecryptionKey {
         let kid = entry["key"]["kid"].as_str().unwrap_or("k").to_string();
-        DecryptionKey::from_jwk(kid, &entry["key"]).unwrap()
+        let mut jwk = entry["key"].clone();
+        // 5.2's key is for RSA-OAEP (SHA-1), which Tether does not decrypt: used here as an
+        // RSA key of no particular algorithm.
+        if jwk["alg"] == "RSA-OAEP" {
+            jwk.as_object_mut().unwrap().remove("alg");
+        }
+        DecryptionKey::from_jwk(kid, &jwk).unwrap()
     }
 
     #[test]
     fn rfc7520_5_4_ecdh_es_a128kw_with_a128gcm_on_p384_decrypts() {
         let e = entry("5.4");
-        let (_, plaintext) = decrypt(e["compact"].as_str().unwrap(), &[key_of(&e)]).unwrap();
+        let (_, plaintext) = dec(e["compact"].as_str().unwrap(), &[key_of(&e)]).unwrap();
         assert_eq!(String::from_utf8(plaintext).unwrap(), e["plaintext"]);
     }
 
     #[test]
     fn rfc7520_5_5_ecdh_es_with_a128cbc_hs256_on_p256_decrypts() {
         let e = entry("5.5");
-        let (_, plaintext) = decrypt(e["compact"].as_str().unwrap(), &[key_of(&e)]).unwrap();
+        let (_, plaintext) = dec(e["compact"].as_str().unwrap(), &[key_of(&e)]).unwrap();
         assert_eq!(String::from_utf8(plaintext).unwrap(), e["plaintext"]);
     }
 
     #[test]
     fn rfc7520_5_6_dir_with_a128gcm_decrypts_with_a_key_for_it() {
         let e = entry("5.6");
-        let (_, plaintext) = decrypt(e["compact"].as_str().unwrap(), &[key_of(&e)]).unwrap();
+        let (_, plaintext) = dec(e["compact"].as_str().unwrap(), &[key_of(&e)]).unwrap();
         assert_eq!(String::from_utf8(plaintext).unwrap(), e["plaintext"]);
         // Without a symmetric key configured, `dir` is refused outright.
         let other = entry("5.5");
         assert_eq!(
-            decrypt(e["compact"].as_str().unwrap(), &[key_of(&other)]).map(|_| ()),
+            dec(e["compact"].as_str().unwrap(), &[key_of(&other)]).map(|_| ()),
             Err(Reason::AlgorithmNotAllowed)
         );
     }
@@ -529,7 +623,7 @@ mod tests {
         for section in ["5.1", "5.2", "5.3", "5.9"] {
             let e = entry(section);
             assert_eq!(
-                decrypt(e["compact"].as_str().unwrap(), std::slice::from_ref(&rsa)).map(|_| ()),
+                dec(e["compact"].as_str().unwrap(), std::slice::from_ref(&rsa)).map(|_| ()),
                 Err(Reason::AlgorithmNotAllowed),
                 "{section}"
             );
@@ -539,7 +633,7 @@ mod tests {
             json!({"alg": "ECDH-ES", "enc": "A128GCM", "zip": "DEF", "cty": "JWT"}).to_string(),
         );
         assert_eq!(
-            decrypt(
+            dec(
                 &format!("{header}..AAAA.AAAA.AAAA"),
                 &[key_of(&entry("5.5"))]
             )
@@ -566,7 +660,7 @@ mod tests {
                 let encoded = URL_SAFE_NO_PAD.encode(&bytes);
                 changed[part] = &encoded;
                 assert_eq!(
-                    decrypt(&changed.join("."), std::slice::from_ref(&key)).map(|_| ()),
+                    dec(&changed.join("."), std::slice::from_ref(&key)).map(|_| ()),
                     Err(Reason::TokenDecryptionFailed),
                     "{section} part {part}"
                 );
@@ -596,7 +690,7 @@ mod tests {
             let encoded = URL_SAFE_NO_PAD.encode(bad.to_string());
             changed[0] = &encoded;
             assert_eq!(
-                decrypt(&changed.join("."), std::slice::from_ref(&key)).map(|_| ()),
+                dec(&changed.join("."), std::slice::from_ref(&key)).map(|_| ()),
                 Err(Reason::TokenDecryptionFailed)
             );
         }
@@ -609,12 +703,74 @@ mod tests {
         let compact = e["compact"].as_str().unwrap();
         let wrong = [key_of(&entry("5.2")), key_of(&entry("5.6"))];
         assert_eq!(
-            decrypt(compact, &wrong).map(|_| ()),
+            dec(compact, &wrong).map(|_| ()),
             Err(Reason::TokenDecryptionFailed)
         );
         assert!(!fits(Alg::RsaOaep256, &wrong[1].key));
         assert!(!fits(Alg::EcdhEs, &wrong[0].key));
         assert!(!fits(Alg::Dir, &key_of(&e).key));
+    }
+
+    /// Found by an attacker's review of issue 12: a made-up RSA JWE without `kid` bought one
+    /// private-key operation per configured key. Now at most one, and none when several fit.
+    #[test]
+    fn without_a_kid_only_a_single_fitting_key_is_tried() {
+        let e = entry("5.5");
+        let compact = e["compact"].as_str().unwrap();
+        let parts: Vec<&str> = compact.split('.').collect();
+        let mut header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+        header.as_object_mut().unwrap().remove("kid");
+        let encoded = URL_SAFE_NO_PAD.encode(header.to_string());
+        let mut without_kid = parts.clone();
+        without_kid[0] = &encoded;
+        let without_kid = without_kid.join(".");
+        // One P-256 key fits: it is tried (the AAD changed with the header, so it fails).
+        assert_eq!(
+            decrypt(&without_kid, &[key_of(&e)], false).map(|_| ()),
+            Err(Unopened::Refused(Reason::TokenDecryptionFailed))
+        );
+        // Two fit: none is tried.
+        let mut second = e["key"].clone();
+        second["kid"] = json!("another");
+        let two = [
+            key_of(&e),
+            DecryptionKey::from_jwk("another".into(), &second).unwrap(),
+        ];
+        assert_eq!(
+            decrypt(&without_kid, &two, false).map(|_| ()),
+            Err(Unopened::Refused(Reason::TokenDecryptionFailed))
+        );
+        // With its kid, the right one of the two opens it.
+        assert!(decrypt(compact, &two, false).is_ok());
+        // No key of the set fits: another issuer's keys may.
+        assert_eq!(
+            decrypt(compact, &[key_of(&entry("5.2"))], false).map(|_| ()),
+            Err(Unopened::NoKeyFits)
+        );
+    }
+
+    #[test]
+    fn a_key_serves_only_the_algorithm_and_use_it_names() {
+        let mut signing = entry("5.5")["key"].clone();
+        signing["use"] = json!("sig");
+        assert!(DecryptionKey::from_jwk("k".into(), &signing).is_err());
+        let mut ops = entry("5.5")["key"].clone();
+        ops["key_ops"] = json!(["sign"]);
+        assert!(DecryptionKey::from_jwk("k".into(), &ops).is_err());
+        let mut rsa_alg_on_ec = entry("5.5")["key"].clone();
+        rsa_alg_on_ec["alg"] = json!("RSA-OAEP-256");
+        assert!(DecryptionKey::from_jwk("k".into(), &rsa_alg_on_ec).is_err());
+        // 5.5 is ECDH-ES: a key for ECDH-ES+A128KW only does not open it.
+        let e = entry("5.5");
+        let mut kw_only = e["key"].clone();
+        kw_only["alg"] = json!("ECDH-ES+A128KW");
+        let kid = e["key"]["kid"].as_str().unwrap().to_string();
+        let key = DecryptionKey::from_jwk(kid, &kw_only).unwrap();
+        assert_eq!(
+            decrypt(e["compact"].as_str().unwrap(), &[key], false).map(|_| ()),
+            Err(Unopened::NoKeyFits)
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ use crate::jwk::{Alg, VerificationKey};
 use crate::keyset::{FetchedKeys, KeySource};
 use crate::reject::Reason;
 
+/// How old an RFC 9701 answer's `iat` may be (beyond the clock skew): it was just asked for.
+pub const MAX_INTROSPECTION_AGE_SECONDS: u64 = 60;
+
 /// The largest JOSE header Tether decodes (base64url characters).
 const MAX_HEADER_CHARS: usize = 2048;
 
@@ -339,13 +342,20 @@ pub fn from_introspection(
 
 /// The claims of an RFC 9701 introspection answer, once verified: a JWS of `typ`
 /// `token-introspection+jwt` (§5), signed by one of the issuer's keys, whose `iss` is the
-/// issuer and whose `aud` names the resource server (`client_id`).
+/// issuer, whose `aud` names the resource server (`client_id`), and whose `iat` is now (within
+/// `skew`, and [`MAX_INTROSPECTION_AGE_SECONDS`] old at most): an answer was just asked for,
+/// so an older signed answer is a replayed one. Its `exp`, if any, must not have passed.
+/// (Nothing in RFC 9701 ties an answer to the token asked about: a replay of a fresh answer
+/// about another token within that age is not told apart.)
+#[allow(clippy::too_many_arguments)]
 pub fn verify_introspection_jwt(
     jwt: &str,
     issuer: &Issuer,
     client_id: &str,
     fetched: &FetchedKeys,
     crypto: &dyn SignatureVerifier,
+    skew: u64,
+    now: u64,
 ) -> Result<Map<String, Value>, Reason> {
     let invalid = |_| Reason::IntrospectionInvalid;
     let mut segments = jwt.split('.');
@@ -394,6 +404,19 @@ pub fn verify_introspection_jwt(
     if claims.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str())
         || !audience_names_us
     {
+        return Err(Reason::IntrospectionInvalid);
+    }
+    let date = |name: &str| claims.get(name).map(crate::bind::jose::numeric_date);
+    let fresh = matches!(date("iat"), Some(Some(iat))
+        if iat <= now.saturating_add(skew)
+            && now.saturating_sub(iat) <= MAX_INTROSPECTION_AGE_SECONDS.saturating_add(skew));
+    let expired = match date("exp") {
+        None => false,
+        Some(Some(exp)) => exp.saturating_add(skew) < now,
+        // An `exp` that is not a NumericDate.
+        Some(None) => true,
+    };
+    if !fresh || expired {
         return Err(Reason::IntrospectionInvalid);
     }
     Ok(claims)
@@ -912,6 +935,7 @@ pub(crate) mod tests {
             }
         });
         let client_id = "https://rs.example.com/resource";
+        // RFC 9701's example answer was made at 1514797892 (its `iat`); checked 8 s later.
         let check = |jwt: &str| {
             verify_introspection_jwt(
                 jwt,
@@ -919,6 +943,8 @@ pub(crate) mod tests {
                 client_id,
                 &FetchedKeys::default(),
                 &InVm,
+                30,
+                1514797900,
             )
         };
         let verified = check(&with_header(&f, header.clone(), &claims)).unwrap();
@@ -941,6 +967,23 @@ pub(crate) mod tests {
         ] {
             let mut c = claims.clone();
             c[name] = value;
+            refused.push(with_header(&f, header.clone(), &c));
+        }
+        for (name, value) in [
+            ("iat", Value::Null),
+            // Older than a minute (and the skew): replayed.
+            ("iat", json!(1514797892 - 100)),
+            // Ahead of the clock beyond the skew.
+            ("iat", json!(1514797900 + 31)),
+            ("exp", json!(1514797900 - 31)),
+            ("exp", json!("tomorrow")),
+        ] {
+            let mut c = claims.clone();
+            if value.is_null() {
+                c.as_object_mut().unwrap().remove(name);
+            } else {
+                c[name] = value;
+            }
             refused.push(with_header(&f, header.clone(), &c));
         }
         let other = fixture();

@@ -18,13 +18,13 @@ use crate::cache::{Introspected, IntrospectionCache, TokenCache};
 use crate::config::{Client, FormBodyTokens, Policy};
 use crate::crypto::SignatureVerifier;
 use crate::extract::{self, Scheme};
-use crate::jwe;
 use crate::keyset::{FetchedKeys, JwksEndpoint, KeySource};
 use crate::lifecycle::Decision;
 use crate::policy::{self, Require, Route, SignatureFormat};
 use crate::reject::{Challenge, Reason};
 use crate::replay::ReplayStore;
 use crate::token::{self, fingerprint, Kind, Refusal, VerifiedToken};
+use crate::{introspect, jwe};
 
 /// What the filter knows of a request when it decides. Its `Debug` shows no credential.
 #[derive(Clone, Copy, Default)]
@@ -1085,6 +1085,9 @@ impl Tokens<'_> {
         let kind = token::kind(token);
         if kind == Kind::Opaque {
             let issuer = policy.opaque_issuer(token).ok_or(Reason::TokenMalformed)?;
+            if token.len() > introspect::MAX_OPAQUE_TOKEN_BYTES {
+                return Err(Reason::TokenTooLarge.into());
+            }
             return self.introspected(issuer, token, now);
         }
         let key = self.cache.key(token);
@@ -1122,21 +1125,22 @@ impl Tokens<'_> {
     /// verified as that issuer's (signed with its keys, its `iss`), and named by the
     /// fingerprint of the token as presented.
     fn decrypted(&self, policy: &Policy, token: &str, now: u64) -> Result<VerifiedToken, Refusal> {
-        let mut refusal = Reason::TokenDecryptionFailed;
+        // `dir` is refused unless some issuer has a key for it (a token's `dir` does not say
+        // whose key it needs).
+        let dir_allowed = policy
+            .issuers
+            .iter()
+            .any(|issuer| issuer.decryption_keys.iter().any(|k| k.is_symmetric()));
         for (index, issuer) in policy.issuers.iter().enumerate() {
             if issuer.decryption_keys.is_empty() {
                 continue;
             }
-            let inner = match jwe::nested_jwt(token, &issuer.decryption_keys) {
+            // The first issuer with a key that fits decides: one private-key operation per
+            // request at most, whatever the number of issuers.
+            let inner = match jwe::open_nested(token, &issuer.decryption_keys, dir_allowed) {
                 Ok(inner) => inner,
-                // Refused for what the token is, whatever the key: no other issuer differs.
-                Err(reason @ (Reason::AlgorithmNotAllowed | Reason::TokenTooLarge)) => {
-                    return Err(reason.into())
-                }
-                Err(reason) => {
-                    refusal = reason;
-                    continue;
-                }
+                Err(jwe::Unopened::NoKeyFits) => continue,
+                Err(jwe::Unopened::Refused(reason)) => return Err(reason.into()),
             };
             // Only the issuer whose key decrypted it may have signed it.
             let issuers = &policy.issuers[index..=index];
@@ -1155,7 +1159,7 @@ impl Tokens<'_> {
                 ..refusal
             });
         }
-        Err(refusal.into())
+        Err(Reason::TokenDecryptionFailed.into())
     }
 
     /// What `issuer`'s introspection endpoint said of `token`, if it was asked; else a

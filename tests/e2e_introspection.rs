@@ -32,6 +32,10 @@ struct Fixture {
 /// Tether with one introspecting issuer, in Envoy with `workers` worker threads (each has its
 /// own VM, its own calls and its own cache).
 fn fixture(cache_seconds: u64, workers: u32) -> Fixture {
+    fixture_with(cache_seconds, workers, 64)
+}
+
+fn fixture_with(cache_seconds: u64, workers: u32, max_in_flight: usize) -> Fixture {
     let dir = ScratchDir::new("e2e-introspection");
     let pki = Pki::generate(&dir.join("pki"));
     let server = IntrospectionServer::start();
@@ -43,7 +47,8 @@ fn fixture(cache_seconds: u64, workers: u32) -> Fixture {
             "introspection": {
                 "cluster": "as", "authority": "as.example.com", "path": "/introspect",
                 "client_id": "orders-api", "client_secret": {"env": "TETHER_TEST_INTROSPECTION_SECRET"},
-                "timeout_ms": TIMEOUT_MS, "cache_seconds": cache_seconds, "negative_cache_seconds": 5
+                "timeout_ms": TIMEOUT_MS, "cache_seconds": cache_seconds, "negative_cache_seconds": 5,
+                "max_in_flight": max_in_flight
             }
         }],
         "rules": [{"prefix": "/legacy", "require": "bearer"}, {"prefix": "/", "require": "mtls"}],
@@ -228,6 +233,34 @@ fn concurrent_requests_with_one_token_share_one_call_per_worker() {
     }
     let calls = f.server.calls(token);
     assert!((1..=2).contains(&calls), "{calls} calls from 2 workers");
+}
+
+/// With `max_in_flight` calls out, a request with another new token waits for one to come
+/// back (within `timeout_ms`), then asks: found by an attacker's review of issue 12, where it
+/// was turned away at once, so that made-up tokens could lock out new genuine ones.
+#[test]
+fn a_new_token_waits_for_a_free_call_rather_than_being_turned_away() {
+    let f = fixture_with(60, 1, 1);
+    for token in ["first-token", "second-token"] {
+        f.server
+            .reply(token, Reply::json(&active(json!({}))).late(150));
+    }
+    let handles: Vec<_> = ["first-token", "second-token"]
+        .into_iter()
+        .map(|token| {
+            let request = get(&f, "/legacy/1", token);
+            std::thread::spawn(move || request.send().status)
+        })
+        .collect();
+    for handle in handles {
+        assert_eq!(handle.join().expect("request thread"), 200);
+    }
+    assert_eq!(f.server.calls("first-token"), 1);
+    assert_eq!(f.server.calls("second-token"), 1);
+    // An opaque token longer than 2 KiB is not asked about.
+    let long = "x".repeat(2049);
+    refused_with(&f, get(&f, "/legacy/1", &long), 401, "token_too_large");
+    assert_eq!(f.server.calls(&long), 0);
 }
 
 fn base64_decode(text: &str) -> String {

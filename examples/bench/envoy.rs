@@ -43,6 +43,37 @@ pub fn tether_dpop_config(keys: &Keys, cache_entries: Option<u64>) -> Value {
     config
 }
 
+/// The opaque-token listener's Tether: two introspecting issuers, whose opaque tokens begin
+/// `alice_` and `mallory_` and whose answers (the back end's `/introspect/<name>`) bind them to
+/// that client's certificate; answers are cached an hour.
+pub fn tether_opaque_config() -> Value {
+    let issuer = |name: &str| {
+        json!({
+            "issuer": format!("https://as-{name}.bench"),
+            "audiences": [AUDIENCE],
+            "introspection": {
+                "cluster": "backend", "authority": "as.bench",
+                "path": format!("/introspect/{name}"),
+                "client_id": "bench", "client_secret": "bench-secret",
+                "cache_seconds": 3600, "token_prefix": format!("{name}_")
+            }
+        })
+    };
+    json!({
+        "issuers": [issuer("alice"), issuer("mallory")],
+        "rules": [{"prefix": "/", "require": "mtls"}],
+    })
+}
+
+/// What the back end's introspection endpoint answers about every token of `client`'s
+/// issuer: active for a day from `now`, bound to the certificate of thumbprint `x5t`.
+fn introspection_answer(x5t: &str, now: i64) -> String {
+    json!({"active": true, "aud": AUDIENCE, "client_id": "bench-app", "sub": "alice",
+           "token_type": "Bearer", "iat": now, "exp": now + 86_400,
+           "cnf": {"x5t#S256": x5t}})
+    .to_string()
+}
+
 /// The proof algorithms the DPoP listener accepts.
 pub const DPOP_ALGS: [&str; 2] = ["ES256", "EdDSA"];
 pub const DPOP_MAX_AGE_SECONDS: u64 = 60;
@@ -119,6 +150,11 @@ pub fn http_filters(
             listener.name(),
             &tools.tether_wasm,
             &tether_dpop_config(keys, cache_supported.then_some(CACHE_ENTRIES)),
+        )],
+        Listener::TetherOpaque => vec![wasm_filter(
+            listener.name(),
+            &tools.tether_wasm,
+            &tether_opaque_config(),
         )],
     };
     filters.push(json!({
@@ -262,7 +298,16 @@ fn validate_tether(
     validate(&config, work)
 }
 
-pub fn start_backend(work: &Path) -> EnvoyProcess {
+pub fn start_backend(work: &Path, pki: &Pki) -> EnvoyProcess {
+    let now = crate::support::now();
+    let answer = |x5t: String| {
+        json!({
+            "status": 200,
+            "body": {"inline_string": introspection_answer(&x5t, now)},
+        })
+    };
+    let json_type = json!([{"header": {"key": "content-type", "value": "application/json"},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]);
     let dir = work.join("backend");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(&format!("create backend dir: {e}")));
     let config = dir.join("backend.json");
@@ -282,6 +327,17 @@ pub fn start_backend(work: &Path) -> EnvoyProcess {
                             "name": "all",
                             "domains": ["*"],
                             "routes": [
+                                // The opaque-token row's introspection endpoint.
+                                {
+                                    "match": {"path": "/introspect/alice"},
+                                    "direct_response": answer(pki.alice.x5t_s256()),
+                                    "response_headers_to_add": json_type,
+                                },
+                                {
+                                    "match": {"path": "/introspect/mallory"},
+                                    "direct_response": answer(pki.mallory.x5t_s256()),
+                                    "response_headers_to_add": json_type,
+                                },
                                 // The signed-response rows' 1 KiB answer.
                                 {
                                     "match": {"prefix": "/resp-"},

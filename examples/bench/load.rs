@@ -101,10 +101,8 @@ impl Bench<'_> {
                     .try_send()
                     .map_or_else(|e| format!("error: {}", e.trim()), |r| r.status.to_string())
             };
-            let good = self.keys.token(variant.alg, alice, &unique_jti("check"));
-            let stolen = self
-                .keys
-                .token(variant.alg, &self.pki.mallory, &unique_jti("check"));
+            let good = self.token(variant, "alice", &unique_jti("check"));
+            let stolen = self.token(variant, "mallory", &unique_jti("check"));
             let with_token = status(request().bearer(&good));
             let without = status(request());
             let other_cert = status(request().bearer(&stolen));
@@ -145,6 +143,20 @@ impl Bench<'_> {
         }
     }
 
+    /// A token of `variant`'s kind bound to the certificate of `client` (`alice` or
+    /// `mallory`): a JWT of the row's algorithm, or an opaque token of that client's issuer.
+    fn token(&self, variant: &Variant, client: &str, jti: &str) -> String {
+        if variant.listener == Listener::TetherOpaque {
+            return format!("{client}_{jti}");
+        }
+        let cert = if client == "alice" {
+            &self.pki.alice
+        } else {
+            &self.pki.mallory
+        };
+        self.keys.token(variant.alg, cert, jti)
+    }
+
     /// One measurement of `seconds` of `variant`: by `oha`, or by signload for its rows.
     pub fn load(&self, variant: &Variant, seconds: u64) -> Load {
         if variant.by_signload() {
@@ -159,9 +171,7 @@ impl Bench<'_> {
 
     /// One `oha` run of `seconds` against `variant`, with a fresh token.
     pub fn oha_load(&self, variant: &Variant, seconds: u64) -> Load {
-        let token = self
-            .keys
-            .token(variant.alg, &self.pki.alice, &unique_jti("load"));
+        let token = self.token(variant, "alice", &unique_jti("load"));
         let url = format!("https://localhost:{}/bench", self.port(variant.listener));
         let front_before = cpu_ticks(self.front_pid);
         let backend_before = cpu_ticks(self.backend_pid);

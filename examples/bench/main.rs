@@ -103,7 +103,7 @@ fn main() {
     let keys = Keys::generate(&work.join("keys"));
     println!("  PKI (CA, server, client certificates alice and mallory); ES256, RS256, EdDSA keys");
 
-    let backend = start_backend(&work);
+    let backend = start_backend(&work, &pki);
     let backend_port = backend.listener_ports()["backend"];
     println!("  back end: a second Envoy (direct_response 200) on 127.0.0.1:{backend_port}");
 

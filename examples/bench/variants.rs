@@ -13,10 +13,13 @@ pub enum Listener {
     TetherNoCache,
     /// Tether with the token cache, `require: dpop` on every path (the DPoP rows).
     TetherDpop,
+    /// Tether introspecting opaque tokens (RFC 7662) at the back end, its answers cached
+    /// (`require: mtls`).
+    TetherOpaque,
 }
 
 impl Listener {
-    pub const ALL: [Listener; 7] = [
+    pub const ALL: [Listener; 8] = [
         Listener::NoAuth,
         Listener::Ceiling,
         Listener::JwtAuthnCache,
@@ -24,6 +27,7 @@ impl Listener {
         Listener::TetherCache,
         Listener::TetherNoCache,
         Listener::TetherDpop,
+        Listener::TetherOpaque,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +39,7 @@ impl Listener {
             Listener::TetherCache => "tether_cache",
             Listener::TetherNoCache => "tether_nocache",
             Listener::TetherDpop => "tether_dpop",
+            Listener::TetherOpaque => "tether_opaque",
         }
     }
 
@@ -43,14 +48,20 @@ impl Listener {
             Listener::NoAuth => "none",
             Listener::Ceiling => "ceiling",
             Listener::JwtAuthnCache | Listener::JwtAuthnNoCache => "jwt_authn",
-            Listener::TetherCache | Listener::TetherNoCache | Listener::TetherDpop => "tether",
+            Listener::TetherCache
+            | Listener::TetherNoCache
+            | Listener::TetherDpop
+            | Listener::TetherOpaque => "tether",
         }
     }
 
     /// `Some(true)` with a token cache, `Some(false)` without, `None` where it does not apply.
     pub fn cache(self) -> Option<bool> {
         match self {
-            Listener::JwtAuthnCache | Listener::TetherCache | Listener::TetherDpop => Some(true),
+            Listener::JwtAuthnCache
+            | Listener::TetherCache
+            | Listener::TetherDpop
+            | Listener::TetherOpaque => Some(true),
             Listener::JwtAuthnNoCache | Listener::TetherNoCache => Some(false),
             Listener::NoAuth | Listener::Ceiling => None,
         }
@@ -63,7 +74,10 @@ impl Listener {
     pub fn is_tether(self) -> bool {
         matches!(
             self,
-            Listener::TetherCache | Listener::TetherNoCache | Listener::TetherDpop
+            Listener::TetherCache
+                | Listener::TetherNoCache
+                | Listener::TetherDpop
+                | Listener::TetherOpaque
         )
     }
 }
@@ -202,6 +216,9 @@ impl Variant {
         for alg in [Alg::Es256, Alg::Rs256, Alg::EdDsa] {
             all.push(v(Listener::TetherCache, alg));
         }
+        // An opaque token bound to the certificate, its introspection answer cached: beside
+        // the cached JWT rows it compares with.
+        all.push(v(Listener::TetherOpaque, Alg::Es256));
         for alg in [Alg::Es256, Alg::Rs256, Alg::EdDsa] {
             all.push(v(Listener::JwtAuthnNoCache, alg));
         }
@@ -253,7 +270,9 @@ impl Variant {
         match (self.kind, self.listener) {
             (Kind::Stage(stage), _) => format!("dpop_stage_{}", stage.name()),
             (Kind::Signload, l) => format!("{}_{alg}_signload", l.name()),
-            (_, Listener::NoAuth | Listener::Ceiling) => self.listener.name().to_string(),
+            (_, Listener::NoAuth | Listener::Ceiling | Listener::TetherOpaque) => {
+                self.listener.name().to_string()
+            }
             (_, l) => format!("{}_{alg}", l.name()),
         }
     }
@@ -294,6 +313,7 @@ impl Variant {
             Listener::JwtAuthnCache | Listener::JwtAuthnNoCache => {
                 format!("jwt_authn {}{cache}", self.alg.name())
             }
+            Listener::TetherOpaque => "Tether mtls opaque, introspection cache".into(),
             Listener::TetherCache | Listener::TetherNoCache | Listener::TetherDpop => {
                 match self.kind {
                     Kind::Oha => format!("Tether mtls {}{cache}", self.alg.name()),

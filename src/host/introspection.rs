@@ -42,10 +42,12 @@ fn answered(shared: &Shared, issuer: usize) {
     }
 }
 
-/// Makes sure `ask.token` is being introspected: a call is sent, from request `sender`,
-/// unless one already is. `introspection_unavailable` when no call can go (too many in
-/// flight, or Envoy refused to send it).
-pub fn ask(shared: &Shared, ask: &Introspect, sender: u32) -> Result<(), Reason> {
+/// Makes sure `ask.token` is being introspected: a call is queued, to go on the root
+/// context's next tick (set to [`SEND_TICK_MS`] until the queue is sent), unless one already
+/// is queued or in flight. With `max_in_flight` calls out already, none is queued: the
+/// request waits (until its deadline) for an answer to free one, and asks again then, so
+/// that a flood of made-up tokens delays other new tokens rather than turning them away.
+pub fn ask(shared: &Shared, ask: &Introspect) -> Result<(), Reason> {
     let introspection = shared
         .policy
         .issuers
@@ -56,30 +58,88 @@ pub fn ask(shared: &Shared, ask: &Introspect, sender: u32) -> Result<(), Reason>
         .calls
         .try_borrow_mut()
         .map_err(|_| Reason::IntrospectionUnavailable)?;
-    if calls.asking(&ask.token) {
+    if calls.asking(&ask.token) || !calls.may_ask(ask.issuer, introspection.max_in_flight) {
         return Ok(());
     }
-    if !calls.may_ask(ask.issuer, introspection.max_in_flight) {
+    if !calls.has_queued() && hostcalls::set_tick_period_ms(SEND_TICK_MS).is_err() {
         return Err(Reason::IntrospectionUnavailable);
     }
-    let request = introspection.request(&ask.token);
-    let headers: Vec<(&str, &str)> = request
-        .headers
-        .iter()
-        .map(|(name, value)| (*name, value.as_str()))
-        .collect();
-    let timeout = Duration::from_millis(introspection.timeout_ms);
-    let id = proxy_wasm::hostcalls::dispatch_http_call(
-        &introspection.cluster,
-        headers,
-        Some(&request.body),
-        vec![],
-        timeout,
-    )
-    .map_err(|_| Reason::IntrospectionUnavailable)?;
-    calls.asked(id, ask.issuer, &ask.token, sender);
-    shared.metrics.introspection_sent();
+    calls.queue(ask.issuer, &ask.token);
     Ok(())
+}
+
+/// The tick period while calls wait to be sent (milliseconds).
+pub const SEND_TICK_MS: u32 = 1;
+
+/// On the root context's tick: sends the queued calls (so that their answers come to the
+/// root context). A call Envoy will not send fails the requests waiting on it at once.
+/// Returns whether the queue was empty already.
+pub fn send_queued(shared: &Shared, now_ms: u64) -> bool {
+    let queued = match shared.calls.try_borrow_mut() {
+        Ok(mut calls) => calls.take_queued(),
+        Err(_) => return true,
+    };
+    if queued.is_empty() {
+        return true;
+    }
+    for (issuer_index, token) in queued {
+        let Some(introspection) = shared
+            .policy
+            .issuers
+            .get(issuer_index)
+            .and_then(|issuer| issuer.introspection.as_ref())
+        else {
+            continue;
+        };
+        let request = introspection.request(&token);
+        let headers: Vec<(&str, &str)> = request
+            .headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        let timeout = Duration::from_millis(introspection.timeout_ms);
+        match proxy_wasm::hostcalls::dispatch_http_call(
+            &introspection.cluster,
+            headers,
+            Some(&request.body),
+            vec![],
+            timeout,
+        ) {
+            Ok(id) => {
+                if let Ok(mut calls) = shared.calls.try_borrow_mut() {
+                    calls.sent(id, issuer_index, token);
+                }
+                shared.metrics.introspection_sent();
+            }
+            Err(_) => {
+                shared.metrics.introspection_failed();
+                warn_failure(
+                    shared,
+                    &introspection.cluster,
+                    Reason::IntrospectionUnavailable,
+                    None,
+                    now_ms,
+                );
+                file(
+                    shared,
+                    issuer_index,
+                    &token,
+                    Introspected::Failed(Reason::IntrospectionUnavailable),
+                    FAILED_SECONDS,
+                    now_ms / 1000,
+                );
+            }
+        }
+    }
+    false
+}
+
+/// Files an answer about `token` and tells the requests waiting on `issuer` to look.
+fn file(shared: &Shared, issuer: usize, token: &str, answer: Introspected, seconds: u64, now: u64) {
+    if let Ok(mut cache) = shared.introspected.try_borrow_mut() {
+        cache.insert(token, answer, seconds, now);
+    }
+    answered(shared, issuer);
 }
 
 /// Call `id` was answered (`headers` response headers, 0 when there was no response): if it
@@ -154,23 +214,8 @@ pub fn on_answer(shared: &Shared, id: u32, headers: usize, body_size: usize, now
             (Introspected::Failed(reason), FAILED_SECONDS)
         }
     };
-    if let Ok(mut cache) = shared.introspected.try_borrow_mut() {
-        cache.insert(&token, answer, seconds, now);
-    }
-    answered(shared, issuer_index);
+    file(shared, issuer_index, &token, answer, seconds, now);
     true
-}
-
-/// Request `sender` ended: the calls it sent are cancelled by Envoy, so the requests waiting
-/// on them are decided again (on the next tick) and ask anew.
-pub fn sender_gone(shared: &Shared, sender: u32) {
-    let issuers = match shared.calls.try_borrow_mut() {
-        Ok(mut calls) => calls.sender_gone(sender),
-        Err(_) => return,
-    };
-    for issuer in issuers {
-        answered(shared, issuer);
-    }
 }
 
 /// Logs a failing endpoint, at most once per [`WARN_EVERY_MS`]; never the token.

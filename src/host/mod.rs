@@ -407,6 +407,11 @@ impl RootContext for Root {
                 )
             };
             fetch::report(shared, events);
+            // Calls queued by requests go from here, the root context, where their answers
+            // come back; then the tick goes back to its pace.
+            if introspection::send_queued(shared, now_ms) {
+                let _ = hostcalls::set_tick_period_ms(TICK_MS);
+            }
             resolve_held(shared, now_ms);
         }
     }
@@ -432,23 +437,7 @@ struct Filter {
     outgoing: Option<(Outgoing, ToSign)>,
 }
 
-impl Context for Filter {
-    /// An introspection call this request sent while it was deciding is answered here.
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        if let Some(shared) = self.shared.clone() {
-            let now_ms = now_millis();
-            if introspection::on_answer(&shared, token, headers, body_size, now_ms) {
-                resolve_held(&shared, now_ms);
-            }
-        }
-    }
-}
+impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
@@ -575,9 +564,6 @@ impl HttpContext for Filter {
         if let Some(shared) = &self.shared {
             shared.held.borrow_mut().forget(self.context_id);
             shared.answers.borrow_mut().remove(&self.context_id);
-            // Envoy cancels the calls this request sent: the requests that wait on them ask
-            // again when the tick decides them again.
-            introspection::sender_gone(shared, self.context_id);
         }
     }
 }
@@ -640,11 +626,7 @@ fn drive(
         context_id,
         request,
         step,
-        &mut Deciding {
-            shared,
-            now_ms,
-            context_id,
-        },
+        &mut Deciding { shared, now_ms },
         now_ms,
     );
     match driven {
@@ -697,7 +679,6 @@ fn drive(
 struct Deciding<'a> {
     shared: &'a Shared,
     now_ms: u64,
-    context_id: u32,
 }
 
 impl Pipeline<RequestState> for Deciding<'_> {
@@ -706,7 +687,7 @@ impl Pipeline<RequestState> for Deciding<'_> {
         match (decision, introspect) {
             // The token's introspection, asked for now unless it already is.
             (Decision::NeedIntrospection { .. }, Some(ask)) => {
-                match introspection::ask(self.shared, &ask, self.context_id) {
+                match introspection::ask(self.shared, &ask) {
                     Ok(()) => decision,
                     Err(reason) => Decision::Deny(reason),
                 }
