@@ -18,6 +18,7 @@ use support::scratch::ScratchDir;
 
 const ISSUER: &str = "https://idp.example.com";
 const AUDIENCE: &str = "https://orders.mesh.internal";
+const OTHER_ISSUER: &str = "https://other-idp.example.com";
 
 fn run(program: &std::path::Path, script: &str, args: &[&str]) -> Value {
     let output = Command::new(program)
@@ -89,6 +90,22 @@ fn encrypted_bound_tokens_are_served_over_their_certificate_only() {
         "tests/interop/jwe_tokens.py",
         &["encrypt", spec.to_str().expect("path")],
     );
+    // Another trusted issuer's token, encrypted to this issuer's key: only the issuer whose
+    // key decrypts a token may have signed it.
+    let other_claims = json!({"iss": OTHER_ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now,
+                              "exp": now + 300, "cnf": {"x5t#S256": pki.alice.x5t_s256()}});
+    std::fs::write(
+        &spec,
+        json!({"issuer_private": stranger["issuer_private"], "claims": other_claims,
+               "recipients": [recipient("ECDH-ES", "A256GCM", "p256")]})
+        .to_string(),
+    )
+    .expect("write the spec");
+    let crossed = run(
+        &python,
+        "tests/interop/jwe_tokens.py",
+        &["encrypt", spec.to_str().expect("path")],
+    );
 
     let echo = EchoBackend::start();
     let config = json!({
@@ -96,7 +113,8 @@ fn encrypted_bound_tokens_are_served_over_their_certificate_only() {
                      "decryption_keys": [
                          {"kid": keys["recipients"]["rsa"]["kid"], "private_jwk": {"env": "TETHER_TEST_JWE_RSA"}},
                          {"kid": keys["recipients"]["p256"]["kid"], "private_jwk": {"env": "TETHER_TEST_JWE_P256"}}
-                     ]}],
+                     ]},
+                    {"issuer": OTHER_ISSUER, "audiences": [AUDIENCE], "jwks": stranger["issuer_jwks"]}],
         "rules": [{"prefix": "/", "require": "mtls"}],
     });
     let mut bootstrap = Bootstrap::new(&pki, echo.port(), Some(config));
@@ -146,6 +164,10 @@ fn encrypted_bound_tokens_are_served_over_their_certificate_only() {
     let forged = forged["tokens"][0]["token"].as_str().expect("token");
     // Its kid is the issuer's (jwe_tokens.py names every signing key so), its signature is not.
     refused(get(forged), "signature_invalid");
+    refused(
+        get(crossed["tokens"][0]["token"].as_str().expect("token")),
+        "issuer_unknown",
+    );
     let mut changed: Vec<String> = by_jose["tokens"][0]["token"]
         .as_str()
         .expect("token")
