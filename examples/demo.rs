@@ -24,6 +24,7 @@ use support::echo::EchoBackend;
 use support::envoy::{envoy_binary, Envoy};
 use support::jws::{self, Signer};
 use support::jwt::{Alg, Issuer, SigningKey};
+use support::oidc::AuthorizationServer;
 use support::pki::Pki;
 use support::{repo_root, run_interop_client};
 
@@ -65,7 +66,17 @@ fn main() {
         made["tether"]["ed25519"].as_str().expect("a private JWK"),
     );
     println!("  Tether's response signing key (Ed25519) made by jwcrypto, passed to Envoy's VM by environment");
-    let authorization_server = AuthorizationServer::start(&pki);
+    let authorization_server = AuthorizationServer::start(
+        &demo_dir.join("authorization-server.log"),
+        AUDIENCE,
+        &pki.alice.cert,
+        &[format!("https://localhost:{HTTPS_PORT}/orders/42")],
+        Some(AS_PORT),
+    )
+    .unwrap_or_else(|e| {
+        eprintln!("the authorization server did not start (is port {AS_PORT} free?): {e}");
+        std::process::exit(1);
+    });
     std::env::set_var(
         "TETHER_DEMO_RS_SECRET",
         authorization_server.issued["rs"]["client_secret"]
@@ -370,13 +381,10 @@ fn main() {
     // Opaque tokens (RFC 7662): oidc-provider issued them; Tether asks its introspection
     // endpoint about each once and enforces the binding the answer names.
     println!("\nOpaque tokens, introspected at the authorization server (RFC 7662)");
-    let opaque = |name: &str| {
-        authorization_server.issued["tokens"][name]["access_token"]
-            .as_str()
-            .expect("an opaque token")
-            .to_string()
-    };
-    let (bound, revoked) = (opaque("mtls"), opaque("revoked"));
+    let (bound, revoked) = (
+        authorization_server.token("mtls"),
+        authorization_server.token("revoked"),
+    );
     let before = authorization_server.introspections();
     scene(
         16,
@@ -438,68 +446,6 @@ fn main() {
 
 /// Must match `envoy/demo.yaml`'s `authorization_server` cluster.
 const AS_PORT: u16 = 18081;
-
-/// The demo's authorization server (`tests/interop/oidc/as.mjs`), until its stdin closes.
-struct AuthorizationServer {
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    issued: serde_json::Value,
-    log: std::path::PathBuf,
-}
-
-impl AuthorizationServer {
-    fn start(pki: &Pki) -> AuthorizationServer {
-        use std::io::BufRead as _;
-        let root = repo_root();
-        let log = root.join("build/demo/authorization-server.log");
-        let mut child = std::process::Command::new("node")
-            .arg(root.join("tests/interop/oidc/as.mjs"))
-            .arg(AUDIENCE)
-            .arg(&pki.alice.cert)
-            .arg(format!("https://localhost:{HTTPS_PORT}/orders/42"))
-            .env("AS_PORT", AS_PORT.to_string())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("the authorization server's log"))
-            .spawn()
-            .unwrap_or_else(|e| {
-                eprintln!("cannot run node ({e}): run `make demo`, which installs it");
-                std::process::exit(1);
-            });
-        let mut line = String::new();
-        if let Some(stdout) = child.stdout.take() {
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        }
-        let issued = serde_json::from_str(&line).unwrap_or_else(|_| {
-            eprintln!(
-                "the authorization server did not start (is port {AS_PORT} free?): see {}",
-                log.display()
-            );
-            std::process::exit(1);
-        });
-        let stdin = child.stdin.take();
-        AuthorizationServer {
-            child,
-            stdin,
-            issued,
-            log,
-        }
-    }
-
-    /// Introspection calls answered so far, by the server's own log.
-    fn introspections(&self) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|line| line.starts_with("as.mjs: introspection "))
-            .count()
-    }
-
-    fn stop(mut self) {
-        self.stdin.take();
-        let _ = self.child.wait();
-    }
-}
 
 /// Tether's counters in `envoy` that are not zero, under a heading naming it (`label`).
 fn print_counters(label: &str, envoy: &Envoy) {

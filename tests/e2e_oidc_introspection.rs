@@ -7,17 +7,15 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use support::client::HttpsRequest;
 use support::echo::EchoBackend;
 use support::envoy::{Bootstrap, Envoy};
+use support::oidc::AuthorizationServer;
 use support::pki::Pki;
-use support::repo_root;
 use support::scratch::ScratchDir;
 
 const AUDIENCE: &str = "https://orders.mesh.internal";
@@ -25,80 +23,18 @@ const AUDIENCE: &str = "https://orders.mesh.internal";
 const API: &str = "https://api.example";
 const TIMEOUT_MS: u64 = 1000;
 
-/// The authorization server, running until its stdin is closed.
-struct AuthorizationServer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    issued: Value,
-    log: std::path::PathBuf,
-}
-
-impl AuthorizationServer {
-    fn start(dir: &ScratchDir, client_cert: &std::path::Path) -> AuthorizationServer {
-        let log = dir.join("as.log");
-        let mut child = Command::new("node")
-            .arg(repo_root().join("tests/interop/oidc/as.mjs"))
-            .arg(AUDIENCE)
-            .arg(client_cert)
-            .arg(format!("{API}/orders/1"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("AS log"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run node: {e} (run `make setup`)"));
-        let mut line = String::new();
-        if let Some(stdout) = child.stdout.take() {
-            let _ = BufReader::new(stdout).read_line(&mut line);
-        }
-        let issued: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-            panic!(
-                "as.mjs printed no JSON ({e}): {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-        let stdin = child.stdin.take();
-        AuthorizationServer {
-            child,
-            stdin,
-            issued,
-            log,
-        }
-    }
-
-    fn token(&self, name: &str) -> String {
-        self.issued["tokens"][name]["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no {name} token"))
-            .to_string()
-    }
-
-    /// Introspection calls the server has answered, by its own log.
-    fn introspections(&self) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|line| line.starts_with("as.mjs: introspection "))
-            .count()
-    }
-
-    fn stop(mut self) {
-        self.stdin.take();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-    }
-}
-
 #[test]
 fn opaque_tokens_of_oidc_provider_are_introspected_and_their_bindings_enforced() {
     let dir = ScratchDir::new("e2e-oidc-introspection");
     let pki = Pki::generate(&dir.join("pki"));
-    let server = AuthorizationServer::start(&dir, &pki.alice.cert);
+    let server = AuthorizationServer::start(
+        &dir.join("as.log"),
+        AUDIENCE,
+        &pki.alice.cert,
+        &[format!("{API}/orders/1")],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let issued = &server.issued;
     let echo = EchoBackend::start();
     let config = json!({

@@ -13,7 +13,7 @@
 //!   `envoy --mode validate`.
 //! - [`client`]: HTTPS requests through `curl`, with or without a client certificate.
 //! - [`introspection`]: an RFC 7662 introspection endpoint the test controls (late, failing,
-//!   malformed), counting its calls.
+//!   malformed), counting its calls; [`oidc`]: a real authorization server (oidc-provider).
 //! - [`wycheproof`]: Project Wycheproof's signature test groups for Tether's algorithms, chosen
 //!   by their parameters, each with its JWK (for tests/wycheproof.rs and tests/e2e_wycheproof.rs).
 //! - [`der`] and [`scratch`]: the small pieces underneath (DER parsing of OpenSSL's output,
@@ -37,6 +37,7 @@ pub mod introspection;
 pub mod jws;
 pub mod jwt;
 pub mod keyserver;
+pub mod oidc;
 pub mod pki;
 pub mod scratch;
 pub mod wycheproof;

@@ -31,14 +31,14 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 
 import * as DPoP from 'dpop';
-import { calculateJwkThumbprint, decodeJwt, exportJWK, generateKeyPair } from 'jose';
+import { calculateJwkThumbprint, decodeJwt, exportJWK } from 'jose';
 
-// oidc-provider prints its notices with console.info (stdout); stdout must
-// carry the JSON document only, so every console channel goes to stderr.
-// This runs before oidc-provider is loaded (it is imported dynamically below).
-for (const m of ['log', 'info', 'debug', 'warn']) {
-  console[m] = (...args) => console.error(...args);
-}
+import {
+  checkAbsoluteUrl, consoleToStderr, fail, getJson, listen, note as noteAs, signingKeys,
+} from './common.mjs';
+
+// Before oidc-provider is loaded (it is imported dynamically below).
+consoleToStderr();
 
 const SCOPE = 'api:read';
 const ACCESS_TOKEN_TTL = 300; // seconds; the consumer refuses tokens living > 900 s
@@ -58,26 +58,12 @@ const CLIENTS = {
 };
 
 function note(msg) {
-  if (process.env.OIDC_VERBOSE === '1') process.stderr.write(`as.mjs: ${msg}\n`);
-}
-
-function fail(msg) {
-  const err = new Error(msg);
-  err.fixtureFailure = true;
-  throw err;
+  noteAs('as.mjs', msg);
 }
 
 function usage() {
   process.stderr.write('usage: node as.mjs <audience> <client-cert.pem> <htu> [<htu> ...]\n');
   process.exit(2);
-}
-
-function checkAbsoluteUrl(what, value) {
-  const u = URL.parse(value);
-  if (!u) {
-    fail(`${what} must be an absolute URI, got ${JSON.stringify(value)}`);
-  }
-  if (u.hash) fail(`${what} must not contain a fragment, got ${JSON.stringify(value)}`);
 }
 
 function readCertificate(file) {
@@ -100,37 +86,6 @@ function readCertificate(file) {
     pem: cert.toString(),
     x5t: crypto.createHash('sha256').update(cert.raw).digest('base64url'),
   };
-}
-
-async function signingKeys() {
-  // Private signing keys of the provider; it serves the public halves at jwks_uri.
-  // Opaque access tokens are not signed, but the provider still validates every
-  // client's metadata against its keys, and the default
-  // id_token_signed_response_alg is RS256, so an RS256 key must be there too.
-  const es = await generateKeyPair('ES256', { extractable: true });
-  const rs = await generateKeyPair('RS256', { extractable: true, modulusLength: 2048 });
-  const esJwk = { ...(await exportJWK(es.privateKey)), alg: 'ES256', use: 'sig' };
-  const rsJwk = { ...(await exportJWK(rs.privateKey)), alg: 'RS256', use: 'sig' };
-  esJwk.kid = `es256-${(await calculateJwkThumbprint(esJwk)).slice(0, 16)}`;
-  rsJwk.kid = `rs256-${(await calculateJwkThumbprint(rsJwk)).slice(0, 16)}`;
-  return [esJwk, rsJwk];
-}
-
-function listen(server) {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    // AS_PORT: a fixed port (`make demo`'s Envoy configuration names it); else any.
-    server.listen(Number(process.env.AS_PORT || 0), '127.0.0.1', () => {
-      server.off('error', reject);
-      resolve(server.address().port);
-    });
-  });
-}
-
-async function getJson(url) {
-  const res = await fetch(url, { headers: { accept: 'application/json' } });
-  if (!res.ok) fail(`GET ${url} -> HTTP ${res.status}: ${await res.text()}`);
-  return res.json();
 }
 
 function basicAuth(clientId) {
@@ -233,7 +188,8 @@ async function main() {
 
   // Bind first so the issuer identifier can carry the ephemeral port.
   const server = http.createServer();
-  const port = await listen(server);
+  // AS_PORT: a fixed port (`make demo`'s Envoy configuration names it); else any.
+  const port = await listen(server, Number(process.env.AS_PORT || 0));
   const issuer = `http://127.0.0.1:${port}`;
 
   try {

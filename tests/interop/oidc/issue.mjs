@@ -22,16 +22,15 @@ import {
   decodeJwt,
   decodeProtectedHeader,
   exportJWK,
-  generateKeyPair,
   jwtVerify,
 } from 'jose';
 
-// oidc-provider prints its notices with console.info (stdout); stdout must
-// carry the JSON document only, so every console channel goes to stderr.
-// This runs before oidc-provider is loaded (it is imported dynamically below).
-for (const m of ['log', 'info', 'debug', 'warn']) {
-  console[m] = (...args) => console.error(...args);
-}
+import {
+  checkAbsoluteUrl, consoleToStderr, fail, getJson, listen, note as noteAs, signingKeys,
+} from './common.mjs';
+
+// Before oidc-provider is loaded (it is imported dynamically below).
+consoleToStderr();
 
 const CLIENT_ID = 'dpop-app';
 const CLIENT_SECRET = crypto.randomBytes(32).toString('base64url');
@@ -41,53 +40,12 @@ const PROOF_ALG = 'ES256';
 const METHODS = ['GET', 'POST'];
 
 function note(msg) {
-  if (process.env.OIDC_VERBOSE === '1') process.stderr.write(`issue.mjs: ${msg}\n`);
-}
-
-function fail(msg) {
-  const err = new Error(msg);
-  err.fixtureFailure = true;
-  throw err;
+  noteAs('issue.mjs', msg);
 }
 
 function usage() {
   process.stderr.write('usage: node issue.mjs <audience> <htu> [<htu> ...]\n');
   process.exit(2);
-}
-
-function checkAbsoluteUrl(what, value) {
-  const u = URL.parse(value);
-  if (!u) {
-    fail(`${what} must be an absolute URI, got ${JSON.stringify(value)}`);
-  }
-  if (u.hash) fail(`${what} must not contain a fragment, got ${JSON.stringify(value)}`);
-}
-
-async function signingKeys() {
-  // Private signing keys of the provider; it serves the public halves at jwks_uri.
-  const es = await generateKeyPair('ES256', { extractable: true });
-  const rs = await generateKeyPair('RS256', { extractable: true, modulusLength: 2048 });
-  const esJwk = { ...(await exportJWK(es.privateKey)), alg: 'ES256', use: 'sig' };
-  const rsJwk = { ...(await exportJWK(rs.privateKey)), alg: 'RS256', use: 'sig' };
-  esJwk.kid = `es256-${(await calculateJwkThumbprint(esJwk)).slice(0, 16)}`;
-  rsJwk.kid = `rs256-${(await calculateJwkThumbprint(rsJwk)).slice(0, 16)}`;
-  return [esJwk, rsJwk];
-}
-
-function listen(server) {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      server.off('error', reject);
-      resolve(server.address().port);
-    });
-  });
-}
-
-async function getJson(url) {
-  const res = await fetch(url, { headers: { accept: 'application/json' } });
-  if (!res.ok) fail(`GET ${url} -> HTTP ${res.status}: ${await res.text()}`);
-  return res.json();
 }
 
 async function tokenRequest(tokenEndpoint, keypair, audience) {
