@@ -211,13 +211,7 @@ pub fn verify(
     if token.len() > MAX_TOKEN_BYTES {
         return Err(Reason::TokenTooLarge.into());
     }
-    let mut segments = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) else {
+    let Some((header_b64, payload_b64, signature_b64)) = jws_segments(token) else {
         return Err(Reason::TokenMalformed.into());
     };
     if header_b64.len() > MAX_HEADER_CHARS || payload_b64.is_empty() {
@@ -358,13 +352,7 @@ pub fn verify_introspection_jwt(
     now: u64,
 ) -> Result<Map<String, Value>, Reason> {
     let invalid = |_| Reason::IntrospectionInvalid;
-    let mut segments = jwt.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) else {
+    let Some((header_b64, payload_b64, signature_b64)) = jws_segments(jwt) else {
         return Err(Reason::IntrospectionInvalid);
     };
     if header_b64.len() > MAX_HEADER_CHARS {
@@ -420,6 +408,20 @@ pub fn verify_introspection_jwt(
         return Err(Reason::IntrospectionInvalid);
     }
     Ok(claims)
+}
+
+/// The three segments of a compact JWS (RFC 7515 §7.1), if it has exactly three.
+fn jws_segments(jws: &str) -> Option<(&str, &str, &str)> {
+    let mut segments = jws.split('.');
+    match (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) {
+        (Some(header), Some(payload), Some(signature), None) => Some((header, payload, signature)),
+        _ => None,
+    }
 }
 
 /// RFC 8725 §3.11 (explicit typing): a JWT of another declared type (a DPoP proof
