@@ -1,14 +1,17 @@
-//! A per-VM cache of verified access tokens, so that a token's signature is checked once,
-//! not on every request.
+//! Per-VM caches keyed by the token itself: verified access tokens ([`TokenCache`]), so that
+//! a token's signature is checked once, not on every request; and introspection answers
+//! ([`IntrospectionCache`]).
 //!
-//! Keyed by the SHA-256 of the token; bounded in entries (oldest inserted evicted first);
-//! an entry never outlives the token's `exp`. Only the token's own verification is cached:
-//! the binding, the route's requirement and every per-request check still run each time.
+//! A lookup hashes the token with the standard library's keyed hasher (SipHash, its key random
+//! per VM, so that made-up tokens cannot be chosen to collide) and compares the whole token
+//! on a hit: no digest of the token is computed per request (issue 13: the SHA-256 of the
+//! token was most of a cached request's own cost). Bounded in entries, the oldest filed
+//! first out; an entry never outlives its time. Only the token's own verification (or its
+//! introspection) is cached: the binding, the route's requirement and every per-request check
+//! still run each time.
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-
-use sha2::{Digest, Sha256};
 
 use crate::token::VerifiedToken;
 
@@ -16,155 +19,49 @@ use crate::token::VerifiedToken;
 pub const DEFAULT_ENTRIES: usize = 4096;
 /// The largest `token_cache_entries` accepted.
 pub const MAX_ENTRIES: usize = 1 << 20;
+/// The longest token the token cache keeps (longer ones are verified on every request): it
+/// bounds the cache's memory, `token_cache_entries` times this at most.
+pub const MAX_CACHED_TOKEN_BYTES: usize = 4096;
 
-struct Entry {
-    token: Rc<VerifiedToken>,
-    /// The token's `exp`: the entry is not used at or after it.
-    expires_at: u64,
-}
-
-/// Verified tokens by the SHA-256 of their compact form.
-pub struct TokenCache {
-    capacity: usize,
-    entries: HashMap<[u8; 32], Entry>,
-    /// Insertion order, for eviction. May hold keys already removed (expired); they are
-    /// skipped on eviction and compacted away when they would make it grow unbounded.
-    order: VecDeque<[u8; 32]>,
-}
-
-impl TokenCache {
-    /// A cache of at most `capacity` tokens; 0 disables caching.
-    pub fn new(capacity: usize) -> Self {
-        TokenCache {
-            capacity,
-            entries: HashMap::with_capacity(capacity.min(DEFAULT_ENTRIES)),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// The number of cached tokens.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether the cache holds no token.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The cache key of a token; `None` when caching is off (no hashing at all then).
-    pub fn key(&self, token: &str) -> Option<[u8; 32]> {
-        (self.capacity > 0).then(|| Sha256::digest(token.as_bytes()).into())
-    }
-
-    /// The verified token, if cached and not yet expired at `now`.
-    pub fn get(&mut self, key: &[u8; 32], now: u64) -> Option<Rc<VerifiedToken>> {
-        let entry = self.entries.get(key)?;
-        if now < entry.expires_at {
-            return Some(Rc::clone(&entry.token));
-        }
-        self.entries.remove(key);
-        None
-    }
-
-    /// Caches a verified token until its `exp`, evicting the oldest entries when full.
-    pub fn insert(&mut self, key: [u8; 32], token: Rc<VerifiedToken>, now: u64) {
-        let expires_at = token.expires_at();
-        if self.capacity == 0 || expires_at <= now {
-            return;
-        }
-        while self.entries.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some(oldest) => {
-                    self.entries.remove(&oldest);
-                }
-                None => break,
-            }
-        }
-        if self
-            .entries
-            .insert(key, Entry { token, expires_at })
-            .is_none()
-        {
-            self.order.push_back(key);
-        }
-        if self.order.len() > 2 * self.capacity {
-            let entries = &self.entries;
-            self.order.retain(|k| entries.contains_key(k));
-        }
-    }
-}
-
-/// What the introspection endpoint said of a token, as long as it is remembered.
-#[derive(Clone, Debug)]
-pub enum Introspected {
-    /// Active, and acceptable: the token as verified.
-    Active(Rc<VerifiedToken>),
-    /// `active: false` (the negative cache, so that a flood of made-up tokens is not a
-    /// flood of calls).
-    Inactive,
-    /// The call failed (`introspection_unavailable` or `introspection_invalid`): remembered
-    /// only long enough for the requests that waited on it to be refused together.
-    Failed(crate::reject::Reason),
-}
-
-struct Answered {
-    answer: Introspected,
-    /// The answer is not used at or after this time.
+struct Filed<V> {
+    value: V,
+    /// The value is not used at or after this time.
     until: u64,
-    /// When it was filed, in insertion order: its place in [`IntrospectionCache::order`].
+    /// When it was filed, in filing order: its place in [`Bounded::order`].
     filed: u64,
 }
 
-/// Introspection answers per VM (issue 12), keyed by the token itself: a lookup compares the
-/// whole token, never a digest of it. Bounded in entries; the oldest answer is forgotten
-/// first. An active answer is kept for the endpoint's `cache_seconds`, never past the token's
-/// `exp`; an inactive one for `negative_cache_seconds`. Each token is held once (the map and
-/// the eviction order share it).
-pub struct IntrospectionCache {
+/// Values by token, each until its time; at most `capacity`, the oldest filed forgotten first.
+/// Each token is held once (the map and the eviction order share it).
+struct Bounded<V> {
     capacity: usize,
-    entries: HashMap<Rc<str>, Answered>,
+    entries: HashMap<Rc<str>, Filed<V>>,
     /// Tokens in the order they were filed, with when; an entry whose `filed` differs (its
-    /// answer was filed again since, or it is gone) is skipped on eviction.
+    /// value was filed again since, or it is gone) is skipped on eviction.
     order: VecDeque<(u64, Rc<str>)>,
     filed: u64,
 }
 
-impl IntrospectionCache {
-    pub fn new(capacity: usize) -> Self {
-        IntrospectionCache {
+impl<V: Clone> Bounded<V> {
+    fn new(capacity: usize) -> Self {
+        Bounded {
             capacity,
-            entries: HashMap::new(),
+            entries: HashMap::with_capacity(capacity.min(DEFAULT_ENTRIES)),
             order: VecDeque::new(),
             filed: 0,
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The answer about `token`, if remembered at `now`.
-    pub fn get(&mut self, token: &str, now: u64) -> Option<Introspected> {
+    fn get(&mut self, token: &str, now: u64) -> Option<V> {
         let entry = self.entries.get(token)?;
         if now < entry.until {
-            return Some(entry.answer.clone());
+            return Some(entry.value.clone());
         }
         self.entries.remove(token);
         None
     }
 
-    /// Remembers `answer` about `token` for `seconds` from `now` (an active token never past
-    /// its `exp`), forgetting the oldest answers when full.
-    pub fn insert(&mut self, token: &str, answer: Introspected, seconds: u64, now: u64) {
-        let mut until = now.saturating_add(seconds);
-        if let Introspected::Active(verified) = &answer {
-            until = until.min(verified.expires_at());
-        }
+    fn insert(&mut self, token: &str, value: V, until: u64, now: u64) {
         if self.capacity == 0 || until <= now {
             self.entries.remove(token);
             return;
@@ -185,8 +82,8 @@ impl IntrospectionCache {
         let filed = self.filed;
         self.entries.insert(
             Rc::clone(&key),
-            Answered {
-                answer,
+            Filed {
+                value,
                 until,
                 filed,
             },
@@ -197,6 +94,99 @@ impl IntrospectionCache {
             self.order
                 .retain(|(filed, key)| entries.get(key).is_some_and(|e| e.filed == *filed));
         }
+    }
+}
+
+/// Verified tokens, by the token (up to [`MAX_CACHED_TOKEN_BYTES`]), each until its `exp`.
+pub struct TokenCache {
+    tokens: Bounded<Rc<VerifiedToken>>,
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens; 0 disables caching.
+    pub fn new(capacity: usize) -> Self {
+        TokenCache {
+            tokens: Bounded::new(capacity),
+        }
+    }
+
+    /// The number of cached tokens.
+    pub fn len(&self) -> usize {
+        self.tokens.entries.len()
+    }
+
+    /// Whether the cache holds no token.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.entries.is_empty()
+    }
+
+    /// The verified token, if cached and not yet expired at `now`. Nothing is hashed when
+    /// caching is off or the token is too long to be cached.
+    pub fn get(&mut self, token: &str, now: u64) -> Option<Rc<VerifiedToken>> {
+        if self.tokens.capacity == 0 || token.len() > MAX_CACHED_TOKEN_BYTES {
+            return None;
+        }
+        self.tokens.get(token, now)
+    }
+
+    /// Caches a verified token until its `exp`, forgetting the oldest entries when full.
+    pub fn insert(&mut self, token: &str, verified: Rc<VerifiedToken>, now: u64) {
+        if token.len() > MAX_CACHED_TOKEN_BYTES {
+            return;
+        }
+        let until = verified.expires_at();
+        self.tokens.insert(token, verified, until, now);
+    }
+}
+
+/// What the introspection endpoint said of a token, as long as it is remembered.
+#[derive(Clone, Debug)]
+pub enum Introspected {
+    /// Active, and acceptable: the token as verified.
+    Active(Rc<VerifiedToken>),
+    /// `active: false` (the negative cache, so that a flood of made-up tokens is not a
+    /// flood of calls).
+    Inactive,
+    /// The call failed (`introspection_unavailable` or `introspection_invalid`): remembered
+    /// only long enough for the requests that waited on it to be refused together.
+    Failed(crate::reject::Reason),
+}
+
+/// Introspection answers per VM (issue 12), keyed by the token itself. An active answer is
+/// kept for the endpoint's `cache_seconds`, never past the token's `exp`; an inactive one for
+/// `negative_cache_seconds`.
+pub struct IntrospectionCache {
+    answers: Bounded<Introspected>,
+}
+
+impl IntrospectionCache {
+    pub fn new(capacity: usize) -> Self {
+        IntrospectionCache {
+            answers: Bounded::new(capacity),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.answers.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.answers.entries.is_empty()
+    }
+
+    /// The answer about `token`, if remembered at `now`.
+    pub fn get(&mut self, token: &str, now: u64) -> Option<Introspected> {
+        self.answers.get(token, now)
+    }
+
+    /// Remembers `answer` about `token` for `seconds` from `now` (an active token never past
+    /// its `exp`), forgetting the oldest answers when full.
+    pub fn insert(&mut self, token: &str, answer: Introspected, seconds: u64, now: u64) {
+        let mut until = now.saturating_add(seconds);
+        if let Introspected::Active(verified) = &answer {
+            until = until.min(verified.expires_at());
+        }
+        self.answers.insert(token, answer, until, now);
     }
 }
 
@@ -280,19 +270,17 @@ mod tests {
         assert!(cache.get("a", 12).is_some());
         assert!(cache.get("b", 12).is_none());
         assert!(cache.get("c", 12).is_some());
-        assert!(cache.order.len() <= 4);
+        assert!(cache.answers.order.len() <= 4);
     }
 
-    fn key(i: u32) -> [u8; 32] {
-        let mut k = [0u8; 32];
-        k[..4].copy_from_slice(&i.to_be_bytes());
-        k
+    fn key(i: u32) -> String {
+        format!("token-{i}")
     }
 
     #[test]
     fn cached_token_is_returned_until_its_exp() {
         let mut cache = TokenCache::new(4);
-        cache.insert(key(1), Rc::new(verified_token_expiring_at(1000)), 900);
+        cache.insert(&key(1), Rc::new(verified_token_expiring_at(1000)), 900);
         assert!(cache.get(&key(1), 999).is_some());
         assert!(cache.get(&key(1), 1000).is_none());
         assert!(cache.is_empty());
@@ -301,7 +289,7 @@ mod tests {
     #[test]
     fn expired_token_is_not_cached() {
         let mut cache = TokenCache::new(4);
-        cache.insert(key(1), Rc::new(verified_token_expiring_at(1000)), 1000);
+        cache.insert(&key(1), Rc::new(verified_token_expiring_at(1000)), 1000);
         assert!(cache.is_empty());
     }
 
@@ -309,7 +297,7 @@ mod tests {
     fn cache_stays_bounded_evicting_the_oldest() {
         let mut cache = TokenCache::new(3);
         for i in 0..10 {
-            cache.insert(key(i), Rc::new(verified_token_expiring_at(5000)), 0);
+            cache.insert(&key(i), Rc::new(verified_token_expiring_at(5000)), 0);
             assert!(cache.len() <= 3);
         }
         assert!(cache.get(&key(9), 1).is_some());
@@ -321,24 +309,62 @@ mod tests {
         let mut cache = TokenCache::new(2);
         for i in 0..1000u32 {
             let now = u64::from(i) * 10;
-            cache.insert(key(i), Rc::new(verified_token_expiring_at(now + 5)), now);
+            cache.insert(&key(i), Rc::new(verified_token_expiring_at(now + 5)), now);
             assert!(cache.get(&key(i), now + 6).is_none());
-            assert!(cache.order.len() <= 4);
+            assert!(cache.tokens.order.len() <= 4);
         }
     }
 
     #[test]
     fn zero_capacity_disables_the_cache() {
         let mut cache = TokenCache::new(0);
-        assert!(cache.key("token").is_none());
-        cache.insert(key(1), Rc::new(verified_token_expiring_at(1000)), 0);
+        cache.insert(&key(1), Rc::new(verified_token_expiring_at(1000)), 0);
         assert!(cache.is_empty());
+        assert!(cache.get(&key(1), 0).is_none());
     }
 
     #[test]
-    fn key_is_the_sha256_of_the_token() {
-        let cache = TokenCache::new(1);
-        // SHA-256("abc") begins ba7816bf.
-        assert_eq!(cache.key("abc").unwrap()[..4], [0xba, 0x78, 0x16, 0xbf]);
+    fn a_cached_token_matches_the_whole_token_only() {
+        let mut cache = TokenCache::new(4);
+        cache.insert(
+            "header.payload.sig",
+            Rc::new(verified_token_expiring_at(1000)),
+            0,
+        );
+        for other in [
+            "header.payload.si",
+            "header.payload.sig.",
+            "HEADER.payload.sig",
+            "",
+        ] {
+            assert!(cache.get(other, 1).is_none(), "{other:?}");
+        }
+        assert!(cache.get("header.payload.sig", 1).is_some());
+    }
+
+    #[test]
+    fn tokens_too_long_to_cache_are_not_kept() {
+        let mut cache = TokenCache::new(4);
+        let long = "a".repeat(MAX_CACHED_TOKEN_BYTES + 1);
+        cache.insert(&long, Rc::new(verified_token_expiring_at(1000)), 0);
+        assert!(cache.is_empty());
+        assert!(cache.get(&long, 1).is_none());
+        let longest = "a".repeat(MAX_CACHED_TOKEN_BYTES);
+        cache.insert(&longest, Rc::new(verified_token_expiring_at(1000)), 0);
+        assert!(cache.get(&longest, 1).is_some());
+    }
+
+    /// The token cache had the eviction fault the introspection cache had (issue 12's
+    /// review): a token cached again after it expired was evicted by its stale place.
+    #[test]
+    fn a_token_cached_again_is_not_evicted_for_its_old_place() {
+        let mut cache = TokenCache::new(2);
+        cache.insert("a", Rc::new(verified_token_expiring_at(5)), 0);
+        cache.insert("b", Rc::new(verified_token_expiring_at(100)), 1);
+        assert!(cache.get("a", 10).is_none());
+        cache.insert("a", Rc::new(verified_token_expiring_at(100)), 10);
+        cache.insert("c", Rc::new(verified_token_expiring_at(100)), 11);
+        assert!(cache.get("a", 12).is_some());
+        assert!(cache.get("b", 12).is_none());
     }
 }

@@ -1090,8 +1090,7 @@ impl Tokens<'_> {
             }
             return self.introspected(issuer, token, now);
         }
-        let key = self.cache.key(token);
-        if let Some(cached) = key.as_ref().and_then(|k| self.cache.get(k, now)) {
+        if let Some(cached) = self.cache.get(token, now) {
             return Ok(cached);
         }
         let verified = match kind {
@@ -1115,9 +1114,7 @@ impl Tokens<'_> {
             }) => return self.introspected(issuer, token, now),
             Err(refusal) => return Err(refusal),
         };
-        if let Some(key) = key {
-            self.cache.insert(key, Rc::clone(&verified), now);
-        }
+        self.cache.insert(token, Rc::clone(&verified), now);
         Ok(verified)
     }
 
