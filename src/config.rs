@@ -622,6 +622,9 @@ pub struct Policy {
     pub response_signing: Option<ResponseSigning>,
     /// Where the client certificate is read from (`peer_certificate`).
     pub peer_certificate: PeerSource,
+    /// Whether some issuer has a key for `dir` JWEs: a token's `dir` does not say whose key
+    /// it needs, so it is refused unless one exists (decided here, not per token).
+    pub decrypts_dir: bool,
     /// Whether a request's header lines are kept whole ([`crate::verdict::Facts::lines`]):
     /// a rule verifies RFC 9421 request signatures or signs responses.
     pub reads_header_lines: bool,
@@ -747,6 +750,12 @@ impl Policy {
             environment,
         )?;
         let claims_to_headers = compile_claim_headers(raw.claims_to_headers)?;
+        let decrypts_dir = issuers.iter().any(|issuer| {
+            issuer
+                .decryption_keys
+                .iter()
+                .any(DecryptionKey::is_symmetric)
+        });
         let peer_certificate = raw
             .peer_certificate
             .map(compile_peer_certificate)
@@ -796,6 +805,7 @@ impl Policy {
             message_signatures,
             response_signing,
             peer_certificate,
+            decrypts_dir,
             reads_header_lines,
             notes,
         })

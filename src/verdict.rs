@@ -1122,19 +1122,14 @@ impl Tokens<'_> {
     /// verified as that issuer's (signed with its keys, its `iss`), and named by the
     /// fingerprint of the token as presented.
     fn decrypted(&self, policy: &Policy, token: &str, now: u64) -> Result<VerifiedToken, Refusal> {
-        // `dir` is refused unless some issuer has a key for it (a token's `dir` does not say
-        // whose key it needs).
-        let dir_allowed = policy
-            .issuers
-            .iter()
-            .any(|issuer| issuer.decryption_keys.iter().any(|k| k.is_symmetric()));
         for (index, issuer) in policy.issuers.iter().enumerate() {
             if issuer.decryption_keys.is_empty() {
                 continue;
             }
             // The first issuer with a key that fits decides: one private-key operation per
             // request at most, whatever the number of issuers.
-            let inner = match jwe::open_nested(token, &issuer.decryption_keys, dir_allowed) {
+            let inner = match jwe::open_nested(token, &issuer.decryption_keys, policy.decrypts_dir)
+            {
                 Ok(inner) => inner,
                 Err(jwe::Unopened::NoKeyFits) => continue,
                 Err(jwe::Unopened::Refused(reason)) => return Err(reason.into()),
