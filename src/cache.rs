@@ -100,6 +100,16 @@ impl<V: Clone> Bounded<V> {
 /// Verified tokens, by the token (up to [`MAX_CACHED_TOKEN_BYTES`]), each until its `exp`.
 pub struct TokenCache {
     tokens: Bounded<Rc<VerifiedToken>>,
+    /// Lookups since the counts were last taken ([`TokenCache::take_counts`]).
+    counts: Lookups,
+}
+
+/// How many lookups found their token, and how many did not (of tokens the cache could hold:
+/// none are counted while the cache is off, nor for tokens too long to be cached).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lookups {
+    pub hits: u64,
+    pub misses: u64,
 }
 
 impl TokenCache {
@@ -107,6 +117,7 @@ impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         TokenCache {
             tokens: Bounded::new(capacity),
+            counts: Lookups::default(),
         }
     }
 
@@ -126,7 +137,18 @@ impl TokenCache {
         if self.tokens.capacity == 0 || token.len() > MAX_CACHED_TOKEN_BYTES {
             return None;
         }
-        self.tokens.get(token, now)
+        let found = self.tokens.get(token, now);
+        match found {
+            Some(_) => self.counts.hits += 1,
+            None => self.counts.misses += 1,
+        }
+        found
+    }
+
+    /// The lookups counted since the last call, and starts counting again: the host adds them
+    /// to its counters on its tick, not on every request (issue 13).
+    pub fn take_counts(&mut self) -> Lookups {
+        std::mem::take(&mut self.counts)
     }
 
     /// Caches a verified token until its `exp`, forgetting the oldest entries when full.
@@ -366,5 +388,29 @@ mod tests {
         cache.insert("c", Rc::new(verified_token_expiring_at(100)), 11);
         assert!(cache.get("a", 12).is_some());
         assert!(cache.get("b", 12).is_none());
+    }
+
+    #[test]
+    fn lookups_are_counted_until_taken() {
+        let mut cache = TokenCache::new(4);
+        assert!(cache.get(&key(1), 0).is_none());
+        cache.insert(&key(1), Rc::new(verified_token_expiring_at(1000)), 0);
+        assert!(cache.get(&key(1), 1).is_some());
+        assert!(cache.get(&key(1), 2).is_some());
+        assert!(cache.get(&key(1), 1000).is_none(), "expired: a miss");
+        assert_eq!(cache.take_counts(), Lookups { hits: 2, misses: 2 });
+        assert_eq!(
+            cache.take_counts(),
+            Lookups::default(),
+            "taken: counted again from 0"
+        );
+        // Tokens the cache could never hold, and a cache that is off, are not counted.
+        assert!(cache
+            .get(&"a".repeat(MAX_CACHED_TOKEN_BYTES + 1), 3)
+            .is_none());
+        let mut off = TokenCache::new(0);
+        assert!(off.get(&key(1), 0).is_none());
+        assert_eq!(cache.take_counts(), Lookups::default());
+        assert_eq!(off.take_counts(), Lookups::default());
     }
 }

@@ -1345,6 +1345,32 @@ fn allowed_and_refused_requests_are_counted_in_stats() {
     );
 }
 
+/// Issue 13: the token cache's lookups are in `/stats`, counted in the VM and added on the
+/// root context's tick (250 ms), not by a host call on every request.
+#[test]
+fn token_cache_hits_and_misses_are_counted_in_stats() {
+    let f = fixtures();
+    let hits = counter("token_cache.hit");
+    let misses = counter("token_cache.miss");
+    // A new token: its first lookup in a worker's VM misses, the next ones there hit (four
+    // requests, so that one worker sees it at least twice whatever the connections' spread).
+    let token = alice_bound_token();
+    for _ in 0..4 {
+        assert_served(&request("/").cert(&f.pki.alice).bearer(&token).send());
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while (counter("token_cache.hit") == hits || counter("token_cache.miss") == misses)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(counter("token_cache.hit") > hits, "cache hits not counted");
+    assert!(
+        counter("token_cache.miss") > misses,
+        "cache misses not counted"
+    );
+}
+
 /// Polls Envoy's log until `found` holds (log writes are asynchronous to the response).
 fn wait_for_log(found: impl Fn(&str) -> bool) -> Option<String> {
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -2,10 +2,13 @@
 //! set fetches (`tether.jwks_fetch.success`, `.failure`, `.key_skipped`), signed responses
 //! (`tether.response_signed`), key set answers (`tether.jwks_served`), XFCC headers
 //! from untrusted peers, removed (`tether.xfcc_untrusted`), and introspection calls sent
-//! and failed (`tether.introspection.sent`, `.failed`), shown in Envoy's
-//! `/stats` with the `wasmcustom.` prefix.
+//! and failed (`tether.introspection.sent`, `.failed`), and the token cache's lookups
+//! (`tether.token_cache.hit`, `.miss`), shown in Envoy's `/stats` with the `wasmcustom.`
+//! prefix. The cache's lookups are counted in the VM and added on the root context's tick, so
+//! that they cost a request no host call.
 
 use super::hostcalls;
+use crate::cache::Lookups;
 use crate::reject::Reason;
 
 /// Counter ids, defined once per VM at configure time.
@@ -20,6 +23,8 @@ pub struct Metrics {
     xfcc_untrusted: Option<u32>,
     introspection_sent: Option<u32>,
     introspection_failed: Option<u32>,
+    cache_hits: Option<u32>,
+    cache_misses: Option<u32>,
     /// Indexed like [`Reason::ALL`].
     refused: Vec<Option<u32>>,
 }
@@ -40,6 +45,8 @@ impl Metrics {
             xfcc_untrusted: counter("tether.xfcc_untrusted"),
             introspection_sent: counter("tether.introspection.sent"),
             introspection_failed: counter("tether.introspection.failed"),
+            cache_hits: counter("tether.token_cache.hit"),
+            cache_misses: counter("tether.token_cache.miss"),
             refused: Reason::ALL
                 .iter()
                 .map(|r| counter(&r.metric_name()))
@@ -91,6 +98,18 @@ impl Metrics {
     /// An introspection call that brought no usable answer.
     pub fn introspection_failed(&self) {
         increment(self.introspection_failed, 1);
+    }
+
+    /// The token cache's lookups since the last tick.
+    pub fn cache_lookups(&self, lookups: Lookups) {
+        for (id, count) in [
+            (self.cache_hits, lookups.hits),
+            (self.cache_misses, lookups.misses),
+        ] {
+            if count > 0 {
+                increment(id, i64::try_from(count).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     pub fn refused(&self, reason: Reason) {

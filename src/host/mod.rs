@@ -413,6 +413,9 @@ impl RootContext for Root {
                 let _ = hostcalls::set_tick_period_ms(TICK_MS);
             }
             resolve_held(shared, now_ms);
+            if let Ok(mut cache) = shared.cache.try_borrow_mut() {
+                shared.metrics.cache_lookups(cache.take_counts());
+            }
         }
     }
 
