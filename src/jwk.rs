@@ -79,7 +79,7 @@ pub enum PublicKey {
     Rsa(RsaPublicKey),
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
-    Ed25519(ed25519_compact::PublicKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
 }
 
 /// A trusted public key bound to exactly one algorithm, decoded once at configure time in
@@ -309,13 +309,19 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Parsed, String> {
                 return Err("\"alg\" does not fit an Ed25519 key".into());
             }
             let x = b64_member(jwk, "x")?;
-            let public = ed25519_compact::PublicKey::from_slice(&x)
-                .map_err(|_| "not a valid Ed25519 public key")?;
+            // A point on the curve, in its one canonical encoding, not of small order: the
+            // keys ed25519-compact refused when verifying (issue 13 moved verification to
+            // ed25519-dalek, whose `from_bytes` reduces a non-canonical y); refused here, once.
+            let public = <[u8; 32]>::try_from(x.as_slice())
+                .ok()
+                .and_then(|x| ed25519_dalek::VerifyingKey::from_bytes(&x).ok())
+                .filter(|k| k.to_edwards().compress().as_bytes() == k.as_bytes() && !k.is_weak())
+                .ok_or("not a valid Ed25519 public key")?;
             // RFC 8410 §4: SubjectPublicKeyInfo of an Ed25519 key (OID 1.3.101.112).
             let mut der = vec![
                 0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
             ];
-            der.extend_from_slice(public.as_ref());
+            der.extend_from_slice(public.as_bytes());
             vec![key(Alg::EdDsa, PublicKey::Ed25519(public), der)]
         }
         other => {
@@ -416,6 +422,50 @@ mod tests {
         assert_eq!(
             thumbprint(key.as_object().unwrap()).unwrap(),
             "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    /// An Ed25519 key is a point of large order in its canonical encoding (RFC 8032 §5.1.3):
+    /// the keys ed25519-compact refused at each verification are refused once, here.
+    #[test]
+    fn ed25519_keys_of_small_order_or_not_canonical_are_refused() {
+        let okp =
+            |x: &[u8]| json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(x)});
+        assert!(parse_one(&okp(&URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .unwrap()))
+        .is_ok());
+        // The neutral point (y = 1), of order 1.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // y = p + 1: the neutral point again, encoded with y >= p.
+        let mut above_p = [0xffu8; 32];
+        above_p[0] = 0xee;
+        above_p[31] = 0x7f;
+        // (0, -1), of order 2: y = p - 1.
+        let mut order_two = [0xffu8; 32];
+        order_two[0] = 0xec;
+        order_two[31] = 0x7f;
+        for x in [identity, above_p, order_two] {
+            assert!(parse_one(&okp(&x)).is_err(), "{x:?}");
+        }
+        // Every y from p to 2^255 - 1 (y - p < 19), with either sign of x: some are points of
+        // large order, which ed25519-dalek decodes by reducing y, and which must be refused.
+        let mut large_order = 0;
+        for low in 0u8..19 {
+            for sign in [0u8, 0x80] {
+                let mut x = [0xffu8; 32];
+                x[0] = 0xed + low;
+                x[31] = 0x7f | sign;
+                if ed25519_dalek::VerifyingKey::from_bytes(&x).is_ok_and(|k| !k.is_weak()) {
+                    large_order += 1;
+                }
+                assert!(parse_one(&okp(&x)).is_err(), "{x:?}");
+            }
+        }
+        assert!(
+            large_order > 0,
+            "no encoding tested reaches the canonical-form check"
         );
     }
 

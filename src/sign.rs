@@ -42,7 +42,7 @@ impl SigningAlg {
 }
 
 enum Secret {
-    Ed25519(ed25519_compact::KeyPair),
+    Ed25519(ed25519_dalek::SigningKey),
     P256(p256::ecdsa::SigningKey),
 }
 
@@ -81,8 +81,8 @@ impl SigningKey {
                 let seed: [u8; 32] = b64_member(jwk, "d")?
                     .try_into()
                     .map_err(|_| "\"d\" of an Ed25519 key must be 32 bytes")?;
-                let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
-                if b64_member(jwk, "x")? != pair.pk.as_ref() {
+                let pair = ed25519_dalek::SigningKey::from_bytes(&seed);
+                if b64_member(jwk, "x")? != pair.verifying_key().as_bytes() {
                     return Err("\"x\" is not the public key of \"d\"".into());
                 }
                 Secret::Ed25519(pair)
@@ -130,7 +130,9 @@ impl SigningKey {
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         match &self.secret {
             // No noise: the deterministic signature of RFC 8032.
-            Secret::Ed25519(pair) => pair.sk.sign(message, None).to_vec(),
+            Secret::Ed25519(pair) => ed25519_dalek::Signer::sign(pair, message)
+                .to_bytes()
+                .to_vec(),
             Secret::P256(key) => {
                 let signature: p256::ecdsa::Signature = key.sign(message);
                 signature.to_bytes().to_vec()
@@ -144,7 +146,7 @@ impl SigningKey {
         let alg = self.alg().jws_name();
         match &self.secret {
             Secret::Ed25519(pair) => json!({"kty": "OKP", "crv": "Ed25519",
-                "x": b64(pair.pk.as_ref()), "kid": self.kid, "alg": alg, "use": "sig"}),
+                "x": b64(pair.verifying_key().as_bytes()), "kid": self.kid, "alg": alg, "use": "sig"}),
             Secret::P256(key) => {
                 let point = key.verifying_key().to_encoded_point(false);
                 json!({"kty": "EC", "crv": "P-256",

@@ -69,11 +69,11 @@ impl SignatureVerifier for InVm {
                 .is_ok_and(|s| k.verify(message, &s).is_ok()),
             (PublicKey::P384(k), Alg::Es384) => p384::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|s| k.verify(message, &s).is_ok()),
-            // RFC 8037 §3.1: Ed25519, a 64-byte signature.
-            (PublicKey::Ed25519(k), Alg::EdDsa) => {
-                ed25519_compact::Signature::from_slice(signature)
-                    .is_ok_and(|s| k.verify(message, &s).is_ok())
-            }
+            // RFC 8037 §3.1: Ed25519, a 64-byte signature. RFC 8032 §5.1.7, with S < L and
+            // small-order R refused (`verify_strict`; ed25519-dalek, whose 32-bit field
+            // arithmetic suits wasm32: 2.5 times ed25519-compact's speed in V8, issue 13).
+            (PublicKey::Ed25519(k), Alg::EdDsa) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|s| k.verify_strict(message, &s).is_ok()),
             // A key never verifies an algorithm of another family.
             _ => false,
         }
