@@ -62,7 +62,12 @@ pub fn parse_thumbprint(value: &Value) -> Result<String, Reason> {
 /// The comparison is constant-time, so timing reveals nothing of the expected value.
 pub fn prove(bound_to: &str, peer: Option<&PeerCertificate>) -> Result<(), Reason> {
     let peer = peer.ok_or(Reason::ClientCertificateMissing)?;
-    if bool::from(peer.thumbprint().as_bytes().ct_eq(bound_to.as_bytes())) {
+    // Encoded on the stack: this runs on every request of a bound token (issue 13).
+    let mut thumbprint = [0u8; 43];
+    let written = URL_SAFE_NO_PAD
+        .encode_slice(peer.sha256, &mut thumbprint)
+        .unwrap_or(0);
+    if bool::from(thumbprint[..written].ct_eq(bound_to.as_bytes())) {
         Ok(())
     } else {
         Err(Reason::CertificateMismatch)
