@@ -164,8 +164,16 @@ pub fn http_filters(
     filters
 }
 
-/// One mTLS listener: the same TLS and HTTP settings for every row.
-pub fn https_listener(name: &str, pki: &Pki, filters: Vec<Value>) -> Value {
+/// One mTLS listener: the same TLS and HTTP settings for every row. Its route goes to the
+/// back end, or answers itself (`direct`: `BENCH_UPSTREAM=direct`, where the filters' cost is
+/// the larger share of a request's).
+pub fn https_listener(name: &str, pki: &Pki, filters: Vec<Value>, direct: bool) -> Value {
+    let route = if direct {
+        json!({"match": {"prefix": "/"},
+               "direct_response": {"status": 200, "body": {"inline_string": "ok"}}})
+    } else {
+        json!({"match": {"prefix": "/"}, "route": {"cluster": "backend"}})
+    };
     let file = |path: &Path| json!({"filename": path});
     json!({
         "name": name,
@@ -195,7 +203,7 @@ pub fn https_listener(name: &str, pki: &Pki, filters: Vec<Value>) -> Value {
                     "route_config": {"virtual_hosts": [{
                         "name": "all",
                         "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                        "routes": [route],
                     }]},
                     "http_filters": filters,
                 },
@@ -211,13 +219,17 @@ pub fn front_bootstrap(
     keys: &Keys,
     tools: &Tools,
     cache_supported: bool,
+    direct: bool,
 ) -> Value {
     json!({
         "admin": {"address": socket_address(0)},
         "static_resources": {
             "listeners": listeners
                 .iter()
-                .map(|&l| https_listener(l.name(), pki, http_filters(l, keys, tools, cache_supported)))
+                .map(|&l| {
+                    let filters = http_filters(l, keys, tools, cache_supported);
+                    https_listener(l.name(), pki, filters, direct)
+                })
                 .collect::<Vec<_>>(),
             "clusters": [backend_cluster(backend_port)],
         },
@@ -290,7 +302,7 @@ fn validate_tether(
         &json!({
             "admin": {"address": socket_address(0)},
             "static_resources": {
-                "listeners": [https_listener("probe", pki, filters)],
+                "listeners": [https_listener("probe", pki, filters, false)],
                 "clusters": [backend_cluster(1)],
             },
         }),

@@ -223,7 +223,13 @@ impl Bench<'_> {
 
     /// Sends `memory_tokens` distinct valid tokens to the Tether listener with the cache and
     /// reads Envoy's memory before, after each batch, and after.
-    pub fn memory_run(&self, front: &EnvoyProcess, cache_supported: bool) -> Memory {
+    /// `idle`: the front Envoy's memory when it had started, before any request.
+    pub fn memory_run(
+        &self,
+        front: &EnvoyProcess,
+        cache_supported: bool,
+        idle: MemorySample,
+    ) -> Memory {
         let total = self.settings.memory_tokens;
         let port = self.port(Listener::TetherCache);
         println!(
@@ -271,6 +277,7 @@ impl Bench<'_> {
             listener: Listener::TetherCache.name(),
             cache_entries: cache_supported.then_some(CACHE_ENTRIES),
             seconds: started.elapsed().as_secs_f64(),
+            idle,
             before,
             samples,
             statuses,
@@ -478,6 +485,9 @@ pub struct Memory {
     pub listener: &'static str,
     pub cache_entries: Option<u64>,
     pub seconds: f64,
+    /// When the front Envoy had started (its workers' VMs configured), before any request.
+    pub idle: MemorySample,
+    /// After the rounds, before the memory run's first token.
     pub before: MemorySample,
     pub samples: Vec<MemorySample>,
     pub statuses: BTreeMap<String, u64>,
@@ -504,6 +514,7 @@ impl Memory {
             "token_cache_entries": self.cache_entries,
             "seconds": self.seconds,
             "statuses": self.statuses,
+            "idle": self.idle.to_json(),
             "before": self.before.to_json(),
             "after": self.after().to_json(),
             "samples": self.samples.iter().map(MemorySample::to_json).collect::<Vec<_>>(),

@@ -124,8 +124,18 @@ pub fn print_machine(machine: &Value, settings: &Settings) {
         machine["wasm_bytes"]["tether.wasm"], machine["wasm_bytes"]["ceiling.wasm"]
     );
     println!(
-        "Method:  {} round(s) x {} s per row, {} s warm-up per row, {} keep-alive connections",
-        settings.rounds, settings.seconds, settings.warmup, settings.concurrency
+        "Method:  {} round(s) x {} s per row, {} s warm-up per row, {} keep-alive connections, \
+         {} front worker(s), upstream: {}",
+        settings.rounds,
+        settings.seconds,
+        settings.warmup,
+        settings.concurrency,
+        settings.workers,
+        if settings.direct {
+            "direct_response in the front Envoy"
+        } else {
+            "the back end"
+        }
     );
 }
 

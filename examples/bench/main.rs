@@ -182,14 +182,13 @@ fn main() {
     let results = &settings.results;
     std::fs::create_dir_all(results)
         .unwrap_or_else(|e| fail(&format!("create {}: {e}", results.display())));
-    let dated = results.join(format!("{}.json", timestamp.file));
+    // A run in another mode has its own latest file (scripts/bench.sh draws its chart).
+    let mode = settings.mode_suffix();
+    let dated = results.join(format!("{}{mode}.json", timestamp.file));
+    let latest = results.join(format!("latest{mode}.json"));
     write_json(&dated, &report);
-    write_json(&results.join("latest.json"), &report);
-    println!(
-        "\nWritten: {} and {}",
-        relative(&dated),
-        relative(&results.join("latest.json"))
-    );
+    write_json(&latest, &report);
+    println!("\nWritten: {} and {}", relative(&dated), relative(&latest));
 }
 
 /// The token rows: their front Envoy, checks, warm-up, rounds and memory run.
@@ -238,15 +237,30 @@ fn token_rows(
         .filter(|l| dpop_supported || *l != Listener::TetherDpop)
         .filter(|l| !only_dpop || matches!(l, Listener::TetherCache | Listener::TetherDpop))
         .collect::<Vec<_>>();
-    let bootstrap = front_bootstrap(&listeners, backend_port, pki, keys, tools, cache_supported);
+    let bootstrap = front_bootstrap(
+        &listeners,
+        backend_port,
+        pki,
+        keys,
+        tools,
+        cache_supported,
+        settings.direct,
+    );
     let config = work.join("front.json");
     write_json(&config, &bootstrap);
-    let front = EnvoyProcess::start("front", &config, work, 1, listeners.len())
+    let front = EnvoyProcess::start("front", &config, work, settings.workers, listeners.len())
         .unwrap_or_else(|log| fail(&format!("the front Envoy did not start:\n{log}")));
     let ports = front.listener_ports();
+    let idle = front.memory();
     println!(
-        "  front Envoy (--concurrency 1, pid {}), listeners: {}",
+        "  front Envoy (--concurrency {}, pid {}{}), listeners: {}",
+        settings.workers,
         front.pid,
+        if settings.direct {
+            ", every route a direct_response: BENCH_UPSTREAM=direct"
+        } else {
+            ""
+        },
         listeners
             .iter()
             .map(|l| format!("{} :{}", l.name(), ports[l.name()]))
@@ -317,7 +331,7 @@ fn token_rows(
     };
 
     let memory = if settings.memory_tokens > 0 && !only_dpop {
-        Some(bench.memory_run(&front, cache_supported))
+        Some(bench.memory_run(&front, cache_supported, idle))
     } else {
         None
     };
@@ -371,16 +385,18 @@ fn signed_rows(
     let response_keys = signed::ResponseKeys::generate();
     std::env::set_var(signed::RESPONSE_KEY_ED25519_ENV, &response_keys.ed25519);
     std::env::set_var(signed::RESPONSE_KEY_P256_ENV, &response_keys.p256);
-    let front = EnvoyProcess::start("front-signed", &config, &dir, 1, 2).unwrap_or_else(|log| {
-        fail(&format!(
-            "the signed-request front Envoy did not start:\n{log}"
-        ))
-    });
+    let front = EnvoyProcess::start("front-signed", &config, &dir, settings.workers, 2)
+        .unwrap_or_else(|log| {
+            fail(&format!(
+                "the signed-request front Envoy did not start:\n{log}"
+            ))
+        });
     let ports = front.listener_ports();
     println!(
-        "\nSigned requests: a second front Envoy (--concurrency 1, pid {}), listeners {:?}, \
+        "\nSigned requests: a second front Envoy (--concurrency {}, pid {}), listeners {:?}, \
          Tether with /signed (JWS), /httpsig (RFC 9421), /plain, /resp-signed (signed \
          responses) and /resp-plain; client {} with ES256, EdDSA and HS256 keys; load by {}",
+        settings.workers,
         front.pid,
         ports,
         signed::CLIENT_ID,
@@ -434,6 +450,12 @@ pub struct Settings {
     pub only: Option<Only>,
     /// `BENCH_DPOP_BREAKDOWN=1`: the DPoP breakdown rows too.
     pub dpop_breakdown: bool,
+    /// `BENCH_UPSTREAM=direct`: the token rows' routes answer in the front Envoy
+    /// (`direct_response`) instead of going to the back end.
+    pub direct: bool,
+    /// `BENCH_WORKERS`: the front Envoys' `--concurrency` (1, or 2 to see the VMs of two
+    /// workers share the key sets and the replay record).
+    pub workers: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -443,6 +465,18 @@ pub enum Only {
 }
 
 impl Settings {
+    /// What the results' file names carry for a run in another mode: `-direct`, `-workers2`.
+    pub fn mode_suffix(&self) -> String {
+        let mut suffix = String::new();
+        if self.direct {
+            suffix.push_str("-direct");
+        }
+        if self.workers != 1 {
+            suffix.push_str(&format!("-workers{}", self.workers));
+        }
+        suffix
+    }
+
     pub fn from_env() -> Settings {
         let number = |name: &str, default: u64| -> u64 {
             match std::env::var(name) {
@@ -472,6 +506,15 @@ impl Settings {
             Ok(value) => matches!(value.trim(), "1" | "true" | "yes"),
             Err(_) => false,
         };
+        let direct = match std::env::var("BENCH_UPSTREAM") {
+            Ok(value) if value.trim() == "direct" => true,
+            Ok(value) if matches!(value.trim(), "" | "backend") => false,
+            Ok(value) => fail(&format!(
+                "BENCH_UPSTREAM={value:?}: the choices are \"backend\" and \"direct\""
+            )),
+            Err(_) => false,
+        };
+        let workers = u32::try_from(number("BENCH_WORKERS", 1).clamp(1, 8)).unwrap_or(1);
         // A partial run does not replace the results of a whole one.
         let results = std::env::var_os("BENCH_RESULTS")
             .map(PathBuf::from)
@@ -493,6 +536,8 @@ impl Settings {
             results,
             only,
             dpop_breakdown,
+            direct,
+            workers,
         }
     }
 }

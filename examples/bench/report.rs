@@ -507,6 +507,10 @@ pub fn print_memory(memory: &Memory) {
             .map_or_else(|| "(unsupported)".to_string(), |n| n.to_string()),
         memory.seconds
     );
+    println!(
+        "  idle    {}  (started, no request yet)",
+        memory.idle.describe()
+    );
     println!("  before  {}", memory.before.describe());
     println!("  after   {}", after.describe());
     println!(
@@ -566,8 +570,13 @@ pub fn report_json(
         "timestamp": timestamp.iso,
         "machine": machine,
         "method": {
-            "front_envoy": "one process, --concurrency 1, one mTLS listener per filter chain \
-                            (require_client_certificate), HTTP/1.1",
+            "front_envoy": format!("one process, --concurrency {}, one mTLS listener per \
+                                    filter chain (require_client_certificate), HTTP/1.1",
+                                   settings.workers),
+            "front_envoy_workers": settings.workers,
+            "upstream": if settings.direct { "direct: every token row's route answers in the \
+                                              front Envoy (direct_response 200, BENCH_UPSTREAM)" }
+                        else { "backend: every route goes to the back end" },
             "backend": "a second Envoy (--concurrency 1), plain HTTP, direct_response 200",
             "wasm": "envoy.wasm.runtime.v8; each wasm filter in its own VM (vm_id)",
             "cpu": "front Envoy and back end: utime + stime from /proc/<pid>/stat over each \

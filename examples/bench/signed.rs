@@ -340,7 +340,7 @@ pub fn bootstrap(
         config["allow_on_headers_stop_iteration"] = json!(true);
         config["vm_config"]["environment_variables"] =
             json!({"host_env_keys": [RESPONSE_KEY_ED25519_ENV, RESPONSE_KEY_P256_ENV]});
-        https_listener(name, pki, vec![tether, router.clone()])
+        https_listener(name, pki, vec![tether, router.clone()], false)
     };
     json!({
         "admin": {"address": socket_address(0)},
