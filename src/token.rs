@@ -113,6 +113,10 @@ pub struct VerifiedToken {
     confirmation: Confirmation,
     /// The token's [`fingerprint`], computed once with the verification (and cached with it).
     fingerprint: String,
+    /// The unpadded base64url SHA-256 of the token as presented: `ath` (RFC 9449 §4.2), which
+    /// DPoP proofs, request signatures and signed responses name it by; computed once with the
+    /// fingerprint, from the same digest (issue 13), not on every request.
+    token_hash: String,
     /// An introspected token's `token_type` (RFC 7662 §2.2), to be checked against the
     /// scheme it came with.
     token_type: Option<String>,
@@ -122,6 +126,11 @@ impl VerifiedToken {
     /// The token's fingerprint, for logs: never the token.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The token's `ath`: the unpadded base64url SHA-256 of the token as presented.
+    pub fn token_hash(&self) -> &str {
+        &self.token_hash
     }
 
     /// What the token is bound to.
@@ -147,7 +156,7 @@ impl VerifiedToken {
     /// The same token, named (in logs) by the fingerprint of `presented`: an encrypted token
     /// is logged as presented, not as the JWT inside it.
     pub fn presented_as(mut self, presented: &str) -> VerifiedToken {
-        self.fingerprint = fingerprint(presented);
+        (self.fingerprint, self.token_hash) = names(presented);
         self
     }
 
@@ -160,7 +169,16 @@ impl VerifiedToken {
 /// A short, non-reversible name for a token in logs: the first 8 bytes of its SHA-256,
 /// in hex. The token itself is never logged.
 pub fn fingerprint(token: &str) -> String {
-    crate::percent::hex(&Sha256::digest(token.as_bytes())[..8])
+    names(token).0
+}
+
+/// The token's [`fingerprint`] and its `ath`, from one SHA-256.
+fn names(token: &str) -> (String, String) {
+    let digest = Sha256::digest(token.as_bytes());
+    (
+        crate::percent::hex(&digest[..8]),
+        URL_SAFE_NO_PAD.encode(digest),
+    )
 }
 
 /// Why a token is not accepted, and the fetched key set that a (re)fetch may cure that with:
@@ -268,11 +286,13 @@ pub fn verify(
     // From here on the claims are the issuer's.
     let expires_at = check_claims(&claims, issuer, limits, now)?;
     let confirmation = Confirmation::from_claim(claims.other.get("cnf"))?;
+    let (fingerprint, token_hash) = names(token);
     Ok(VerifiedToken {
         claims,
         expires_at,
         confirmation,
-        fingerprint: fingerprint(token),
+        fingerprint,
+        token_hash,
         token_type: None,
     })
 }
@@ -320,6 +340,7 @@ pub fn from_introspection(
     };
     let expires_at = check_claims(&claims, issuer, unbounded, now)?;
     let confirmation = Confirmation::from_claim(claims.other.get("cnf"))?;
+    let (fingerprint, token_hash) = names(token);
     let token_type = match claims.other.get("token_type") {
         None => None,
         Some(Value::String(t)) => Some(t.clone()),
@@ -329,7 +350,8 @@ pub fn from_introspection(
         claims,
         expires_at,
         confirmation,
-        fingerprint: fingerprint(token),
+        fingerprint,
+        token_hash,
         token_type,
     })
 }
@@ -895,8 +917,21 @@ pub(crate) mod tests {
             expires_at: exp,
             confirmation: Confirmation::default(),
             fingerprint: String::new(),
+            token_hash: String::new(),
             token_type: None,
         }
+    }
+
+    /// An encrypted token is named, and its `ath` computed, by the token as presented (RFC 9449
+    /// §4.2: the hash of the access token value), not by the JWT inside it.
+    #[test]
+    fn a_token_presented_otherwise_is_named_and_hashed_as_presented() {
+        let token = verified_token_expiring_at(2_000_000_000).presented_as("eyJ.presented.jwe");
+        assert_eq!(token.fingerprint(), fingerprint("eyJ.presented.jwe"));
+        assert_eq!(
+            token.token_hash(),
+            crate::bind::jose::sha256_b64url(b"eyJ.presented.jwe")
+        );
     }
 
     /// Signs a signing input with the fixture's key (ES256, `R || S`).

@@ -774,8 +774,7 @@ pub fn decide<'p>(
             format,
             &request,
             path,
-            token,
-            verified,
+            Rc::clone(&verified),
             now,
         ) {
             Ok(signature) => Some(signature),
@@ -786,7 +785,9 @@ pub fn decide<'p>(
     };
     let mut dpop_proved = false;
     if let (Scheme::Dpop, Some(jkt)) = (scheme, jkt.as_deref()) {
-        if let Err(reason) = prove_dpop(policy, route, &request, path, token, jkt, tokens, now) {
+        let token_hash = verified.token_hash();
+        if let Err(reason) = prove_dpop(policy, route, &request, path, token_hash, jkt, tokens, now)
+        {
             return refuse(reason);
         }
         dpop_proved = true;
@@ -806,9 +807,9 @@ pub fn decide<'p>(
     }
     let published = identity.proved(&bindings);
     // What the response's signature binds it to (only on routes that sign responses).
-    let sign_response = route
-        .sign_response
-        .map(|format| sign_response_for(format, &request, signature.as_ref(), token));
+    let sign_response = route.sign_response.map(|format| {
+        sign_response_for(format, &request, signature.as_ref(), verified.token_hash())
+    });
     if signature.is_none() && !scan_form {
         return Verdict::Allow {
             headers,
@@ -839,7 +840,7 @@ fn sign_response_for(
     format: SignatureFormat,
     request: &Request<'_, '_>,
     signature: Option<&PendingSignature>,
-    token: &str,
+    token_hash: &str,
 ) -> SignResponse {
     let (label, signature_hash) = match signature.map(|s| &s.proof) {
         Some(Proof::Http { signature, .. }) => (
@@ -856,7 +857,7 @@ fn sign_response_for(
         format,
         label,
         signature_hash,
-        token_hash: jose::sha256_b64url(token.as_bytes()),
+        token_hash: token_hash.to_string(),
     }
 }
 
@@ -868,7 +869,7 @@ fn prove_dpop(
     route: Route,
     request: &Request<'_, '_>,
     path: &str,
-    token: &str,
+    token_hash: &str,
     jkt: &str,
     tokens: &mut Tokens<'_>,
     now: u64,
@@ -883,7 +884,7 @@ fn prove_dpop(
     let expected = dpop::Expected {
         settings: &policy.dpop,
         jkt,
-        access_token: token,
+        access_token_hash: token_hash,
         nonce_required: route.dpop_nonce,
         clock_skew_seconds: policy.limits.clock_skew_seconds,
     };
@@ -906,12 +907,11 @@ fn signature_pending(
     format: SignatureFormat,
     request: &Request<'_, '_>,
     path: &str,
-    token: &str,
     verified: Rc<VerifiedToken>,
     now: u64,
 ) -> Result<PendingSignature, (Reason, Option<usize>)> {
-    let pending = signature_checks(policy, format, request, path, token, verified, now)
-        .map_err(|r| (r, None))?;
+    let pending =
+        signature_checks(policy, format, request, path, verified, now).map_err(|r| (r, None))?;
     // The key must exist now; if the client's keys are fetched, a refetch may bring it.
     let selected =
         signing_keys(policy, fetched, &pending.token, pending.client).and_then(
@@ -947,12 +947,17 @@ fn signature_checks(
     format: SignatureFormat,
     request: &Request<'_, '_>,
     path: &str,
-    token: &str,
     verified: Rc<VerifiedToken>,
     now: u64,
 ) -> Result<PendingSignature, Reason> {
     let proof = match format {
-        SignatureFormat::Jws => Proof::Jws(jws_checks(policy, request, path, token, now)?),
+        SignatureFormat::Jws => Proof::Jws(jws_checks(
+            policy,
+            request,
+            path,
+            verified.token_hash(),
+            now,
+        )?),
         SignatureFormat::HttpMessageSignature => http_checks(policy, request, path, now)?,
     };
     // The key: the token's own `cnf.jwk`, or the registered keys of its client.
@@ -969,12 +974,13 @@ fn signature_checks(
     })
 }
 
-/// The detached JWS's checks on the headers: shape, `htm`, `htu`, `ath`, `iat`.
+/// The detached JWS's checks on the headers: shape, `htm`, `htu`, `ath` (against the token's
+/// `token_hash`), `iat`.
 fn jws_checks(
     policy: &Policy,
     request: &Request<'_, '_>,
     path: &str,
-    token: &str,
+    token_hash: &str,
     now: u64,
 ) -> Result<DetachedJws, Reason> {
     let value = match request.signature {
@@ -994,7 +1000,7 @@ fn jws_checks(
         authority: &text(request.authority)?,
         path,
     };
-    jws.check_request(&target, token, window(policy), now)?;
+    jws.check_request(&target, token_hash, window(policy), now)?;
     Ok(jws)
 }
 

@@ -2055,10 +2055,11 @@ mod dpop {
 
     fn check(proof: &[u8], jkt: &str) -> Result<(), Reason> {
         let settings = Settings::default();
+        let ath = dpop::access_token_hash(TOKEN);
         let expected = Expected {
             settings: &settings,
             jkt,
-            access_token: TOKEN,
+            access_token_hash: &ath,
             nonce_required: false,
             clock_skew_seconds: 30,
         };

@@ -239,7 +239,7 @@ impl DetachedJws {
     pub fn check_request(
         &self,
         request: &SignedRequest<'_>,
-        token: &str,
+        token_hash: &str,
         window: Window,
         now: u64,
     ) -> Result<(), Reason> {
@@ -252,9 +252,9 @@ impl DetachedJws {
         if htu::normalize(binding.htu) != htu::normalize(&expected) {
             return Err(Reason::RequestSignatureMismatch);
         }
-        // The signature names the token it travels with (as RFC 9449 §4.2 `ath` does).
-        let ath = super::jose::sha256_b64url(token.as_bytes());
-        if !bool::from(ath.as_bytes().ct_eq(binding.ath.as_bytes())) {
+        // The signature names the token it travels with (as RFC 9449 §4.2 `ath` does):
+        // `token_hash` is the token's, computed once when it was verified.
+        if !bool::from(token_hash.as_bytes().ct_eq(binding.ath.as_bytes())) {
             return Err(Reason::RequestSignatureMismatch);
         }
         Ok(())
@@ -536,7 +536,8 @@ mod tests {
         keys: SigningKeys<'_>,
         now: u64,
     ) -> Result<(), Reason> {
-        jws.check_request(request, token, WINDOW, now)?;
+        let token_hash = super::super::jose::sha256_b64url(token.as_bytes());
+        jws.check_request(request, &token_hash, WINDOW, now)?;
         jws.check_window(WINDOW, now)?;
         jws.verify_body(keys, body, &InVm)
     }
