@@ -59,11 +59,15 @@ def main(source, target):
         f'{method["rounds"]} round(s) x {method["seconds_per_measurement"]} s; '
         f'{machine["nproc"]} x {machine["cpu"]}, {machine["kernel"]}; {result["timestamp"]}'
     )
+    workers = method.get("front_envoy_workers", 1)
+    envoy = "one Envoy worker" if workers == 1 else f"one Envoy, {workers} workers"
+    if method.get("upstream", "").startswith("direct"):
+        envoy += ", routes answered in the front Envoy (direct_response)"
     footnotes = []
     if rows:
         token_panel(axes[0], rows, dpop)
         axes[0].set_title(
-            "Tether vs Envoy jwt_authn: one Envoy worker, mTLS, HTTP/1.1 keep-alive\n" + subtitle,
+            f"Tether vs Envoy jwt_authn: {envoy}, mTLS, HTTP/1.1 keep-alive\n" + subtitle,
             fontsize=10,
         )
         footnotes.append(
@@ -82,7 +86,7 @@ def main(source, target):
         signed_panel(ax, signed)
         title = (
             "Signed requests: POST 1 KiB, a fresh detached JWS (x-jws-signature) on every "
-            "request; one Envoy worker, mTLS"
+            f"request; {envoy.split(',')[0]}, mTLS"
         )
         detail = (
             f'{section["load_generator"]}, {section["concurrency"]} connections, '

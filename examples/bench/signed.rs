@@ -1013,8 +1013,8 @@ pub fn summarize(measurements: &BTreeMap<SignedRow, Vec<SignedLoad>>) -> Vec<Sig
 pub fn print_table(rows: &[SignedSummary], settings: &Settings, seconds: u64) {
     println!(
         "\nSigned requests: median of {} round(s) x {seconds} s, {} connections, signload; \
-         its own front Envoy (one worker, two listeners), the same back end",
-        settings.rounds, settings.concurrency
+         its own front Envoy ({} worker(s), two listeners), the same back end",
+        settings.rounds, settings.concurrency, settings.workers
     );
     let opt = |x: Option<f64>, precision: usize| {
         x.map_or_else(|| "-".to_string(), |x| format!("{x:.precision$}"))
@@ -1074,7 +1074,7 @@ pub fn print_table(rows: &[SignedSummary], settings: &Settings, seconds: u64) {
          unsigned row's, on this machine, whose CPUs signload shares.\n  client sign: the \
          driver's time to sign one request beforehand (Rust, one core), not part of the run. \
          The response rows' cost is Tether holding the 1 KiB response, its Content-Digest and \
-         its signature in the VM (Ed25519 by ed25519-compact, ES256 by p256)."
+         its signature in the VM (Ed25519 by ed25519-dalek, ES256 by p256)."
     );
     let failed: Vec<&str> = rows
         .iter()
