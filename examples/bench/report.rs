@@ -323,46 +323,50 @@ pub fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
         // Issue 13: a cached `mtls` request costs at most 3 us of front Envoy CPU above the
         // wasm ceiling, is at least 0.97 x its req/s, and has a p99 within 1.1 x its p99; an
         // uncached EdDSA token at most 1.2 x jwt_authn's CPU for the same algorithm.
-        let ceiling = find("ceiling");
-        if row.variant.listener == Listener::TetherCache {
-            if let Some(ceiling) = ceiling {
-                targets.push(Target {
-                    text: format!("{label}: +us/req CPU over the wasm ceiling <= 3"),
-                    value: row.envoy_us_per_request - ceiling.envoy_us_per_request,
-                    bound: 3.0,
-                    at_least: false,
-                    unit: "us",
-                    context: context.clone(),
-                });
-                targets.push(Target {
-                    text: format!("{label}: req/s >= 0.97 x the wasm ceiling"),
-                    value: row.rps / ceiling.rps,
-                    bound: 0.97,
-                    at_least: true,
-                    unit: "",
-                    context: context.clone(),
-                });
-                targets.push(Target {
-                    text: format!("{label}: p99 <= 1.1 x the wasm ceiling's"),
-                    value: row.p99_ms / ceiling.p99_ms,
-                    bound: 1.1,
-                    at_least: false,
-                    unit: "",
-                    context: context.clone(),
-                });
-            }
+        let target = |text: String, value: f64, bound: f64, at_least: bool, unit| Target {
+            text,
+            value,
+            bound,
+            at_least,
+            unit,
+            context: context.clone(),
+        };
+        if let (Listener::TetherCache, Some(ceiling)) = (row.variant.listener, find("ceiling")) {
+            targets.extend([
+                target(
+                    format!("{label}: +us/req CPU over the wasm ceiling <= 3"),
+                    row.envoy_us_per_request - ceiling.envoy_us_per_request,
+                    3.0,
+                    false,
+                    "us",
+                ),
+                target(
+                    format!("{label}: req/s >= 0.97 x the wasm ceiling"),
+                    row.rps / ceiling.rps,
+                    0.97,
+                    true,
+                    "",
+                ),
+                target(
+                    format!("{label}: p99 <= 1.1 x the wasm ceiling's"),
+                    row.p99_ms / ceiling.p99_ms,
+                    1.1,
+                    false,
+                    "",
+                ),
+            ]);
         }
-        if row.variant.listener == Listener::TetherNoCache && row.variant.alg == Alg::EdDsa {
-            if let Some(jwt_authn) = find("jwt_authn_nocache_eddsa") {
-                targets.push(Target {
-                    text: format!("{label}: CPU/req <= 1.2 x jwt_authn EdDSA, no cache"),
-                    value: row.envoy_us_per_request / jwt_authn.envoy_us_per_request,
-                    bound: 1.2,
-                    at_least: false,
-                    unit: "",
-                    context: context.clone(),
-                });
-            }
+        let eddsa = find("jwt_authn_nocache_eddsa");
+        if let (Listener::TetherNoCache, Alg::EdDsa, Some(jwt_authn)) =
+            (row.variant.listener, row.variant.alg, eddsa)
+        {
+            targets.push(target(
+                format!("{label}: CPU/req <= 1.2 x jwt_authn EdDSA, no cache"),
+                row.envoy_us_per_request / jwt_authn.envoy_us_per_request,
+                1.2,
+                false,
+                "",
+            ));
         }
     }
     targets
