@@ -19,9 +19,12 @@ built=target/wasm/wasm32-wasip1/release/tether.wasm
 # slightly faster in Envoy's V8 (issue 13, bench/README.md "Performance notes"). The features
 # are those rustc enables for wasm32-wasip1; without wasm-opt the module is used as built.
 if command -v wasm-opt >/dev/null; then
+  # Written beside, then moved: a failed run never leaves a partial dist/tether.wasm.
+  rm -f dist/tether.wasm.tmp
   wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
     --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
-    "$built" -o dist/tether.wasm
+    "$built" -o dist/tether.wasm.tmp
+  mv dist/tether.wasm.tmp dist/tether.wasm
   note="wasm-opt -O3 from $(stat -c %s "$built") bytes"
 else
   cp "$built" dist/tether.wasm

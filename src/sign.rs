@@ -81,6 +81,10 @@ impl SigningKey {
                 let seed: [u8; 32] = b64_member(jwk, "d")?
                     .try_into()
                     .map_err(|_| "\"d\" of an Ed25519 key must be 32 bytes")?;
+                // A seed of zeros is no secret (ed25519-compact, used before, refused it too).
+                if seed == [0u8; 32] {
+                    return Err("\"d\" of an Ed25519 key must not be all zeros".into());
+                }
                 let pair = ed25519_dalek::SigningKey::from_bytes(&seed);
                 if b64_member(jwk, "x")? != pair.verifying_key().as_bytes() {
                     return Err("\"x\" is not the public key of \"d\"".into());
@@ -199,6 +203,20 @@ mod tests {
             let key = SigningKey::from_private_jwk("k", &ed25519_jwk(seed, public)).unwrap();
             assert_eq!(key.sign(&hex(message)), hex(signature));
         }
+    }
+
+    /// An all-zero seed is refused: anyone could sign with it.
+    #[test]
+    fn an_all_zero_ed25519_seed_is_refused() {
+        let pair = ed25519_dalek::SigningKey::from_bytes(&[0u8; 32]);
+        let public: String = pair
+            .verifying_key()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let jwk = ed25519_jwk(&"00".repeat(32), &public);
+        assert!(SigningKey::from_private_jwk("k", &jwk).is_err());
     }
 
     /// RFC 6979 Appendix A.2.5: P-256 with SHA-256, messages "sample" and "test".
