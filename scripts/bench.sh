@@ -37,8 +37,7 @@ CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
   BENCH_OHA="$PWD/$OHA" BENCH_SIGNLOAD="$PWD/bench/signload/target/release/signload" \
   BENCH_SIGNPROBE="$PWD/dist/signprobe.wasm" \
   cargo run --quiet --release --locked --example bench
-# The driver names a run in another mode's results after it (latest-direct.json, ...).
-MODE=""
-[[ "${BENCH_UPSTREAM:-}" == direct ]] && MODE+="-direct"
-[[ -n "${BENCH_WORKERS:-}" && "${BENCH_WORKERS}" != 1 ]] && MODE+="-workers${BENCH_WORKERS}"
-.venv/bin/python bench/chart.py "$RESULTS/latest$MODE.json" "$RESULTS/latest$MODE.png"
+# The run's results: the latest file the driver has just written (latest.json, or another
+# mode's latest-direct.json, ...), and its chart beside it.
+LATEST=$(ls -t "$RESULTS"/latest*.json | head -1)
+.venv/bin/python bench/chart.py "$LATEST" "${LATEST%.json}.png"

@@ -251,10 +251,17 @@ pub enum Unopened {
 /// decrypts it.
 pub fn nested_jwt(token: &str, keys: &[DecryptionKey]) -> Result<String, Reason> {
     let dir_allowed = keys.iter().any(DecryptionKey::is_symmetric);
-    open_nested(token, keys, dir_allowed).map_err(|unopened| match unopened {
-        Unopened::NoKeyFits => Reason::TokenDecryptionFailed,
-        Unopened::Refused(reason) => reason,
-    })
+    open_nested(token, keys, dir_allowed).map_err(Reason::from)
+}
+
+/// With no other keys to try, a JWE no key fits is one that could not be decrypted.
+impl From<Unopened> for Reason {
+    fn from(unopened: Unopened) -> Reason {
+        match unopened {
+            Unopened::NoKeyFits => Reason::TokenDecryptionFailed,
+            Unopened::Refused(reason) => reason,
+        }
+    }
 }
 
 /// [`nested_jwt`] with one issuer's `keys` of several: `dir_allowed` when any issuer has a key
@@ -563,10 +570,7 @@ mod tests {
     /// Decrypts with one issuer's keys, as [`nested_jwt`] does, without the `cty` check.
     fn dec(token: &str, keys: &[DecryptionKey]) -> Result<(Header, Vec<u8>), Reason> {
         let dir_allowed = keys.iter().any(DecryptionKey::is_symmetric);
-        decrypt(token, keys, dir_allowed).map_err(|unopened| match unopened {
-            Unopened::NoKeyFits => Reason::TokenDecryptionFailed,
-            Unopened::Refused(reason) => reason,
-        })
+        decrypt(token, keys, dir_allowed).map_err(Reason::from)
     }
 
     fn key_of(entry: &Value) -> DecryptionKey {

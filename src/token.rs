@@ -169,16 +169,18 @@ impl VerifiedToken {
 /// A short, non-reversible name for a token in logs: the first 8 bytes of its SHA-256,
 /// in hex. The token itself is never logged.
 pub fn fingerprint(token: &str) -> String {
-    names(token).0
+    fingerprint_of(&Sha256::digest(token.as_bytes()))
+}
+
+/// The fingerprint of a token whose SHA-256 is `digest`: its first 8 bytes in hex.
+fn fingerprint_of(digest: &[u8]) -> String {
+    crate::percent::hex(&digest[..8])
 }
 
 /// The token's [`fingerprint`] and its `ath`, from one SHA-256.
 fn names(token: &str) -> (String, String) {
     let digest = Sha256::digest(token.as_bytes());
-    (
-        crate::percent::hex(&digest[..8]),
-        URL_SAFE_NO_PAD.encode(digest),
-    )
+    (fingerprint_of(&digest), URL_SAFE_NO_PAD.encode(digest))
 }
 
 /// Why a token is not accepted, and the fetched key set that a (re)fetch may cure that with:

@@ -86,6 +86,17 @@ fn get(f: &Fixture, path: &str, token: &str) -> HttpsRequest {
     HttpsRequest::new(f.envoy.https_port(), &f.pki.ca, path).bearer(token)
 }
 
+/// Sends `requests` at once, each from its own thread, and asserts that each was served.
+fn all_served_together(requests: Vec<HttpsRequest>) {
+    let handles: Vec<_> = requests
+        .into_iter()
+        .map(|request| std::thread::spawn(move || request.send().status))
+        .collect();
+    for handle in handles {
+        assert_eq!(handle.join().expect("request thread"), 200);
+    }
+}
+
 fn refused_with(f: &Fixture, request: HttpsRequest, status: u16, reason: &str) {
     let counter = format!("wasmcustom.tether.refused.{reason}");
     let before = f.envoy.stat(&counter);
@@ -239,15 +250,7 @@ fn concurrent_requests_with_one_token_share_one_call_per_worker() {
     let token = "shared-token";
     f.server
         .reply(token, Reply::json(&active(json!({}))).late(200));
-    let handles: Vec<_> = (0..6)
-        .map(|_| {
-            let request = get(&f, "/legacy/1", token);
-            std::thread::spawn(move || request.send().status)
-        })
-        .collect();
-    for handle in handles {
-        assert_eq!(handle.join().expect("request thread"), 200);
-    }
+    all_served_together((0..6).map(|_| get(&f, "/legacy/1", token)).collect());
     let calls = f.server.calls(token);
     assert!((1..=2).contains(&calls), "{calls} calls from 2 workers");
 }
@@ -262,16 +265,12 @@ fn a_new_token_waits_for_a_free_call_rather_than_being_turned_away() {
         f.server
             .reply(token, Reply::json(&active(json!({}))).late(150));
     }
-    let handles: Vec<_> = ["first-token", "second-token"]
-        .into_iter()
-        .map(|token| {
-            let request = get(&f, "/legacy/1", token);
-            std::thread::spawn(move || request.send().status)
-        })
-        .collect();
-    for handle in handles {
-        assert_eq!(handle.join().expect("request thread"), 200);
-    }
+    all_served_together(
+        ["first-token", "second-token"]
+            .into_iter()
+            .map(|token| get(&f, "/legacy/1", token))
+            .collect(),
+    );
     assert_eq!(f.server.calls("first-token"), 1);
     assert_eq!(f.server.calls("second-token"), 1);
     // An opaque token longer than 2 KiB is not asked about.
